@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random models (mechanics oracles) and the embedded model (behaviour)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer(tmp_path_factory):
+    from tvlens.toy._tokenizer import build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("toy_tokenizer"))
+
+
+def make_tiny_model(tokenizer, *, n_layers: int = 2, d_model: int = 32, n_heads: int = 2, seed: int = 0, **kw):
+    """A randomly initialised HookedTransformer with the toy tokenizer (for oracle tests)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_model // n_heads,
+        d_mlp=4 * d_model,
+        n_ctx=128,
+        d_vocab=len(tokenizer.get_vocab()),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+        **kw,
+    )
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(toy_tokenizer):
+    return make_tiny_model(toy_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    import tvlens as tv
+
+    return tv.load_model("toy")

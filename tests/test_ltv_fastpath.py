@@ -1,0 +1,62 @@
+"""Oracle: the prefix-cached fast path equals the naive full forward + backward."""
+
+import pytest
+import torch
+
+import tvlens as tv
+from tvlens.ltv import FastObjective, NaiveObjective, build_targets
+
+SITE_SETS = {
+    "single_last": ((1, -1),),
+    "multi_pos": ((1, -3), (1, -2), (1, -1)),
+    "multi_layer": ((0, -1), (2, -2), (2, -1)),
+    "absolute": ((1, 2),),
+}
+
+
+def _check(model, prompts, sites, side, multi_token=True):
+    sites = tuple(tv.Site(*s) for s in sites)
+    tb = build_targets(model, prompts, padding_side=side, multi_token=multi_token)
+    theta = (0.3 * torch.randn(len(sites), model.cfg.d_model, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    naive, fast = NaiveObjective(model, tb, sites), FastObjective(model, tb, sites)
+    for idx in (None, torch.tensor([3, 0, 2])):
+        ln, _, _ = naive.loss(theta, idx)
+        lf, _, _ = fast.loss(theta, idx)
+        (gn,) = torch.autograd.grad(ln, theta)
+        (gf,) = torch.autograd.grad(lf, theta)
+        assert abs(ln.item() - lf.item()) < 1e-5
+        assert (gn - gf).abs().max().item() < 1e-5
+        assert gn.abs().max() > 0  # the check is not vacuous
+    return fast
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("sites", list(SITE_SETS.values()), ids=list(SITE_SETS))
+@pytest.mark.parametrize("k", [0, 2])
+def test_fast_equals_naive_on_tiny_model(toy_tokenizer, sites, side, k):
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(toy_tokenizer, n_layers=3)
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=k, n=8)
+    fast = _check(model, ps, sites, side)
+    assert fast.l0 == min(s[0] for s in sites)
+
+
+def test_fast_equals_naive_with_multi_token_answers(toy_tokenizer):
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(toy_tokenizer, n_layers=3)
+    pairs = [("kevi", "vitilu keso"), ("keso", "kevi"), ("tike", "tipese kevi keso"), ("maku", "food")] * 4
+    task = tv.tasks.from_pairs("multi", pairs, template="{x} ->", separator=" , ")
+    ps = tv.make_prompts(tv.make_splits(task), "train", k=1)
+    tb = build_targets(model, ps, padding_side="left")
+    assert len(tb.tgt_row) > len(tb)  # several targets for some rows
+    for side in ("left", "right"):
+        _check(model, ps, ((1, -1), (2, -2)), side)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_fast_equals_naive_on_embedded_model(toy_model, side):
+    for k, sites in ((0, ((2, -1),)), (8, ((1, -1), (2, -1))), (4, ((2, -3), (2, -1)))):
+        ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/capital")), "train", k=k, n=12)
+        _check(toy_model, ps, sites, side)

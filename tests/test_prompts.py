@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+import tvlens as tv
+from tvlens.errors import LabelTokenError, PromptError
+
+
+@pytest.fixture(scope="module")
+def antonym_splits():
+    return tv.make_splits(tv.tasks.get("toy/antonym"), seed=0)
+
+
+def test_splits_are_disjoint_and_cover_the_task(antonym_splits):
+    s = antonym_splits
+    parts = [set(s.demo), set(s.train), set(s.val), set(s.test)]
+    assert sum(len(p) for p in parts) == len(set().union(*parts)) == len(s.task)
+    assert all(len(p) > 0 for p in parts)
+
+
+def test_splits_reproducible_and_seeded(antonym_splits):
+    task = tv.tasks.get("toy/antonym")
+    assert tv.make_splits(task, seed=0) == antonym_splits
+    assert tv.make_splits(task, seed=1).test != antonym_splits.test
+
+
+def test_classification_splits_are_label_balanced():
+    s = tv.make_splits(tv.tasks.get("toy/is_antonym"), seed=0)
+    outs = [e.output for e in s.demo + s.train + s.val + s.test]
+    assert outs.count("true") == outs.count("false") > 0
+
+
+def test_paper_caps_apply():
+    pairs = [(f"w{i}", f"v{i}") for i in range(5000)]
+    s = tv.make_splits(tv.tasks.from_pairs("big", pairs), seed=0)
+    assert (len(s.train), len(s.val)) == (600, 400)
+
+
+def test_kshot_prompt_text_and_demo_pool(antonym_splits):
+    ps = tv.make_prompts(antonym_splits, "test", k=3, seed=0)
+    assert len(ps) == len(antonym_splits.test)
+    q, demos, text = ps.queries[0], ps.demos[0], ps.texts[0]
+    assert len(demos) == 3 and all(d in antonym_splits.demo for d in demos)
+    expected = " , ".join([f"{d.inputs['x']} -> {d.output}" for d in demos] + [f"{q.inputs['x']} ->"])
+    assert text == expected
+    assert ps.answers[0] == " " + q.output
+    assert tv.make_prompts(antonym_splits, "test", k=3, seed=0).texts == ps.texts
+    assert tv.make_prompts(antonym_splits, "test", k=3, seed=1).texts != ps.texts
+
+
+def test_zero_shot_and_frame(antonym_splits):
+    ps = tv.make_prompts(antonym_splits, "val", k=0)
+    assert all(t.endswith("->") and "," not in t for t in ps.texts)
+    df = ps.to_frame()
+    assert list(df.columns) == ["prompt", "answer", "k", "split"] and len(df) == len(ps)
+    assert "toy/antonym" in str(ps)
+
+
+def test_bad_k_and_split(antonym_splits):
+    with pytest.raises(PromptError, match="demonstration pool"):
+        tv.make_prompts(antonym_splits, "test", k=10_000)
+    with pytest.raises(PromptError):
+        tv.make_prompts(antonym_splits, "test", k=-1)
+    with pytest.raises(PromptError):
+        tv.make_prompts(antonym_splits, "demo")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_gives_the_unpadded_logits(tiny_model, antonym_splits, side):
+    ps = tv.make_prompts(antonym_splits, "test", k=2, seed=0).subset(slice(0, 6))
+    # vary lengths: mix zero-shot and 2-shot prompts
+    zs = tv.make_prompts(antonym_splits, "test", k=0, seed=0).subset(slice(0, 6))
+    texts = [t for pair in zip(ps.texts, zs.texts) for t in pair]
+    answers = [a for pair in zip(ps.answers, zs.answers) for a in pair]
+    batch = tv.tokenize_prompts(tiny_model, texts, answers, padding_side=side)
+    assert len(set(batch.lengths.tolist())) > 1
+    with torch.no_grad():
+        logits = tiny_model(batch.tokens, attention_mask=batch.attention_mask)
+        for i, text in enumerate(texts):
+            alone = tiny_model(tiny_model.to_tokens(text))[0, -1]
+            torch.testing.assert_close(logits[i, batch.last_index[i]], alone, atol=1e-4, rtol=1e-4)
+            assert tiny_model.tokenizer.decode([int(batch.tokens[i, batch.last_index[i]])]) == "->"
+            assert tiny_model.tokenizer.decode([int(batch.tokens[i, batch.first_index[i]])]) == "<bos>"
+
+
+def test_answer_and_label_ids(tiny_model):
+    task = tv.tasks.get("toy/sentiment")
+    ps = tv.make_prompts(tv.make_splits(task), "test", k=1)
+    b = ps.tokenize(tiny_model)
+    vocab = tiny_model.tokenizer.get_vocab()
+    assert b.label_ids.tolist() == [vocab["positive"], vocab["negative"]]
+    assert b.answer_ids.tolist() == [vocab[q.output] for q in ps.queries]
+
+
+def test_multi_token_label_is_a_clear_error(tiny_model):
+    task = tv.tasks.from_pairs("bad", [("kevi", "true false"), ("keso", "even")] * 10, label_words=["true false", "even"])
+    ps = tv.make_prompts(tv.make_splits(task), "test")
+    with pytest.raises(LabelTokenError, match="single-token"):
+        ps.tokenize(tiny_model)
+
+
+def test_prompt_longer_than_context_is_an_error(toy_tokenizer):
+    from tests.conftest import make_tiny_model
+
+    short = make_tiny_model(toy_tokenizer, n_layers=1)
+    short.cfg.n_ctx = 8
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=4)
+    with pytest.raises(PromptError, match="context"):
+        ps.tokenize(short)

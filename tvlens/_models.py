@@ -1,0 +1,475 @@
+"""Turn a model spec into a HookedTransformer, and name a model by its weights.
+
+Context: every tvlens analysis takes a ``HookedTransformer``; :func:`load_model` is the one way
+in. A spec is ``"toy"`` (the embedded model), a ``HookedTransformerConfig`` (random init), a local
+Hugging Face model directory, or a TransformerLens official model name (downloaded; needs network).
+Nothing here touches the network unless an official name asks for it, and then it fails within a
+few seconds when there is none (``ModelLoadError``) instead of retrying for half a minute.
+
+:func:`fingerprint` names a model by architecture and a hash of its weights, so a saved task vector
+can refuse a model it was not made for.
+
+>>> import tvlens as tv  # doctest: +SKIP
+>>> model = tv.load_model("toy")  # doctest: +SKIP
+>>> tv.fingerprint(model)  # doctest: +SKIP
+'gpt2-like:L4-d128-h4-v370:sha256:...'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from tvlens.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+TOY_CHECKPOINT_ENV = "TVLENS_TOY_CHECKPOINT"  # env var that overrides the toy checkpoint dir
+HUB_TIMEOUT_S = 3.0  # seconds the connectivity probe waits before declaring "no network"
+_EXACT_HASH_LIMIT = 1 << 22  # tensors up to this many elements are hashed in full
+_SAMPLED_ELEMENTS = 1 << 20  # larger tensors: about this many elements, evenly strided
+# TransformerLens' weight-processing options; everything else goes to the HF from_pretrained.
+_TL_OPTIONS = (
+    "fold_ln",
+    "center_writing_weights",
+    "center_unembed",
+    "fold_value_biases",
+    "refactor_factored_attn_matrices",
+    "default_prepend_bos",
+    "default_padding_side",
+    "first_n_layers",
+    "n_ctx",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+# ---------------------------------------------------------------------------------------------
+# load_model
+
+
+def toy_checkpoint_dir() -> Path:
+    """The directory of the embedded model's checkpoint: ``$TVLENS_TOY_CHECKPOINT`` if set, else
+    the package data ``tvlens/toy/checkpoint/`` (written by ``tvlens toy-train``)."""
+    override = os.environ.get(TOY_CHECKPOINT_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parent / "toy" / "checkpoint"
+
+
+def load_model(
+    spec: str | os.PathLike | HookedTransformerConfig | HookedTransformer,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    **from_pretrained_kwargs: Any,
+) -> HookedTransformer:
+    """Load a model for tvlens from a spec.
+
+    Args:
+        spec: one of
+            - ``"toy"``: the embedded model (:func:`toy_checkpoint_dir`), offline, well under 2 s;
+            - a ``HookedTransformerConfig``: a randomly initialised ``HookedTransformer(cfg)``;
+            - a local directory: a Hugging Face model (``config.json`` + weights, saved with
+              ``save_pretrained``; its tokenizer is used when the directory has one) or a
+              checkpoint written by ``tvlens toy-train``; loaded with ``local_files_only``;
+            - a TransformerLens official model name or alias (``"gpt2"``): downloaded by
+              ``HookedTransformer.from_pretrained``; needs network or a warm HF cache;
+            - a ``HookedTransformer``: returned as is (moved to ``device`` / ``dtype``).
+        device: where the model lives.
+        dtype: parameter dtype (``torch.float32`` when None for pretrained models).
+        from_pretrained_kwargs: for directories and official names, TransformerLens' options
+            (``fold_ln``, ``center_unembed``, ``tokenizer``, ...; defaults as in
+            ``HookedTransformer.from_pretrained``); for directories, the remaining ones go to
+            ``AutoModelForCausalLM.from_pretrained``.
+
+    Raises:
+        ModelLoadError: unknown name (with close matches), no such directory, no toy checkpoint,
+            an architecture TransformerLens cannot convert, or no network for a hub name.
+    """
+    dtype = _as_dtype(dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"HookedTransformer(\.from_pretrained)? is deprecated")
+        if isinstance(spec, HookedTransformer):
+            _no_kwargs("a HookedTransformer", from_pretrained_kwargs)
+            model = spec
+        elif isinstance(spec, HookedTransformerConfig):
+            model = _from_config(spec, device, dtype, from_pretrained_kwargs)
+        elif isinstance(spec, (str, os.PathLike)):
+            model = _from_string(os.fspath(spec), device, dtype, from_pretrained_kwargs)
+        else:
+            raise ModelLoadError(
+                f"cannot load a model from a {type(spec).__name__}; pass 'toy', a TransformerLens "
+                "model name, a local Hugging Face model directory or a HookedTransformerConfig"
+            )
+        return _place(model, device, dtype)
+
+
+def _from_string(spec: str, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+    if spec == "toy":
+        _no_kwargs("'toy'", kwargs)
+        return _from_toy_dir(toy_checkpoint_dir(), missing_hint=True)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{spec!r} is a file; pass the directory that holds config.json and the weights")
+        if (path / "tvlens_toy.json").is_file():
+            _no_kwargs("a toy checkpoint", kwargs)
+            return _from_toy_dir(path, missing_hint=False)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{spec!r} is not a Hugging Face model directory (no config.json); save one with "
+                "model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
+            )
+        return _from_hf_dir(path, device, dtype, kwargs)
+    official = _official_name(spec)
+    if official is not None:
+        return _from_hub(spec, official, device, dtype, kwargs)
+    if "/" in spec or os.sep in spec or spec.startswith((".", "~")):
+        raise ModelLoadError(
+            f"no such directory: {spec!r} (resolved to {path.resolve()}); pass an existing local "
+            "Hugging Face model directory, 'toy', or a TransformerLens model name"
+        )
+    raise ModelLoadError(_unknown_name_message(spec))
+
+
+def _from_toy_dir(directory: Path, *, missing_hint: bool) -> HookedTransformer:
+    from tvlens.toy._train import load_toy_checkpoint
+
+    if not (directory / "tvlens_toy.json").is_file() or not (directory / "model.safetensors").is_file():
+        hint = (
+            f"train it with `tvlens toy-train` (a few minutes on CPU), or point ${TOY_CHECKPOINT_ENV} "
+            "at a checkpoint directory"
+            if missing_hint
+            else "re-create it with `tvlens toy-train`"
+        )
+        raise ModelLoadError(f"no toy checkpoint in {directory}: {hint}")
+    try:
+        return load_toy_checkpoint(directory)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelLoadError(f"the toy checkpoint in {directory} is unreadable ({exc}); re-create it with `tvlens toy-train`") from exc
+
+
+def _from_config(cfg: HookedTransformerConfig, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+    tokenizer = kwargs.pop("tokenizer", None)
+    _no_kwargs("a HookedTransformerConfig", kwargs)
+    cfg = copy.deepcopy(cfg)  # HookedTransformer mutates its cfg (device, d_vocab); keep the caller's
+    cfg.device = str(device)
+    if dtype is not None:
+        cfg.dtype = dtype
+    return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+
+
+def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+    """Load a local HF model directory into a HookedTransformer, fully offline.
+
+    ``HookedTransformer.from_pretrained`` insists on an official name, so this repeats its steps
+    with TransformerLens' own helpers: ``get_pretrained_model_config`` (which accepts a local
+    path), ``get_pretrained_state_dict`` (weight conversion from the in-memory HF model) and
+    ``load_and_process_state_dict`` (fold_ln etc., same defaults as from_pretrained).
+    The config is read from a copy of config.json in a neutral temp dir because
+    TransformerLens picks some architectures by substrings of the *name* ("llama", "gemma"),
+    which a user's directory name may contain; the copy also fills ``n_ctx`` from
+    ``n_positions``, which GPT-2 configs saved by recent transformers omit.
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
+    opts = {k: kwargs.pop(k) for k in _TL_OPTIONS if k in kwargs}
+    tokenizer = kwargs.pop("tokenizer", None) or _local_tokenizer(path)
+    hf_model = kwargs.pop("hf_model", None)
+    kwargs.pop("local_files_only", None)
+    try:
+        hf_config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {exc}") from exc
+    arch = (hf_config.get("architectures") or ["<none>"])[0]
+    try:
+        if hf_model is None:
+            hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype, **kwargs)
+        hf_model.eval()
+        hf_config.setdefault("n_ctx", hf_config.get("n_positions"))
+        with tempfile.TemporaryDirectory(prefix="tvlens-hfcfg-") as tmp:
+            (Path(tmp) / "config.json").write_text(json.dumps(hf_config))
+            cfg = loading.get_pretrained_model_config(
+                tmp,
+                hf_cfg=hf_model.config.to_dict(),
+                fold_ln=opts.get("fold_ln", True),
+                device=str(device),
+                dtype=dtype,
+                default_prepend_bos=opts.get("default_prepend_bos"),
+                first_n_layers=opts.get("first_n_layers"),
+                n_ctx=opts.get("n_ctx"),
+                local_files_only=True,
+            )
+            state_dict = loading.get_pretrained_state_dict(tmp, cfg, hf_model, dtype=dtype)
+    except NotImplementedError as exc:
+        raise ModelLoadError(
+            f"{path}: architecture {arch} is not supported by TransformerLens' HookedTransformer ({exc})"
+        ) from exc
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot load the Hugging Face model in {path} (architecture {arch}): {exc}") from exc
+    cfg.model_name = path.resolve().name
+    cfg.tokenizer_name = str(path) if tokenizer is not None else None
+    fold_ln, center_writing, center_unembed = _processing_flags(
+        cfg, opts.get("fold_ln", True), opts.get("center_writing_weights", True), opts.get("center_unembed", True)
+    )
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side=opts.get("default_padding_side"))
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing,
+        center_unembed=center_unembed,
+        fold_value_biases=opts.get("fold_value_biases", True),
+        refactor_factored_attn_matrices=opts.get("refactor_factored_attn_matrices", False),
+    )
+    model.eval()
+    log.info("loaded %s (%s) from %s", cfg.model_name, arch, path)
+    return model
+
+
+def _local_tokenizer(path: Path):
+    """The tokenizer saved in ``path``, or None when the directory holds no tokenizer files."""
+    from transformers import AutoTokenizer
+
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        log.info("%s has no tokenizer; the model will take token ids only", path)
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(
+            f"{path} has tokenizer files that do not load ({exc}); pass tokenizer=... explicitly or remove them"
+        ) from exc
+
+
+def _processing_flags(cfg: HookedTransformerConfig, fold_ln: bool, center_writing: bool, center_unembed: bool) -> tuple[bool, bool, bool]:
+    """Turn off the processing steps that would change this architecture's function (as from_pretrained does)."""
+    try:
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+    except ImportError:  # older TransformerLens
+        POST_NORM_ARCHITECTURES = set()
+    if cfg.positional_embedding_type == "shortformer":
+        return False, False, False
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        fold_ln = center_writing = False
+    cap = getattr(cfg, "output_logits_soft_cap", None)
+    if cap is not None and cap > 0:
+        center_unembed = False
+    return fold_ln, center_writing, center_unembed
+
+
+def _from_hub(spec: str, official: str, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+    """Download an official model through TransformerLens, failing fast when there is no network."""
+    import httpx
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    cache_dir = kwargs.get("cache_dir")
+    cached = isinstance(try_to_load_from_cache(official, "config.json", cache_dir=cache_dir), str)
+    advice = (
+        f"pass a local directory instead: on a machine with network run "
+        f"`AutoModelForCausalLM.from_pretrained({official!r}).save_pretrained(DIR)` (and the same for "
+        f"AutoTokenizer), copy DIR here and call load_model(DIR); or use 'toy'"
+    )
+    offline = _offline_mode() or bool(kwargs.get("local_files_only"))
+    if offline and not cached:
+        raise ModelLoadError(
+            f"could not download {official!r}: Hugging Face offline mode is on (HF_HUB_OFFLINE / "
+            f"local_files_only) and it is not in the local cache; {advice}"
+        )
+    if not offline:
+        problem = _hub_unreachable()
+        if problem is not None and not cached:
+            raise ModelLoadError(f"could not download {official!r} from {constants.ENDPOINT} ({problem}); no network? {advice}")
+        if problem is not None:
+            log.warning("%s is unreachable (%s); loading %s from the local cache", constants.ENDPOINT, problem, official)
+            offline = True
+    if offline:  # make every HF call local, the tokenizer one that TransformerLens makes included
+        kwargs["local_files_only"] = True
+        if "tokenizer" not in kwargs:
+            from transformers import AutoTokenizer
+
+            try:
+                kwargs["tokenizer"] = AutoTokenizer.from_pretrained(
+                    official, add_bos_token=True, local_files_only=True, cache_dir=cache_dir
+                )
+            except (OSError, ValueError, EntryNotFoundError) as exc:
+                raise ModelLoadError(f"{official!r} is only partly cached (no tokenizer: {exc}); {advice}") from exc
+    stdout = io.StringIO()  # from_pretrained prints; library code logs
+    try:
+        with contextlib.redirect_stdout(stdout):
+            model = HookedTransformer.from_pretrained(official, device=str(device), dtype=dtype or torch.float32, **kwargs)
+    except (OSError, EntryNotFoundError, httpx.HTTPError) as exc:
+        raise ModelLoadError(f"could not download {official!r} ({type(exc).__name__}: {exc}); no network? {advice}") from exc
+    if stdout.getvalue().strip():
+        log.info("%s", stdout.getvalue().strip())
+    return model
+
+
+def _offline_mode() -> bool:
+    """HF offline mode, read from the environment now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    return env in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> str | None:
+    """None when the Hub answers a HEAD request within ``timeout`` s (any status), else why not."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except (httpx.HTTPError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _official_name(name: str) -> str | None:
+    """The official TransformerLens name of ``name`` (an alias or official name), or None."""
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    return make_model_alias_map().get(name.lower())
+
+
+def _unknown_name_message(name: str) -> str:
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    alias_map = make_model_alias_map()
+    keys = {k.lower(): k for k in alias_map}
+    matches = difflib.get_close_matches(name.lower(), list(keys), n=5, cutoff=0.6)
+    shown = []
+    for key in matches:
+        official = alias_map[key]
+        shown.append(official if official.lower() == key else f"{key} ({official})")
+    hint = f" Did you mean: {', '.join(shown)}?" if shown else ""
+    return (
+        f"unknown model {name!r}: not 'toy', not an existing directory and not a TransformerLens "
+        f"model name.{hint} See transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES, or pass "
+        "a local Hugging Face model directory."
+    )
+
+
+def _no_kwargs(what: str, kwargs: dict) -> None:
+    if kwargs:
+        raise TypeError(f"load_model() of {what} takes no extra keyword arguments, got {sorted(kwargs)}")
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16' or torch.float16")
+    return value
+
+
+def _place(model: HookedTransformer, device: str | torch.device, dtype: torch.dtype | None) -> HookedTransformer:
+    """Move to ``device`` / cast to ``dtype`` (updating cfg) only where needed."""
+    param = next(model.parameters(), None)
+    if param is not None and param.device != torch.device(device):
+        model.to(str(device), print_details=False)
+    if dtype is not None and param is not None and param.dtype != dtype:
+        model.to(dtype, print_details=False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprint
+
+
+def _family(cfg: HookedTransformerConfig) -> str:
+    arch = cfg.original_architecture
+    if arch:
+        for suffix in ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "Model"):
+            arch = arch.removesuffix(suffix)
+        return arch.lower() or "custom"
+    if cfg.positional_embedding_type == "rotary" and cfg.gated_mlp:
+        return "llama-like"
+    if cfg.positional_embedding_type == "standard" and not cfg.gated_mlp:
+        return "gpt2-like"
+    return "custom"
+
+
+# compute-relevant config fields that are not visible in the parameter shapes
+_HASHED_CFG_FIELDS = (
+    "act_fn", "normalization_type", "positional_embedding_type", "n_ctx", "eps", "attn_only",
+    "gated_mlp", "final_rms", "use_attn_scale", "attn_scale", "rotary_dim", "rotary_base",
+    "n_key_value_heads", "parallel_attn_mlp", "output_logits_soft_cap", "attn_scores_soft_cap",
+)
+
+
+def fingerprint(model: HookedTransformer, *, exact: bool = False) -> str:
+    """A stable name for a model: architecture plus a hash of its weights.
+
+    Format ``"<family>:L<n_layers>-d<d_model>-h<n_heads>-v<d_vocab>:sha256:<16 hex>"``, e.g.
+    ``"gpt2-like:L4-d128-h4-v370:sha256:0f3a..."``. The family is the HF architecture
+    (``gpt2``, ``llama``) or, for models built from a config, ``gpt2-like`` / ``llama-like`` /
+    ``custom``. The hash covers every parameter, sorted by name, as (name, dtype, shape, raw
+    bytes), plus the config fields that change the function without changing a shape
+    (``act_fn``, ``eps``, ``rotary_base``, ...). It is the same across processes and devices
+    and for a deep copy; any change of a weight, dtype or shape changes it.
+
+    Large models: a tensor of more than 4M elements is hashed on an evenly strided subset of
+    about 1M of its elements (the stride is part of the hash), so a change confined to the
+    unread elements of such a tensor goes unnoticed. The toy model is hashed exactly; for
+    GPT-2 small only the embeddings are sampled. ``exact=True`` hashes everything.
+    """
+    cfg = model.cfg
+    h = hashlib.sha256()
+    fields = {name: getattr(cfg, name, None) for name in _HASHED_CFG_FIELDS}
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            flat = param.detach().reshape(-1)
+            stride = 1
+            if not exact and flat.numel() > _EXACT_HASH_LIMIT:
+                stride = math.ceil(flat.numel() / _SAMPLED_ELEMENTS)
+                flat = flat[::stride]
+            header = f"{name}|{str(param.dtype)}|{tuple(param.shape)}|{stride}\n"
+            h.update(header.encode())
+            h.update(flat.contiguous().cpu().view(torch.uint8).numpy())  # raw bytes, any dtype
+    arch = f"{_family(cfg)}:L{cfg.n_layers}-d{cfg.d_model}-h{cfg.n_heads}-v{cfg.d_vocab}"
+    return f"{arch}:sha256:{h.hexdigest()[:16]}"
+
+
+def model_summary(model: HookedTransformer) -> dict[str, Any]:
+    """The shape and identity of a model as a JSON-ready dict (fingerprint included)."""
+    cfg = model.cfg
+    param = next(model.parameters(), None)
+    return {
+        "model_name": cfg.model_name,
+        "original_architecture": cfg.original_architecture,
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "n_heads": cfg.n_heads,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "d_vocab": cfg.d_vocab,
+        "n_ctx": cfg.n_ctx,
+        "act_fn": cfg.act_fn,
+        "normalization_type": cfg.normalization_type,
+        "positional_embedding_type": cfg.positional_embedding_type,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
+        "device": str(param.device) if param is not None else None,
+        "has_tokenizer": model.tokenizer is not None,
+        "fingerprint": fingerprint(model),
+    }

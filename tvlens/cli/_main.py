@@ -1,0 +1,60 @@
+"""Argument parsing and dispatch for the ``tvlens`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from tvlens.errors import TvlensError
+
+
+def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tvlens.cli import _commands as c
+
+    p = argparse.ArgumentParser(prog="tvlens", description="Learned task vectors on TransformerLens models.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = cmd("tasks", c.cmd_tasks, "list the registered tasks")
+    sp.add_argument("--prefix", default=None, help="only names starting with this, e.g. toy/")
+
+    sp = cmd("demo", c.cmd_demo, "zero-shot and ICL accuracy of the embedded model on its tasks")
+    sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
+    sp.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8], help="ICL shot counts")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the splits and demonstrations")
+    sp.add_argument("--tasks", nargs="+", default=None, help="task names (default: every toy benchmark task)")
+
+    sp = cmd("toy-train", c.cmd_toy_train, "retrain the embedded model from scratch (deterministic)")
+    sp.add_argument("--out", default="tvlens-toy-checkpoint", help="output directory (default: ./tvlens-toy-checkpoint)")
+    sp.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe's)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of weights and data")
+    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    sp.add_argument("--no-eval", action="store_true", help="skip the final ICL evaluation")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    try:
+        payload, text = args.fn(args)
+    except TvlensError as e:
+        print(f"tvlens: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    _emit(args, payload, text)
+    return 0

@@ -1,0 +1,182 @@
+"""Batched evaluation: next-token accuracy of a model on a prompt set, with optional intervention.
+
+Accuracy is the paper's metric: the argmax over the FULL vocabulary at each prompt's last
+token must equal the first token of the gold answer. For classification tasks the accuracy
+restricted to the label words is reported too.
+
+>>> import tvlens as tv
+>>> model = tv.load_model("toy")
+>>> splits = tv.make_splits(tv.tasks.get("toy/antonym"))
+>>> res = tv.evaluate(model, tv.make_prompts(splits, "test", k=8))
+>>> res.accuracy > 0.9
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+
+from tvlens.prompts import PaddingSide, PromptBatch, PromptSet
+
+Intervention = Callable[[PromptBatch], AbstractContextManager]
+"""Given a (sub)batch, a context manager inside which the model runs intervened (e.g. steered)."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-prompt predictions and the accuracies of one evaluation."""
+
+    task: str
+    k: int
+    split: str
+    accuracy: float  # full-vocabulary argmax == first gold token
+    label_accuracy: float | None  # argmax over the label words only (classification), else None
+    predicted: Int[torch.Tensor, " batch"]  # full-vocabulary argmax token ids
+    gold: Int[torch.Tensor, " batch"]  # first gold token ids
+    gold_logprob: Float[torch.Tensor, " batch"]  # log p(first gold token)
+    prompts: tuple[str, ...]
+    label: str = ""  # free text naming the condition, e.g. "zero-shot" or "ltv"
+
+    @property
+    def n(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def mean_logprob(self) -> float:
+        return float(self.gold_logprob.mean())
+
+    def summary(self) -> dict:
+        return {
+            "task": self.task,
+            "condition": self.label,
+            "k": self.k,
+            "split": self.split,
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "label_accuracy": self.label_accuracy,
+            "mean_logprob": self.mean_logprob,
+        }
+
+    def to_frame(self, model=None):
+        """One row per prompt (token strings decoded when ``model`` is given)."""
+        import pandas as pd
+
+        dec = (lambda ids: [model.tokenizer.decode([i]) for i in ids.tolist()]) if model is not None else (lambda ids: ids.tolist())
+        return pd.DataFrame(
+            {
+                "prompt": self.prompts,
+                "gold": dec(self.gold),
+                "predicted": dec(self.predicted),
+                "correct": (self.predicted == self.gold).tolist(),
+                "gold_logprob": self.gold_logprob.tolist(),
+            }
+        )
+
+    def __repr__(self) -> str:
+        lab = f", label_acc={self.label_accuracy:.3f}" if self.label_accuracy is not None else ""
+        cond = f" {self.label}" if self.label else ""
+        return f"EvalResult({self.task!r}{cond} k={self.k} {self.split} n={self.n}: acc={self.accuracy:.3f}{lab})"
+
+
+def last_token_logits(
+    model,
+    batch: PromptBatch,
+    *,
+    intervention: Intervention | None = None,
+    batch_size: int = 64,
+) -> Float[torch.Tensor, "batch d_vocab"]:
+    """Logits at each prompt's last real token, computed in sub-batches (no grad)."""
+    out = []
+    with torch.no_grad():
+        for sub in batch.split(batch_size):
+            ctx = intervention(sub) if intervention is not None else contextlib.nullcontext()
+            with ctx:
+                logits = model(sub.tokens, attention_mask=sub.attention_mask)  # [b, pos, vocab]
+            out.append(logits[torch.arange(len(sub)), sub.last_index].float())
+    return torch.cat(out)
+
+
+def evaluate(
+    model,
+    prompts: PromptSet,
+    *,
+    intervention: Intervention | None = None,
+    batch_size: int = 64,
+    padding_side: PaddingSide = "left",
+    label: str = "",
+) -> EvalResult:
+    """Accuracy of ``model`` on ``prompts`` (optionally inside ``intervention(batch)``)."""
+    batch = prompts.tokenize(model, padding_side=padding_side)
+    logits = last_token_logits(model, batch, intervention=intervention, batch_size=batch_size)
+    logprobs = logits.log_softmax(-1)
+    pred = logits.argmax(-1)
+    gold = batch.answer_ids
+    label_acc = None
+    if batch.label_ids is not None:
+        restricted = batch.label_ids[logits[:, batch.label_ids].argmax(-1)]
+        label_acc = float((restricted == gold).float().mean())
+    return EvalResult(
+        task=prompts.task.name,
+        k=prompts.k,
+        split=prompts.split,
+        accuracy=float((pred == gold).float().mean()),
+        label_accuracy=label_acc,
+        predicted=pred,
+        gold=gold,
+        gold_logprob=logprobs[torch.arange(len(gold)), gold],
+        prompts=tuple(prompts.texts),
+        label=label or ("zero-shot" if prompts.k == 0 else f"{prompts.k}-shot"),
+    )
+
+
+@dataclass(frozen=True)
+class BaselineTable:
+    """Zero-shot and k-shot accuracies for several tasks (rows) and shot counts (columns)."""
+
+    results: tuple[EvalResult, ...]
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([r.summary() for r in self.results])
+
+    def accuracy(self, task: str, k: int) -> float:
+        for r in self.results:
+            if r.task == task and r.k == k:
+                return r.accuracy
+        raise KeyError(f"no result for task {task!r} at k={k}")
+
+    def plot(self):
+        import plotly.express as px
+
+        df = self.to_frame()
+        return px.line(df, x="k", y="accuracy", color="task", markers=True, title="Accuracy vs number of demonstrations")
+
+    def __repr__(self) -> str:
+        return f"BaselineTable({len({r.task for r in self.results})} tasks, k={sorted({r.k for r in self.results})})"
+
+
+def icl_baselines(
+    model,
+    tasks: Sequence,
+    *,
+    shots: Sequence[int] = (0, 1, 2, 4, 8),
+    split: str = "test",
+    seed: int = 0,
+    batch_size: int = 64,
+) -> BaselineTable:
+    """Zero-shot (k=0) and k-shot accuracy on held-out queries for each task."""
+    from tvlens.prompts import make_prompts, make_splits
+
+    results = []
+    for task in tasks:
+        splits = make_splits(task, seed=seed)
+        for k in shots:
+            results.append(evaluate(model, make_prompts(splits, split, k=k, seed=seed), batch_size=batch_size))
+    return BaselineTable(tuple(results))

@@ -1,0 +1,9 @@
+"""Learned task vectors: training (naive and prefix-cached fast path) and configuration."""
+
+from tvlens.ltv._config import LTVConfig as LTVConfig
+from tvlens.ltv._objective import FastObjective as FastObjective
+from tvlens.ltv._objective import NaiveObjective as NaiveObjective
+from tvlens.ltv._objective import TargetBatch as TargetBatch
+from tvlens.ltv._objective import build_targets as build_targets
+from tvlens.ltv._train import LTVResult as LTVResult
+from tvlens.ltv._train import train_ltv as train_ltv

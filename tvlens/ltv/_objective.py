@@ -1,0 +1,201 @@
+"""The LTV training objective, computed naively or through the prefix-cached fast path.
+
+Context:
+    theta added at (layer l, column c) cannot change anything at columns before c, nor anything
+    below layer l. The fast path therefore computes, once per set of prompts, (i) the keys and
+    values of every column before ``c0`` (the earliest injected column over all rows and sites)
+    at every layer, and (ii) the residual stream at the lowest injected layer for the columns
+    from ``c0`` on. Each step then runs only those columns, from the lowest injected layer up,
+    attending to the cached prefix. Tests check it against the naive full forward + backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+
+from transformer_lens.utilities.activation_functions import apply_softcap
+
+from tvlens.errors import PromptError
+from tvlens.prompts import PromptSet, label_token_ids
+from tvlens.sites import Site, resolve_columns
+
+
+@dataclass(frozen=True)
+class TargetBatch:
+    """Prompts (optionally followed by teacher-forced answer tokens) and where the loss is read."""
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    attention_mask: Int[torch.Tensor, "batch pos"]
+    prompt_first: Int[torch.Tensor, " batch"]  # column of each prompt's BOS
+    prompt_last: Int[torch.Tensor, " batch"]  # column of each prompt's last token
+    tgt_row: Int[torch.Tensor, " target"]  # for each target token: its row,
+    tgt_col: Int[torch.Tensor, " target"]  # the column whose logits predict it,
+    tgt_tok: Int[torch.Tensor, " target"]  # its id,
+    tgt_weight: Float[torch.Tensor, " target"]  # and 1 / (answer length)
+    first_target: Int[torch.Tensor, " batch"]  # first gold token per row (accuracy)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def site_columns(self, sites: Sequence[Site]) -> Int[torch.Tensor, "site batch"]:
+        return torch.stack([resolve_columns(s.position, self.prompt_last, self.prompt_first) for s in sites])
+
+    def rows(self, idx: torch.Tensor) -> TargetBatch:
+        """The sub-batch of rows ``idx`` (columns unchanged), targets re-indexed."""
+        remap = torch.full((len(self),), -1, dtype=torch.long)
+        remap[idx] = torch.arange(len(idx))
+        new_row = remap[self.tgt_row]
+        order = torch.argsort(torch.where(new_row >= 0, new_row, len(self) + 1), stable=True)
+        order = order[new_row[order] >= 0]  # targets of the kept rows, in the order of idx
+        return TargetBatch(
+            self.tokens[idx], self.attention_mask[idx], self.prompt_first[idx], self.prompt_last[idx],
+            new_row[order], self.tgt_col[order], self.tgt_tok[order], self.tgt_weight[order],
+            self.first_target[idx],
+        )
+
+
+def build_targets(model, prompts: PromptSet, *, padding_side: str = "left", multi_token: bool = True) -> TargetBatch:
+    """Tokenise ``prompts`` with their answers for teacher forcing (first token only if not multi_token)."""
+    task = prompts.task
+    batch = prompts.tokenize(model, padding_side=padding_side)  # validates labels and context
+    if task.kind == "classification":
+        label_token_ids(model, task)
+    seqs, answers = [], []
+    for i in range(len(batch)):
+        real = batch.tokens[i][batch.attention_mask[i].bool()].tolist()
+        ans = list(batch.answer_tokens[i]) if (multi_token and task.kind == "generation") else [batch.answer_tokens[i][0]]
+        seqs.append(real + ans[:-1])
+        answers.append((len(real), ans))
+    width = max(len(s) for s in seqs)
+    if width > model.cfg.n_ctx:
+        raise PromptError(f"prompt plus answer is {width} tokens, over the model's context {model.cfg.n_ctx}")
+    pad = batch.tokens[batch.attention_mask == 0][0].item() if (batch.attention_mask == 0).any() else 0
+    n = len(seqs)
+    tokens = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    first, last = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+    rows, cols, toks, weights = [], [], [], []
+    for i, (s, (plen, ans)) in enumerate(zip(seqs, answers)):
+        start = width - len(s) if padding_side == "left" else 0
+        tokens[i, start : start + len(s)] = torch.tensor(s)
+        mask[i, start : start + len(s)] = 1
+        first[i], last[i] = start, start + plen - 1
+        for j, tok in enumerate(ans):
+            rows.append(i)
+            cols.append(start + plen - 1 + j)
+            toks.append(tok)
+            weights.append(1.0 / len(ans))
+    return TargetBatch(
+        tokens, mask, first, last, torch.tensor(rows), torch.tensor(cols), torch.tensor(toks),
+        torch.tensor(weights), torch.tensor([a[0] for _, a in answers]),
+    )
+
+
+def weighted_nll(logits: Float[torch.Tensor, "target d_vocab"], tb: TargetBatch) -> torch.Tensor:
+    """Mean over prompts of the mean teacher-forced NLL of each prompt's answer tokens."""
+    nll = torch.nn.functional.cross_entropy(logits.float(), tb.tgt_tok, reduction="none")
+    return (nll * tb.tgt_weight).sum() / len(tb)
+
+
+def _add_at(resid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+    """resid with ``vec`` added at (rows[i], cols[i]) for every i where cols[i] >= 0 (out of place)."""
+    ok = (cols >= 0) & (cols < resid.shape[1])
+    delta = torch.zeros_like(resid)
+    delta[rows[ok], cols[ok]] = vec.to(resid.dtype)
+    return resid + delta
+
+
+class NaiveObjective:
+    """Full forward with hooks at ``blocks.{l}.hook_resid_pre``: the reference implementation."""
+
+    def __init__(self, model, tb: TargetBatch, sites: Sequence[Site]) -> None:
+        self.model, self.tb, self.sites = model, tb, tuple(sites)
+        self.cols = tb.site_columns(self.sites)  # [site, batch]
+
+    def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
+        tb = self.tb if idx is None else self.tb.rows(idx)
+        cols = self.cols if idx is None else self.cols[:, idx]
+        rows = torch.arange(len(tb))
+        hooks = []
+        for i, s in enumerate(self.sites):
+            def hook(resid, hook, i=i):
+                return _add_at(resid, rows, cols[i], theta[i])
+            hooks.append((s.hook_name, hook))
+        with self.model.hooks(fwd_hooks=hooks):
+            logits = self.model(tb.tokens, attention_mask=tb.attention_mask)  # [batch, pos, vocab]
+        return logits[tb.tgt_row, tb.tgt_col], tb
+
+    def loss(self, theta, idx=None):
+        logits, tb = self.target_logits(theta, idx)
+        return weighted_nll(logits, tb), logits, tb
+
+
+class FastObjective:
+    """Prefix-cached objective: the unaffected prefix is computed once, each step runs the rest."""
+
+    def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], *, prepare_batch_size: int = 64) -> None:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        self.model, self.tb, self.sites = model, tb, tuple(sites)
+        self.l0 = min(s.layer for s in self.sites)
+        cols = tb.site_columns(self.sites)  # [site, batch]
+        self.c0 = int(cols.min())
+        self.cols = cols - self.c0  # columns within the suffix
+        keys: list[list[torch.Tensor]] = [[] for _ in range(model.cfg.n_layers)]
+        values: list[list[torch.Tensor]] = [[] for _ in range(model.cfg.n_layers)]
+        resid = []
+        with torch.no_grad():
+            for start in range(0, len(tb), prepare_batch_size):
+                sl = slice(start, start + prepare_batch_size)
+                toks, mask = tb.tokens[sl], tb.attention_mask[sl]
+                cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, toks.shape[0])
+                if self.c0 > 0:
+                    model(toks[:, : self.c0], past_kv_cache=cache, attention_mask=mask[:, : self.c0], return_type=None)
+                cache.freeze()
+                # residual at layer l0 for the suffix columns, attending to the cached prefix
+                resid.append(model(toks[:, self.c0 :], past_kv_cache=cache, attention_mask=mask[:, self.c0 :], stop_at_layer=self.l0))
+                for layer in range(model.cfg.n_layers):
+                    keys[layer].append(cache.entries[layer].past_keys)
+                    values[layer].append(cache.entries[layer].past_values)
+        self.keys = [torch.cat(k) for k in keys]  # per layer [batch, c0, n_kv_heads, d_head]
+        self.values = [torch.cat(v) for v in values]
+        self.resid = torch.cat(resid)  # [batch, suffix, d_model]
+
+    def _cache(self, idx: torch.Tensor | None):
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        pick = (lambda t: t) if idx is None else (lambda t: t[idx])
+        mask = pick(self.tb.attention_mask)
+        entries = [TransformerLensKeyValueCacheEntry(pick(k), pick(v), frozen=True) for k, v in zip(self.keys, self.values)]
+        return TransformerLensKeyValueCache(entries, mask[:, : self.c0], frozen=True), mask
+
+    def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
+        model = self.model
+        tb = self.tb if idx is None else self.tb.rows(idx)
+        cols = self.cols if idx is None else self.cols[:, idx]
+        resid = self.resid if idx is None else self.resid[idx]
+        cache, mask = self._cache(idx)
+        rows = torch.arange(len(tb))
+        for layer in range(self.l0, model.cfg.n_layers):
+            for i, s in enumerate(self.sites):
+                if s.layer == layer:
+                    resid = _add_at(resid, rows, cols[i], theta[i])
+            resid = model.blocks[layer](resid, past_kv_cache_entry=cache[layer], attention_mask=mask)
+        resid = resid[tb.tgt_row, tb.tgt_col - self.c0]  # [target, d_model]
+        if model.cfg.normalization_type is not None:
+            resid = model.ln_final(resid[:, None])[:, 0]
+        logits = model.unembed(resid[:, None])[:, 0]  # [target, d_vocab]
+        return apply_softcap(logits, model.cfg.output_logits_soft_cap), tb
+
+    def loss(self, theta, idx=None):
+        logits, tb = self.target_logits(theta, idx)
+        return weighted_nll(logits, tb), logits, tb
+
+
+def make_objective(model, tb: TargetBatch, sites: Sequence[Site], *, fast: bool = True):
+    return FastObjective(model, tb, sites) if fast else NaiveObjective(model, tb, sites)

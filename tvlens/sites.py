@@ -1,0 +1,84 @@
+"""Injection sites: (layer, position) pairs and their resolution to token columns of a batch.
+
+A site's position counts from the END of each prompt when negative (-1 = last token) and from
+its START when non-negative (0 = the BOS token, 4 = the fifth token). Under padding, prompts of
+one batch start and end at different columns; :func:`resolve_columns` maps a position to the
+right column of every row, for left and right padding alike.
+
+>>> from tvlens.sites import Site, site_grid
+>>> site_grid(layers=[0, 2], positions=[-2, -1])
+(Site(layer=0, position=-2), Site(layer=0, position=-1), Site(layer=2, position=-2), Site(layer=2, position=-1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+
+from tvlens.errors import PromptError
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """Where a vector is added: the input of block ``layer`` (``blocks.{layer}.hook_resid_pre``) at ``position``."""
+
+    layer: int
+    position: int = -1
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_pre"
+
+    def __str__(self) -> str:
+        return f"L{self.layer}@{self.position}"
+
+    @classmethod
+    def parse(cls, text: str) -> Site:
+        """``"L3@-1"`` or ``"3:-1"`` -> ``Site(3, -1)``."""
+        t = text.strip().lstrip("Ll")
+        sep = "@" if "@" in t else ":"
+        try:
+            layer, pos = t.split(sep) if sep in t else (t, "-1")
+            return cls(int(layer), int(pos))
+        except ValueError:
+            raise PromptError(f"cannot parse site {text!r}; write it as 'L<layer>@<position>', e.g. 'L2@-1'") from None
+
+
+def site_grid(layers: Iterable[int] | int, positions: Iterable[int] | int = (-1,)) -> tuple[Site, ...]:
+    """Every (layer, position) combination: one independent vector per site (the paper's L x P)."""
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    positions = [positions] if isinstance(positions, int) else list(positions)
+    if not layers or not positions:
+        raise PromptError("give at least one layer and one position")
+    sites = tuple(Site(int(layer), int(p)) for layer in layers for p in positions)
+    if len(set(sites)) != len(sites):
+        raise PromptError(f"duplicate sites in layers={layers} positions={positions}")
+    return sites
+
+
+def check_sites(sites: Sequence[Site], n_layers: int) -> None:
+    """Raise a clear error for a layer the model does not have."""
+    for s in sites:
+        if not 0 <= s.layer < n_layers:
+            raise PromptError(f"site {s} is at layer {s.layer} but the model has layers 0..{n_layers - 1}")
+
+
+def resolve_columns(
+    position: int,
+    last_index: Int[torch.Tensor, " batch"],
+    first_index: Int[torch.Tensor, " batch"],
+) -> Int[torch.Tensor, " batch"]:
+    """The token column of ``position`` in every row, given each row's first and last real column."""
+    cols = last_index + 1 + position if position < 0 else first_index + position
+    bad = (cols < first_index) | (cols > last_index)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        length = int(last_index[row] - first_index[row] + 1)
+        raise PromptError(
+            f"position {position} falls outside prompt {row} of {length} tokens (BOS included); "
+            "use a position inside every prompt (e.g. -1 for the last token)"
+        )
+    return cols

@@ -1,0 +1,118 @@
+"""The :class:`Task` value: a named set of input -> output examples plus how to format them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tvlens.errors import TaskFormatError
+
+TaskKind = Literal["classification", "generation"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example: named input fields (usually just ``x``) and the gold output text."""
+
+    fields: tuple[tuple[str, str], ...]  # (field name, text), e.g. (("x", "hot"),)
+    output: str  # gold answer text, without the leading space
+
+    @classmethod
+    def of(cls, output: str, **fields: str) -> Example:
+        """``Example.of("cold", x="hot")``."""
+        return cls(tuple(fields.items()), output)
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        return dict(self.fields)
+
+    def query(self, template: str) -> str:
+        """The query text of this example under ``template`` (e.g. ``"{x} ->"``)."""
+        try:
+            return template.format(**self.inputs)
+        except KeyError as e:
+            raise TaskFormatError(
+                f"template {template!r} uses field {e.args[0]!r} but the example has fields "
+                f"{sorted(self.inputs)}; rename the field or change the template"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: examples plus the prompt format that turns them into (k-shot) prompts.
+
+    A prompt is ``prefix + sep.join(demo_1, ..., demo_k, query)`` where a demo is
+    ``template.format(**fields) + answer_prefix + output`` and the query is
+    ``template.format(**fields)``. The model must then produce ``answer_prefix + output``;
+    accuracy is judged on the first token of that text.
+
+    >>> t = Task.from_pairs("upper", [("a", "A"), ("b", "B")], template="{x} ->")
+    >>> t.kind, len(t)
+    ('generation', 2)
+    """
+
+    name: str  # registry name, e.g. "sst2" or "toy/antonym"
+    kind: TaskKind  # "classification" (fixed label words) or "generation" (open answers)
+    examples: tuple[Example, ...]  # every available example (query pool and demo pool)
+    template: str = "{x}"  # query format; field names in braces
+    label_words: tuple[str, ...] | None = None  # classification: the answer vocabulary
+    answer_prefix: str = " "  # text between a query and its answer (usually a space)
+    separator: str = "\n"  # text between consecutive demonstrations
+    prefix: str = ""  # text before the first demonstration (after BOS)
+    description: str = ""  # one line for listings
+    source: str = ""  # where the data came from (dataset id, file, "synthetic")
+    meta: tuple[tuple[str, str], ...] = field(default=())  # free-form string metadata
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("classification", "generation"):
+            raise TaskFormatError(f"task {self.name!r}: kind must be 'classification' or 'generation', got {self.kind!r}")
+        if not self.examples:
+            raise TaskFormatError(f"task {self.name!r} has no examples; give at least one (input, output) pair")
+        if self.kind == "classification":
+            if not self.label_words:
+                raise TaskFormatError(f"classification task {self.name!r} needs label_words")
+            if len(set(self.label_words)) != len(self.label_words):
+                raise TaskFormatError(f"task {self.name!r}: duplicate label words {self.label_words}")
+            bad = {e.output for e in self.examples} - set(self.label_words)
+            if bad:
+                raise TaskFormatError(
+                    f"task {self.name!r}: outputs {sorted(bad)[:5]} are not among label_words {self.label_words}"
+                )
+        self.examples[0].query(self.template)  # fail early on a template/field mismatch
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __repr__(self) -> str:
+        labels = f", labels={list(self.label_words)}" if self.label_words else ""
+        return f"Task({self.name!r}, {self.kind}, {len(self)} examples, template={self.template!r}{labels})"
+
+    def demo_text(self, ex: Example) -> str:
+        return ex.query(self.template) + self.answer_prefix + ex.output
+
+    def prompt_text(self, query: Example, demos: Iterable[Example] = ()) -> str:
+        """The full prompt string for ``query`` after ``demos`` (BOS is added by the tokenizer)."""
+        parts = [self.demo_text(d) for d in demos] + [query.query(self.template)]
+        return self.prefix + self.separator.join(parts)
+
+    @classmethod
+    def from_pairs(
+        cls,
+        name: str,
+        pairs: Iterable[tuple[str, str]] | Mapping[str, str],
+        *,
+        kind: TaskKind | None = None,
+        label_words: Iterable[str] | None = None,
+        **fmt,
+    ) -> Task:
+        """A task from ``(input, output)`` pairs; classification if ``label_words`` is given."""
+        items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+        examples = []
+        for i, p in enumerate(items):
+            if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(s, str) for s in p)):
+                raise TaskFormatError(f"task {name!r}: pair {i} is {p!r}; expected a (input, output) pair of strings")
+            examples.append(Example.of(p[1].strip(), x=p[0].strip()))
+        labels = tuple(label_words) if label_words is not None else None
+        kind = kind or ("classification" if labels else "generation")
+        return cls(name=name, kind=kind, examples=tuple(examples), label_words=labels, **fmt)

@@ -1,0 +1,238 @@
+"""Training of the embedded model on the synthetic world (seeded, deterministic, by step count).
+
+Recipe (see docs/embedded-model.md): every training sequence is
+``<bos> [<task>] x1 -> y1 , x2 -> y2 , ... , xn -> yn`` for one task, with the loss on every
+answer, so the model learns zero-shot, few-shot and many-shot prediction at once. Half of the
+sequences carry the task's instruction token right after ``<bos>`` (the instruction pathway that
+lets a single residual-stream state carry the task); the rest carry no instruction. No loss
+ever targets a task vector: whatever task state the model has is there naturally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tvlens.toy._world import ARROW, BOS, PAD, SEP, ToyTaskDef, task_token, vocabulary, world
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    """How to train the embedded model. Defaults are the shipped checkpoint's recipe."""
+
+    n_layers: int = 4  # transformer blocks
+    d_model: int = 128  # residual stream width
+    n_heads: int = 4  # attention heads per block
+    d_mlp: int = 512  # MLP hidden width
+    n_ctx: int = 96  # maximum sequence length
+    steps: int = 1500  # optimiser steps (train by steps: ICL appears as a phase transition)
+    batch_size: int = 128  # sequences per step
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # linear warm-up steps
+    min_lr_frac: float = 0.1  # cosine decay floor, as a fraction of lr
+    grad_clip: float = 1.0  # gradient-norm clip
+    n_examples: int = 12  # input -> output pairs per training sequence
+    instruction_frac: float = 0.5  # fraction of sequences with the task's instruction token
+    echo_weight: float = 0.15  # probability that a sequence is of the "echo" prior task
+    seed: int = 0  # seeds the weights and the data stream
+    threads: int | None = None  # torch threads (None = leave torch's default)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if not 0 <= self.instruction_frac <= 1 or not 0 <= self.echo_weight < 1:
+            raise ValueError("instruction_frac must be in [0, 1] and echo_weight in [0, 1)")
+        if self.steps < 1 or self.batch_size < 1 or self.n_examples < 1:
+            raise ValueError("steps, batch_size and n_examples must be positive")
+
+    def model_config(self):
+        from transformer_lens import HookedTransformerConfig
+
+        return HookedTransformerConfig(
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_model // self.n_heads,
+            d_mlp=self.d_mlp,
+            n_ctx=self.n_ctx,
+            d_vocab=len(vocabulary()),
+            act_fn="gelu",
+            normalization_type="LN",
+            positional_embedding_type="standard",
+            seed=self.seed,
+            default_prepend_bos=True,
+            model_name="tvlens-toy",
+        )
+
+
+class SequenceSampler:
+    """Draws token-id training sequences of the toy world (numpy Generator, seeded)."""
+
+    def __init__(self, cfg: ToyTrainConfig, rng: np.random.Generator) -> None:
+        self.cfg, self.rng = cfg, rng
+        self.ids = {t: i for i, t in enumerate(vocabulary())}
+        self.tasks: list[ToyTaskDef] = list(world().values())
+        benchmark = [t for t in self.tasks if t.evaluated]
+        weights = [(1 - cfg.echo_weight) / len(benchmark) if t.evaluated else cfg.echo_weight for t in self.tasks]
+        self.weights = np.array(weights) / sum(weights)
+        # per task: encoded inputs, outputs, and rows grouped by label for balanced pair tasks
+        self.enc: list[tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]] = []
+        for t in self.tasks:
+            x = np.array([[self.ids[w] for w in inp] for inp, _ in t.table])
+            y = np.array([self.ids[o] for _, o in t.table])
+            groups = None
+            if t.arity == 2:
+                groups = [np.flatnonzero(y == self.ids[lab]) for lab in t.label_words or ()]
+            self.enc.append((x, y, groups))
+
+    def sequence(self, task_idx: int, instruct: bool) -> tuple[list[int], list[int]]:
+        """One sequence and the positions whose next token is an answer."""
+        x, y, groups = self.enc[task_idx]
+        n = self.cfg.n_examples
+        if groups is None:
+            rows = self.rng.choice(len(y), size=n, replace=False)
+        else:
+            labs = self.rng.integers(0, len(groups), size=n)
+            rows = np.array([self.rng.choice(groups[g]) for g in labs])
+        toks = [self.ids[BOS]]
+        if instruct:
+            toks.append(self.ids[task_token(self.tasks[task_idx].name)])
+        answer_at: list[int] = []
+        for r in rows:
+            toks += x[r].tolist() + [self.ids[ARROW]]
+            answer_at.append(len(toks) - 1)
+            toks += [int(y[r]), self.ids[SEP]]
+        return toks[:-1], answer_at
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded tokens [batch, pos] and a boolean loss mask [batch, pos]."""
+        task_idx = self.rng.choice(len(self.tasks), size=size, p=self.weights)
+        instruct = self.rng.random(size) < self.cfg.instruction_frac
+        seqs = [self.sequence(int(t), bool(i)) for t, i in zip(task_idx, instruct)]
+        length = max(len(s) for s, _ in seqs)
+        tokens = torch.full((size, length), self.ids[PAD], dtype=torch.long)
+        mask = torch.zeros((size, length), dtype=torch.bool)
+        for b, (s, at) in enumerate(seqs):
+            tokens[b, : len(s)] = torch.tensor(s)
+            mask[b, at] = True
+        return tokens, mask
+
+
+def _lr_at(step: int, cfg: ToyTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@dataclass(frozen=True)
+class ToyTrainResult:
+    """What :func:`train_toy_model` returns: the model and its training history."""
+
+    model: object  # HookedTransformer
+    config: ToyTrainConfig
+    losses: tuple[float, ...]
+    seconds: float
+    history: dict = field(default_factory=dict)
+
+
+def train_toy_model(cfg: ToyTrainConfig = ToyTrainConfig(), *, progress: bool = True) -> ToyTrainResult:
+    """Train the embedded model from scratch (deterministic for a given config on CPU)."""
+    from tqdm.auto import tqdm
+    from transformer_lens import HookedTransformer
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = HookedTransformer(cfg.model_config())
+    model.train()
+    sampler = SequenceSampler(cfg, np.random.default_rng(cfg.seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="toy-train", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        tokens, mask = sampler.batch(cfg.batch_size)
+        logits = model(tokens)  # [batch, pos, d_vocab]
+        targets = tokens[:, 1:][mask[:, :-1]]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            log.info("toy-train step %d loss %.4f", step, loss.item())
+    model.eval()
+    return ToyTrainResult(model=model, config=cfg, losses=tuple(losses), seconds=time.perf_counter() - t0)
+
+
+def save_toy_checkpoint(result: ToyTrainResult, directory: str | Path, metrics: dict | None = None) -> Path:
+    """Write weights (safetensors), configs and tokenizer to ``directory`` atomically."""
+    from safetensors.torch import save_file
+
+    from tvlens.toy._tokenizer import build_tokenizer
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tvlens-toy-", dir=directory.parent))
+    try:
+        state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        cfg = asdict(result.config)
+        meta = {
+            "format": "tvlens-toy/1",
+            "train_config": cfg,
+            "train_seconds": round(result.seconds, 1),
+            "final_loss": result.losses[-1],
+            "metrics": metrics or {},
+        }
+        (tmp / "tvlens_toy.json").write_text(json.dumps(meta, indent=2))
+        build_tokenizer(tmp / "tokenizer")
+        if directory.exists():
+            backup = directory.with_name(directory.name + ".old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(directory, backup)
+            os.replace(tmp, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_toy_checkpoint(directory: str | Path):
+    """Load a checkpoint written by :func:`save_toy_checkpoint` as a HookedTransformer."""
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer
+
+    from tvlens.toy._tokenizer import load_tokenizer
+
+    directory = Path(directory)
+    meta = json.loads((directory / "tvlens_toy.json").read_text())
+    tc = meta["train_config"]
+    tc["betas"] = tuple(tc["betas"])
+    cfg = ToyTrainConfig(**tc)
+    model = HookedTransformer(cfg.model_config(), tokenizer=load_tokenizer(directory / "tokenizer"), move_to_device=False)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.eval()
+    return model
