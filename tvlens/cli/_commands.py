@@ -29,14 +29,17 @@ def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list
 
 
 def _table(rows: list[dict], shots: list[int]) -> str:
-    head = f"{'task':<20} {'kind':<15} {'0-shot':>7}" + "".join(f" {str(k) + '-shot':>7}" for k in shots)
+    ltv = all("ltv" in r for r in rows)
+    head = f"{'task':<20} {'kind':<15} {'0-shot':>7}" + "".join(f" {str(k) + '-shot':>7}" for k in shots) + (f" {'LTV':>7}" if ltv else "")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['task']:<20} {r['kind']:<15} {r['zero_shot']:>7.3f}" + "".join(f" {r['icl'][str(k)]:>7.3f}" for k in shots))
+        lines.append(f"{r['task']:<20} {r['kind']:<15} {r['zero_shot']:>7.3f}" + "".join(f" {r['icl'][str(k)]:>7.3f}" for k in shots)
+                     + (f" {r['ltv']:>7.3f}" if ltv else ""))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     lines.append("-" * len(head))
     lines.append(f"{'mean':<20} {'':<15} {mean([r['zero_shot'] for r in rows]):>7.3f}"
-                 + "".join(f" {mean([r['icl'][str(k)] for r in rows]):>7.3f}" for k in shots))
+                 + "".join(f" {mean([r['icl'][str(k)] for r in rows]):>7.3f}" for k in shots)
+                 + (f" {mean([r['ltv'] for r in rows]):>7.3f}" if ltv else ""))
     return "\n".join(lines)
 
 
@@ -48,10 +51,20 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
     names = args.tasks or tv.tasks.toy_task_names()
     names = [tv.tasks.resolve(n, model_name=args.model).name for n in names]
     rows = _icl_rows(model, names, args.shots, args.seed)
+    layer = model.cfg.n_layers // 2
+    if not args.no_ltv:
+        config = tv.LTVConfig(seed=args.seed)
+        for row in rows:
+            splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
+            res = tv.train_ltv(model, splits.task, layers=[layer], positions=[-1], config=config, splits=splits, progress=False)
+            test = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed), intervention=tv.steering(res.vector, model))
+            row["ltv"] = test.accuracy
+            row["ltv_val"] = res.val_accuracy
     payload = {
         "model": args.model,
         "fingerprint": tv.fingerprint(model),
         "metric": "full-vocabulary argmax accuracy on held-out test queries",
+        "ltv_site": None if args.no_ltv else f"L{layer}@-1",
         "seed": args.seed,
         "tasks": rows,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -85,3 +98,62 @@ def cmd_toy_train(args: argparse.Namespace) -> tuple[dict, str]:
     if rows:
         text += "\n" + _table(rows, [1, 8])
     return payload, text
+
+
+def _ltv_config(args: argparse.Namespace):
+    import tvlens as tv
+
+    cfg = tv.LTVConfig.paper() if args.preset == "paper" else tv.LTVConfig()
+    import dataclasses
+
+    return dataclasses.replace(cfg, seed=args.seed)
+
+
+def cmd_train(args: argparse.Namespace) -> tuple[dict, str]:
+    import tvlens as tv
+
+    model = tv.load_model(args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model)
+    layers = args.layer if args.layer is not None else [model.cfg.n_layers // 2]
+    res = tv.train_ltv(model, task, layers=layers, positions=args.position, shots=args.shots,
+                       config=_ltv_config(args), checkpoint=args.checkpoint, progress=not args.json)
+    path = res.vector.save(args.out)
+    splits = res.splits
+    test = tv.evaluate(model, tv.make_prompts(splits, "test", k=args.shots, seed=args.seed),
+                       intervention=tv.steering(res.vector, model))
+    payload = {"task": task.name, "out": str(path), "sites": [str(s) for s in res.vector.sites], "shots": args.shots,
+               "val_accuracy": res.val_accuracy, "test_accuracy": test.accuracy, "epochs": len(res.history),
+               "steps": res.steps, "seconds": round(res.seconds, 2), "history": list(res.history)}
+    text = (f"trained LTV for {task.name} at {payload['sites']} ({res.steps} steps, {res.seconds:.1f} s): "
+            f"val {res.val_accuracy:.3f}, test {test.accuracy:.3f}; saved to {path}")
+    return payload, text
+
+
+def cmd_eval(args: argparse.Namespace) -> tuple[dict, str]:
+    import tvlens as tv
+
+    model = tv.load_model(args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model)
+    splits = tv.make_splits(task, seed=args.seed)
+    out: dict = {"task": task.name, "model": args.model}
+    out["zero_shot"] = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed)).accuracy
+    out["icl"] = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=args.seed)).accuracy for k in args.icl_shots}
+    if args.vector:
+        v = tv.TaskVector.load(args.vector)
+        shots = int(v.meta.get("shots", 0))
+        res = tv.evaluate(model, tv.make_prompts(splits, "test", k=shots, seed=args.seed),
+                          intervention=tv.steering(v, model, args.scale, allow_other_fingerprint=args.allow_other_model))
+        out["vector"] = {"path": args.vector, "sites": [str(s) for s in v.sites], "shots": shots,
+                         "accuracy": res.accuracy, "label_accuracy": res.label_accuracy}
+    lines = [f"{task.name}: zero-shot {out['zero_shot']:.3f}"] + [f"  {k}-shot ICL {a:.3f}" for k, a in out["icl"].items()]
+    if "vector" in out:
+        lines.append(f"  with vector ({', '.join(out['vector']['sites'])}, {out['vector']['shots']}-shot prompts) {out['vector']['accuracy']:.3f}")
+    return out, "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> tuple[dict, str]:
+    from tvlens.bench import run_benchmarks
+
+    rows = [r.as_dict() for r in run_benchmarks(quick=args.quick)]
+    text = "\n".join(f"{r['name']:<28} baseline {r['baseline_s'] * 1e3:9.2f} ms  fast {r['fast_s'] * 1e3:8.2f} ms  ratio {r['ratio']:7.1f}x" for r in rows)
+    return {"benchmarks": rows}, text

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8], help="ICL shot counts")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits and demonstrations")
     sp.add_argument("--tasks", nargs="+", default=None, help="task names (default: every toy benchmark task)")
+    sp.add_argument("--no-ltv", action="store_true", help="skip training a learned task vector per task")
 
     sp = cmd("toy-train", c.cmd_toy_train, "retrain the embedded model from scratch (deterministic)")
     sp.add_argument("--out", default="tvlens-toy-checkpoint", help="output directory (default: ./tvlens-toy-checkpoint)")
@@ -45,6 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     sp.add_argument("--no-eval", action="store_true", help="skip the final ICL evaluation")
+
+    sp = cmd("train", c.cmd_train, "train a learned task vector and save it")
+    sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
+    sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    sp.add_argument("--layer", type=int, nargs="+", default=None, help="layer(s) (default: the middle layer)")
+    sp.add_argument("--position", type=int, nargs="+", default=[-1], help="position(s), -1 = last token")
+    sp.add_argument("--shots", type=int, default=0, help="train on k-shot ICL prompts (default 0)")
+    sp.add_argument("--preset", choices=["default", "paper"], default="default", help="training recipe")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--checkpoint", default=None, help="resumable run-state file")
+    sp.add_argument("--out", required=True, help="output .safetensors path")
+
+    sp = cmd("eval", c.cmd_eval, "zero-shot, ICL and with-vector accuracy on held-out queries")
+    sp.add_argument("--model", default="toy")
+    sp.add_argument("--task", required=True)
+    sp.add_argument("--vector", default=None, help="a task-vector file from `tvlens train`")
+    sp.add_argument("--scale", type=float, default=None, help="vector scale (default: the file's)")
+    sp.add_argument("--icl-shots", type=int, nargs="+", default=[8])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--allow-other-model", action="store_true", help="apply a vector made on another model of the same shape")
+
+    sp = cmd("bench", c.cmd_bench, "speed benchmarks (ratios measured in one run)")
+    sp.add_argument("--quick", action="store_true", help="shorter timing windows")
     return p
 
 

@@ -47,7 +47,7 @@ class ToyTrainConfig:
     grad_clip: float = 1.0  # gradient-norm clip
     n_examples: int = 12  # input -> output pairs per training sequence
     instruction_frac: float = 0.5  # fraction of sequences with the task's instruction token
-    echo_weight: float = 0.15  # probability that a sequence is of the "echo" prior task
+    echo_weight: float = 0.4  # probability that a sequence is of an "echo_*" prior task (split evenly)
     seed: int = 0  # seeds the weights and the data stream
     threads: int | None = None  # torch threads (None = leave torch's default)
 
@@ -59,7 +59,7 @@ class ToyTrainConfig:
         if self.steps < 1 or self.batch_size < 1 or self.n_examples < 1:
             raise ValueError("steps, batch_size and n_examples must be positive")
 
-    def model_config(self):
+    def model_config(self, d_vocab: int | None = None):
         from transformer_lens import HookedTransformerConfig
 
         return HookedTransformerConfig(
@@ -69,7 +69,7 @@ class ToyTrainConfig:
             d_head=self.d_model // self.n_heads,
             d_mlp=self.d_mlp,
             n_ctx=self.n_ctx,
-            d_vocab=len(vocabulary()),
+            d_vocab=len(vocabulary()) if d_vocab is None else d_vocab,
             act_fn="gelu",
             normalization_type="LN",
             positional_embedding_type="standard",
@@ -87,7 +87,8 @@ class SequenceSampler:
         self.ids = {t: i for i, t in enumerate(vocabulary())}
         self.tasks: list[ToyTaskDef] = list(world().values())
         benchmark = [t for t in self.tasks if t.evaluated]
-        weights = [(1 - cfg.echo_weight) / len(benchmark) if t.evaluated else cfg.echo_weight for t in self.tasks]
+        n_echo = len(self.tasks) - len(benchmark)
+        weights = [(1 - cfg.echo_weight) / len(benchmark) if t.evaluated else cfg.echo_weight / n_echo for t in self.tasks]
         self.weights = np.array(weights) / sum(weights)
         # per task: encoded inputs, outputs, and rows grouped by label for balanced pair tasks
         self.enc: list[tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]] = []
@@ -95,7 +96,7 @@ class SequenceSampler:
             x = np.array([[self.ids[w] for w in inp] for inp, _ in t.table])
             y = np.array([self.ids[o] for _, o in t.table])
             groups = None
-            if t.arity == 2:
+            if t.arity == 2 and t.label_words:
                 groups = [np.flatnonzero(y == self.ids[lab]) for lab in t.label_words or ()]
             self.enc.append((x, y, groups))
 
@@ -130,6 +131,16 @@ class SequenceSampler:
             tokens[b, : len(s)] = torch.tensor(s)
             mask[b, at] = True
         return tokens, mask
+
+
+def world_fingerprint() -> str:
+    """A short hash of the toy world's vocabulary and task tables (checkpoints record it)."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(vocabulary()).encode())
+    for d in world().values():
+        h.update(repr((d.name, d.table)).encode())
+    return h.hexdigest()[:16]
 
 
 def _lr_at(step: int, cfg: ToyTrainConfig) -> float:
@@ -199,6 +210,7 @@ def save_toy_checkpoint(result: ToyTrainResult, directory: str | Path, metrics: 
         cfg = asdict(result.config)
         meta = {
             "format": "tvlens-toy/1",
+            "world": world_fingerprint(),
             "train_config": cfg,
             "train_seconds": round(result.seconds, 1),
             "final_loss": result.losses[-1],
@@ -232,7 +244,11 @@ def load_toy_checkpoint(directory: str | Path):
     tc = meta["train_config"]
     tc["betas"] = tuple(tc["betas"])
     cfg = ToyTrainConfig(**tc)
-    model = HookedTransformer(cfg.model_config(), tokenizer=load_tokenizer(directory / "tokenizer"), move_to_device=False)
+    if meta.get("world") != world_fingerprint():
+        log.warning("toy checkpoint %s was trained on another version of the toy world; its tasks may not match "
+                    "tvlens.tasks' toy/* definitions (retrain with `tvlens toy-train`)", directory)
+    tokenizer = load_tokenizer(directory / "tokenizer")
+    model = HookedTransformer(cfg.model_config(d_vocab=len(tokenizer.get_vocab())), tokenizer=tokenizer, move_to_device=False)
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     model.eval()
     return model

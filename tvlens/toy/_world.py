@@ -11,9 +11,10 @@ Intuition:
     (``capitalize``), a pairing (``antonym``), an ordering (``successor``), arithmetic-like maps
     on numbers (``add3``, ``double``), binary / 3-way / 6-way classification (``sentiment``,
     ``color``, ``category``, ``parity``) and pair-input classification like SNLI / RTE
-    (``compare``, ``is_antonym``). A frequent ``echo`` task (repeat the last input word) plays the
-    role of a language model's default continuation: with no demonstrations the model echoes, so
-    zero-shot accuracy on the real tasks is low, as in the paper.
+    (``compare``, ``is_antonym``, ``same_category``). Frequent ``echo_*`` tasks (repeat the last
+    input word, one per input domain) play the role of a language model's default continuation:
+    with no demonstrations the model echoes, so zero-shot accuracy on the real tasks is low, as
+    in the paper.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class ToyTaskDef:
     table: tuple[tuple[tuple[str, ...], str], ...]  # ((inputs...), output)
     label_words: tuple[str, ...] | None = None
     description: str = ""
-    evaluated: bool = True  # False for the "echo" prior, which is never a benchmark task
+    evaluated: bool = True  # False for the "echo" priors, which are never benchmark tasks
 
 
 def _pseudo_words(rng: random.Random, n: int, syllables: int, taken: set[str]) -> list[str]:
@@ -99,6 +100,9 @@ def world() -> dict[str, ToyTaskDef]:
     is_antonym = tuple(
         ((a, b), "true" if antonym[a] == b else "false") for a in words for b in words
     )
+    same_category = tuple(
+        ((a, b), "true" if category[a] == category[b] else "false") for a in words for b in words
+    )
     defs = [
         ToyTaskDef("capital", "generation", 1, single(capital), None, "word -> its capital city (lookup)"),
         ToyTaskDef("capitalize", "generation", 1, single({w: w.capitalize() for w in words}), None, "word -> Word (surface map)"),
@@ -112,16 +116,20 @@ def world() -> dict[str, ToyTaskDef]:
         ToyTaskDef("parity", "classification", 1, single({n: PARITY_LABELS[int(n) % 2] for n in numbers}), PARITY_LABELS, "n -> even / odd"),
         ToyTaskDef("compare", "classification", 2, compare, COMPARE_LABELS, "a b -> true (a = b) / maybe (b > a) / false (b < a), like SNLI"),
         ToyTaskDef("is_antonym", "classification", 2, is_antonym, MATCH_LABELS, "a b -> true if b is the antonym of a, like RTE"),
-        ToyTaskDef(
-            "echo",
-            "generation",
-            1,
-            tuple(((x,), x) for x in words + numbers),
-            None,
-            "repeat the input: the model's default continuation, a training prior, not a benchmark",
-            evaluated=False,
-        ),
+        ToyTaskDef("same_category", "classification", 2, same_category, MATCH_LABELS, "a b -> true if a and b share a category, like RTE"),
     ]
+    # The echo priors: repeat the (last) input word. One per input domain, so that with no
+    # demonstrations echoing beats every real task on every domain, as a language model's
+    # default continuation beats any one task; never benchmark tasks.
+    echo = [
+        ("echo_word", tuple(((w,), w) for w in words)),
+        ("echo_number", tuple(((n,), n) for n in numbers)),
+        ("echo_word_pair", tuple(((a, b), b) for a in words for b in words)),
+        ("echo_number_pair", tuple(((a, b), b) for a in numbers for b in numbers)),
+    ]
+    for name, table in echo:
+        arity = len(table[0][0])
+        defs.append(ToyTaskDef(name, "generation", arity, table, None, "repeat the last input word (training prior, not a benchmark)", evaluated=False))
     return {d.name: d for d in defs}
 
 

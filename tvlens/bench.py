@@ -1,0 +1,100 @@
+"""Benchmarks (``tvlens bench``): speed ratios measured in one run, never asserted in unit tests.
+
+Each entry times the same work two ways on the same inputs in the same process and reports
+``baseline_s`` (seconds per step of the reference), ``fast_s`` and ``ratio = baseline / fast``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from tvlens.ltv._objective import FastObjective, NaiveObjective, TargetBatch, build_targets
+from tvlens.sites import Site
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    name: str
+    baseline_s: float
+    fast_s: float
+    details: dict
+
+    @property
+    def ratio(self) -> float:
+        return self.baseline_s / self.fast_s
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "baseline_s": self.baseline_s, "fast_s": self.fast_s, "ratio": self.ratio, **self.details}
+
+
+def _time_per_call(fn: Callable[[], None], *, min_calls: int, min_seconds: float) -> float:
+    fn()  # warm-up (allocations, lazy inits)
+    calls, t0 = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - t0 < min_seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - t0) / calls
+
+
+def _step_fn(objective, theta: torch.Tensor, idx: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        loss, _, _ = objective.loss(theta, idx)
+        torch.autograd.grad(loss, [theta])
+
+    return step
+
+
+def bench_ltv_step(name: str, model, tb: TargetBatch, sites: tuple[Site, ...], *, batch: int, min_seconds: float = 2.0) -> BenchResult:
+    """Seconds per LTV training step (forward + backward for theta) naive vs prefix-cached."""
+    theta = (0.1 * torch.randn(len(sites), model.cfg.d_model)).requires_grad_()
+    idx = torch.arange(min(batch, len(tb)))
+    naive = NaiveObjective(model, tb, sites)
+    t0 = time.perf_counter()
+    fast = FastObjective(model, tb, sites)
+    prepare_s = time.perf_counter() - t0
+    baseline = _time_per_call(_step_fn(naive, theta, idx), min_calls=3, min_seconds=min_seconds)
+    quick = _time_per_call(_step_fn(fast, theta, idx), min_calls=10, min_seconds=min_seconds)
+    details = {"batch": len(idx), "prompt_tokens": int(tb.tokens.shape[1]), "sites": [str(s) for s in sites],
+               "prepare_s": prepare_s, "prepared_prompts": len(tb), "threads": torch.get_num_threads()}
+    log.info("%s: naive %.4f s, fast %.4f s", name, baseline, quick)
+    return BenchResult(name, baseline, quick, details)
+
+
+def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
+                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN", seed=seed)
+    model = HookedTransformer(cfg)
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.d_vocab, (batch, n_tokens), generator=g)
+    last = torch.full((batch,), n_tokens - 1)
+    tb = TargetBatch(tokens, torch.ones_like(tokens), torch.zeros(batch, dtype=torch.long), last,
+                     torch.arange(batch), last.clone(), torch.randint(0, cfg.d_vocab, (batch,), generator=g),
+                     torch.ones(batch), torch.zeros(batch, dtype=torch.long))
+    return model, tb
+
+
+def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
+    """The LTV step benchmarks of issue #3: toy zero-shot, toy 8-shot, GPT-2-shaped 128 tokens."""
+    import tvlens as tv
+
+    min_s = 0.5 if quick else 2.0
+    results = []
+    model = tv.load_model("toy")
+    layer = model.cfg.n_layers // 2
+    splits = tv.make_splits(tv.tasks.get("toy/antonym"))
+    for k, name in ((0, "ltv_step_toy_zero_shot"), (8, "ltv_step_toy_8shot")):
+        tb = build_targets(model, tv.make_prompts(splits, "train", k=k), padding_side="left")
+        results.append(bench_ltv_step(name, model, tb, (Site(layer, -1),), batch=32, min_seconds=min_s))
+    big, tb = _gpt2_shape_batch(batch=2 if quick else 4, n_tokens=128)
+    results.append(bench_ltv_step("ltv_step_gpt2_shape_128", big, tb, (Site(6, -1),), batch=len(tb), min_seconds=min_s))
+    return results
