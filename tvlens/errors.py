@@ -17,6 +17,10 @@ class ModelLoadError(TvlensError, RuntimeError):
     """A model spec could not be turned into a HookedTransformer (unknown name, no network, bad dir)."""
 
 
+class ConfigError(TvlensError, ValueError):
+    """A configuration value is out of range or of the wrong kind (LTVConfig, ToyTrainConfig, options)."""
+
+
 class DatasetUnavailableError(TvlensError, RuntimeError):
     """A hub dataset could not be downloaded (typically: no network). Load it from a local file."""
 

@@ -174,8 +174,11 @@ def icl_baselines(
     """Zero-shot (k=0) and k-shot accuracy on held-out queries for each task."""
     from tvlens.prompts import make_prompts, make_splits
 
+    from tvlens.tasks import get as get_task
+
     results = []
     for task in tasks:
+        task = get_task(task) if isinstance(task, str) else task
         splits = make_splits(task, seed=seed)
         for k in shots:
             results.append(evaluate(model, make_prompts(splits, split, k=k, seed=seed), batch_size=batch_size))

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from tvlens.errors import ConfigError
 from tvlens.sites import resolve_columns
 from tvlens.vector import TaskVector
 
@@ -41,6 +42,18 @@ class _Call:
     offset: int  # absolute index of this call's first column (KV-cache length before the call)
     prompt_first: torch.Tensor  # [batch] absolute column of each prompt's first real token
     prompt_last: torch.Tensor  # [batch] absolute column of each prompt's last real token
+
+
+def _tokens_and_mask(model, text, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise string input as the model's forward will, and its padding mask (either side)."""
+    from transformer_lens import utils
+
+    side = kwargs.get("padding_side", utils.USE_DEFAULT_VALUE)
+    bos = kwargs.get("prepend_bos", utils.USE_DEFAULT_VALUE)
+    tokens = model.to_tokens(text, prepend_bos=bos, padding_side=side)
+    side = model.tokenizer.padding_side if side in (None, utils.USE_DEFAULT_VALUE) else side
+    bos = model.cfg.default_prepend_bos if bos in (None, utils.USE_DEFAULT_VALUE) else bos
+    return tokens, utils.get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
 
 
 def _mask_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +75,7 @@ def steer(
 ) -> Iterator[None]:
     """Inside the block, every forward pass of ``model`` carries ``scale * vector`` at its sites."""
     if generation not in ("prompt", "every_token"):
-        raise ValueError(f"generation must be 'prompt' or 'every_token', got {generation!r}")
+        raise ConfigError(f"generation must be 'prompt' or 'every_token', got {generation!r}")
     vector.check_compatible(model, allow_other_fingerprint=allow_other_fingerprint)
     scale = vector.scale if scale is None else scale
     values = vector.values.to(device=model.cfg.device, dtype=model.cfg.dtype)
@@ -78,12 +91,7 @@ def steer(
             mask = kwargs.get("attention_mask")
             if mask is None:
                 if isinstance(input, (str, list)):
-                    from transformer_lens import utils
-
-                    input = model.to_tokens(input, prepend_bos=kwargs.get("prepend_bos", utils.USE_DEFAULT_VALUE),
-                                            padding_side=kwargs.get("padding_side", utils.USE_DEFAULT_VALUE))
-                    mask = utils.get_attention_mask(model.tokenizer, input, model.cfg.default_prepend_bos) \
-                        if model.tokenizer is not None and model.tokenizer.padding_side == "left" else None
+                    input, mask = _tokens_and_mask(model, input, kwargs)
                 batch, width = input.shape[:2]
                 mask = torch.ones(batch, offset + width, dtype=torch.long) if mask is None else mask
             first, last = _mask_bounds(mask)
@@ -142,6 +150,6 @@ def steer(
         state["call"] = None
 
 
-def steering(vector: TaskVector, model, scale: float | None = None, **kw):
-    """An ``intervention`` for :func:`tvlens.evaluate`: ``evaluate(..., intervention=steering(v, model))``."""
+def steering(model, vector: TaskVector, scale: float | None = None, **kw):
+    """An ``intervention`` for :func:`tvlens.evaluate`: ``evaluate(..., intervention=steering(model, v))``."""
     return lambda batch: steer(model, vector, scale, **kw)

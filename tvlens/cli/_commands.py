@@ -57,7 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
         for row in rows:
             splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
             res = tv.train_ltv(model, splits.task, layers=[layer], positions=[-1], config=config, splits=splits, progress=False)
-            test = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed), intervention=tv.steering(res.vector, model))
+            test = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed), intervention=tv.steering(model, res.vector))
             row["ltv"] = test.accuracy
             row["ltv_val"] = res.val_accuracy
     payload = {
@@ -116,11 +116,12 @@ def cmd_train(args: argparse.Namespace) -> tuple[dict, str]:
     task = tv.tasks.resolve(args.task, model_name=args.model)
     layers = args.layer if args.layer is not None else [model.cfg.n_layers // 2]
     res = tv.train_ltv(model, task, layers=layers, positions=args.position, shots=args.shots,
-                       config=_ltv_config(args), checkpoint=args.checkpoint, progress=not args.json)
+                       config=_ltv_config(args), splits=tv.make_splits(task, seed=args.seed),
+                       checkpoint=args.checkpoint, progress=not args.json)
     path = res.vector.save(args.out)
     splits = res.splits
     test = tv.evaluate(model, tv.make_prompts(splits, "test", k=args.shots, seed=args.seed),
-                       intervention=tv.steering(res.vector, model))
+                       intervention=tv.steering(model, res.vector))
     payload = {"task": task.name, "out": str(path), "sites": [str(s) for s in res.vector.sites], "shots": args.shots,
                "val_accuracy": res.val_accuracy, "test_accuracy": test.accuracy, "epochs": len(res.history),
                "steps": res.steps, "seconds": round(res.seconds, 2), "history": list(res.history)}
@@ -134,15 +135,17 @@ def cmd_eval(args: argparse.Namespace) -> tuple[dict, str]:
 
     model = tv.load_model(args.model)
     task = tv.tasks.resolve(args.task, model_name=args.model)
-    splits = tv.make_splits(task, seed=args.seed)
-    out: dict = {"task": task.name, "model": args.model}
+    v = tv.TaskVector.load(args.vector) if args.vector else None
+    # a vector is evaluated on the test queries of the splits it was trained with
+    seed = int(v.meta.get("split_seed", args.seed)) if v is not None else args.seed
+    splits = tv.make_splits(task, seed=seed)
+    out: dict = {"task": task.name, "model": args.model, "split_seed": seed}
     out["zero_shot"] = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed)).accuracy
     out["icl"] = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=args.seed)).accuracy for k in args.icl_shots}
-    if args.vector:
-        v = tv.TaskVector.load(args.vector)
+    if v is not None:
         shots = int(v.meta.get("shots", 0))
         res = tv.evaluate(model, tv.make_prompts(splits, "test", k=shots, seed=args.seed),
-                          intervention=tv.steering(v, model, args.scale, allow_other_fingerprint=args.allow_other_model))
+                          intervention=tv.steering(model, v, args.scale, allow_other_fingerprint=args.allow_other_model))
         out["vector"] = {"path": args.vector, "sites": [str(s) for s in v.sites], "shots": shots,
                          "accuracy": res.accuracy, "label_accuracy": res.label_accuracy}
     lines = [f"{task.name}: zero-shot {out['zero_shot']:.3f}"] + [f"  {k}-shot ICL {a:.3f}" for k, a in out["icl"].items()]

@@ -80,5 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except TvlensError as e:
         print(f"tvlens: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    _emit(args, payload, text)
+    try:
+        _emit(args, payload, text)
+    except BrokenPipeError:  # e.g. `tvlens demo --json | head`
+        sys.stderr.close()
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from tvlens.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class LTVConfig:
@@ -29,13 +31,13 @@ class LTVConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.epoch_size < 1 or self.max_epochs < 1:
-            raise ValueError("lr, batch_size, epoch_size and max_epochs must be positive")
+            raise ConfigError("lr, batch_size, epoch_size and max_epochs must be positive")
         if self.patience < 1 or self.init_range < 0 or self.n_train < 1 or self.n_val < 1:
-            raise ValueError("patience, n_train and n_val must be >= 1 and init_range >= 0")
+            raise ConfigError("patience, n_train and n_val must be >= 1 and init_range >= 0")
         if self.schedule not in ("linear", "constant"):
-            raise ValueError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
         if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+            raise ConfigError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
 
     @classmethod
     def paper(cls, **changes) -> LTVConfig:

@@ -158,20 +158,32 @@ class FastObjective:
                 cache.freeze()
                 # residual at layer l0 for the suffix columns, attending to the cached prefix
                 resid.append(model(toks[:, self.c0 :], past_kv_cache=cache, attention_mask=mask[:, self.c0 :], stop_at_layer=self.l0))
-                for layer in range(model.cfg.n_layers):
+                for layer in range(self.l0, model.cfg.n_layers):
                     keys[layer].append(cache.entries[layer].past_keys)
                     values[layer].append(cache.entries[layer].past_values)
-        self.keys = [torch.cat(k) for k in keys]  # per layer [batch, c0, n_kv_heads, d_head]
-        self.values = [torch.cat(v) for v in values]
+        # per layer [batch, c0, n_kv_heads, d_head]; layers below l0 are not needed
+        self.keys = [torch.cat(k) if layer >= self.l0 else None for layer, k in enumerate(keys)]
+        self.values = [torch.cat(v) if layer >= self.l0 else None for layer, v in enumerate(values)]
         self.resid = torch.cat(resid)  # [batch, suffix, d_model]
 
     def _cache(self, idx: torch.Tensor | None):
+        """A frozen KV cache of the prefix for rows ``idx`` (views when idx is None or contiguous)."""
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
         from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-        pick = (lambda t: t) if idx is None else (lambda t: t[idx])
+        if idx is None:
+            pick = lambda t: t  # noqa: E731
+        elif len(idx) and bool((idx[1:] - idx[:-1] == 1).all()):
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            pick = lambda t: t[lo:hi]  # noqa: E731  (a view: no copy)
+        else:
+            pick = lambda t: t[idx]  # noqa: E731
         mask = pick(self.tb.attention_mask)
-        entries = [TransformerLensKeyValueCacheEntry(pick(k), pick(v), frozen=True) for k, v in zip(self.keys, self.values)]
+        # layers below l0 are never run by the fast path: their entries stay empty
+        entries = [
+            TransformerLensKeyValueCacheEntry(pick(k), pick(v), frozen=True) if layer >= self.l0 else None
+            for layer, (k, v) in enumerate(zip(self.keys, self.values))
+        ]
         return TransformerLensKeyValueCache(entries, mask[:, : self.c0], frozen=True), mask
 
     def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
@@ -189,7 +201,8 @@ class FastObjective:
         resid = resid[tb.tgt_row, tb.tgt_col - self.c0]  # [target, d_model]
         if model.cfg.normalization_type is not None:
             resid = model.ln_final(resid[:, None])[:, 0]
-        logits = model.unembed(resid[:, None])[:, 0]  # [target, d_vocab]
+        # same map as model.unembed, without its per-call contiguous copy of W_U (~150 MB for GPT-2)
+        logits = resid @ model.W_U + model.b_U  # [target, d_vocab]
         return apply_softcap(logits, model.cfg.output_logits_soft_cap), tb
 
     def loss(self, theta, idx=None):

@@ -63,14 +63,15 @@ class LTVResult:
         return f"LTVResult({self.vector!r}, val_acc={self.val_accuracy:.3f}, epochs={len(self.history)}, steps={self.steps})"
 
 
-def _accuracy(objective, theta, n: int, batch_size: int) -> float:
-    """First-token accuracy (full-vocabulary argmax); ``objective`` holds one target per row."""
-    correct = 0
+def _accuracy(objective, theta, n: int, batch_size: int) -> tuple[float, float]:
+    """First-token accuracy (full-vocabulary argmax) and mean NLL; one target per row."""
+    correct, nll = 0, 0.0
     with torch.no_grad():
         for start in range(0, n, batch_size):
             logits, tb = objective.target_logits(theta, torch.arange(start, min(n, start + batch_size)))
             correct += int((logits.argmax(-1) == tb.first_target).sum())
-    return correct / n
+            nll += float(torch.nn.functional.cross_entropy(logits.float(), tb.first_target, reduction="sum"))
+    return correct / n, nll / n
 
 
 def _save_checkpoint(path: Path, theta, opt, step: int, epoch: int, best, history, gen, meta: dict) -> None:
@@ -81,7 +82,7 @@ def _save_checkpoint(path: Path, theta, opt, step: int, epoch: int, best, histor
     for k in ("exp_avg", "exp_avg_sq"):
         if k in state:
             tensors[k] = state[k].clone()
-    header = {"step": step, "epoch": epoch, "best_acc": best[0], "best_epoch": best[2], "history": history,
+    header = {"step": step, "epoch": epoch, "best_acc": best[0], "best_epoch": best[2], "best_loss": best[3], "history": history,
               "adam_step": float(state["step"]) if "step" in state else 0.0, **meta}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -99,7 +100,7 @@ def _load_checkpoint(path: Path, meta: dict):
     with safe_open(str(path), framework="pt") as f:
         header = json.loads(f.metadata()["tvlens_ltv_checkpoint"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for k in ("config", "sites", "task", "shots", "model_fingerprint"):
+    for k in ("config", "sites", "task", "shots", "model_fingerprint", "split_seed"):
         if header.get(k) != meta.get(k):
             raise CheckpointError(
                 f"checkpoint {str(path)!r} belongs to another run ({k}: {header.get(k)!r} != {meta.get(k)!r}); "
@@ -153,11 +154,11 @@ def train_ltv(
     total_steps = steps_per_epoch * cfg.max_epochs
     fp = fingerprint(model)
     meta = {"config": cfg.to_dict(), "sites": [[s.layer, s.position] for s in sites], "task": task.name,
-            "shots": shots, "model_fingerprint": fp}
+            "shots": shots, "model_fingerprint": fp, "split_seed": splits.seed}
 
     history: list[dict] = []
-    step, start_epoch = 0, 0
-    best = (-1.0, theta.detach().clone(), -1)
+    step, start_epoch, elapsed = 0, 0, 0.0
+    best = (-1.0, theta.detach().clone(), -1, float("inf"))  # (val acc, theta, epoch, val loss)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         header, tensors = _load_checkpoint(ckpt, meta)
@@ -167,7 +168,8 @@ def train_ltv(
             opt.state[theta] = {"step": torch.tensor(header["adam_step"]), "exp_avg": tensors["exp_avg"], "exp_avg_sq": tensors["exp_avg_sq"]}
         gen.set_state(tensors["rng"])
         step, start_epoch, history = header["step"], header["epoch"], header["history"]
-        best = (header["best_acc"], tensors["best_theta"], header["best_epoch"])
+        elapsed = history[-1]["seconds"] if history else 0.0
+        best = (header["best_acc"], tensors["best_theta"], header["best_epoch"], header["best_loss"])
         log.info("resuming %s from epoch %d (step %d)", ckpt, start_epoch, step)
 
     n_train = len(train_obj.tb)
@@ -190,17 +192,19 @@ def train_ltv(
             losses.append(loss.item())
             step += 1
             bar.update(1)
-        val_acc = _accuracy(val_obj, theta.detach(), len(val_obj.tb), cfg.eval_batch_size)
+        val_acc, val_loss = _accuracy(val_obj, theta.detach(), len(val_obj.tb), cfg.eval_batch_size)
         history.append({"epoch": epoch, "step": step, "train_loss": sum(losses) / max(1, len(losses)),
-                        "val_accuracy": val_acc, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)})
+                        "val_accuracy": val_acc, "val_loss": val_loss, "lr": lr,
+                        "seconds": round(elapsed + time.perf_counter() - t0, 3)})
         bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{val_acc:.3f}")
         log.info("ltv %s epoch %d loss %.4f val_acc %.3f", task.name, epoch, history[-1]["train_loss"], val_acc)
-        if val_acc > best[0]:
-            best = (val_acc, theta.detach().clone(), epoch)
+        # better = higher validation accuracy, ties broken by lower validation loss (small val sets)
+        if val_acc > best[0] or (val_acc == best[0] and val_loss < best[3]):
+            best = (val_acc, theta.detach().clone(), epoch, val_loss)
         if ckpt is not None:
             _save_checkpoint(ckpt, theta, opt, step, epoch + 1, best, history, gen, meta)
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = elapsed + time.perf_counter() - t0
     from importlib.metadata import version
 
     vector = TaskVector(

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tvlens.errors import ConfigError
 from tvlens.toy._world import ARROW, BOS, PAD, SEP, ToyTaskDef, task_token, vocabulary, world
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,11 @@ class ToyTrainConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 <= self.instruction_frac <= 1 or not 0 <= self.echo_weight < 1:
-            raise ValueError("instruction_frac must be in [0, 1] and echo_weight in [0, 1)")
+            raise ConfigError("instruction_frac must be in [0, 1] and echo_weight in [0, 1)")
         if self.steps < 1 or self.batch_size < 1 or self.n_examples < 1:
-            raise ValueError("steps, batch_size and n_examples must be positive")
+            raise ConfigError("steps, batch_size and n_examples must be positive")
 
     def model_config(self, d_vocab: int | None = None):
         from transformer_lens import HookedTransformerConfig
