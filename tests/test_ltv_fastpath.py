@@ -60,3 +60,22 @@ def test_fast_equals_naive_on_embedded_model(toy_model, side):
     for k, sites in ((0, ((2, -1),)), (8, ((1, -1), (2, -1))), (4, ((2, -3), (2, -1)))):
         ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/capital")), "train", k=k, n=12)
         _check(toy_model, ps, sites, side)
+
+
+@pytest.mark.parametrize("policy", ["skip", "clip"])
+def test_fast_equals_naive_when_sites_fall_outside_short_prompts(toy_tokenizer, policy):
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(toy_tokenizer, n_layers=3)
+    sites = tuple(tv.Site(1, p) for p in (-5, -4, -3, -2, -1)) + (tv.Site(2, 4),)
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=0, n=8)  # 3-token prompts
+    for side in ("left", "right"):
+        tb = build_targets(model, ps, padding_side=side)
+        theta = torch.randn(len(sites), model.cfg.d_model, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        ln, _, _ = NaiveObjective(model, tb, sites, policy).loss(theta)
+        lf, _, _ = FastObjective(model, tb, sites, policy).loss(theta)
+        (gn,) = torch.autograd.grad(ln, theta)
+        (gf,) = torch.autograd.grad(lf, theta)
+        assert abs(ln.item() - lf.item()) < 1e-5 and (gn - gf).abs().max() < 1e-5
+        absent = gn.abs().sum(-1) == 0
+        assert absent.tolist() == ([True, True, False, False, False, True] if policy == "skip" else [False] * 6)

@@ -41,3 +41,14 @@ def test_resolve_left_and_right_padding():
 def test_check_sites_names_the_layers():
     with pytest.raises(PromptError, match="layers 0..3"):
         check_sites([Site(4, -1)], 4)
+
+
+def test_out_of_range_policies():
+    first, last = torch.tensor([0, 2]), torch.tensor([4, 4])  # lengths 5 and 3
+    assert resolve_columns(-4, last, first, "skip").tolist() == [1, -1]
+    assert resolve_columns(-4, last, first, "clip").tolist() == [1, 2]
+    assert resolve_columns(4, last, first, "clip").tolist() == [4, 4]
+    assert resolve_columns(4, last, first, "skip").tolist() == [4, -1]
+    # under the test suite's runtime type checks the Literal hint catches it first
+    with pytest.raises((PromptError, TypeError)):
+        resolve_columns(-1, last, first, "wrap")

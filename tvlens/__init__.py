@@ -34,3 +34,4 @@ from tvlens.sites import site_grid as site_grid
 from tvlens.steer import steer as steer
 from tvlens.steer import steering as steering
 from tvlens.vector import TaskVector as TaskVector
+from tvlens.ltv import paper_scenarios as paper_scenarios

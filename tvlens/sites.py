@@ -14,11 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Int
 
 from tvlens.errors import PromptError
+
+OutOfRange = Literal["error", "skip", "clip"]
+"""What to do with a site position that a (short) prompt does not have: raise (default), skip
+that prompt (no vector there), or clip to the nearest real token (BOS or the last token)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -70,15 +75,26 @@ def resolve_columns(
     position: int,
     last_index: Int[torch.Tensor, " batch"],
     first_index: Int[torch.Tensor, " batch"],
+    out_of_range: OutOfRange = "error",
 ) -> Int[torch.Tensor, " batch"]:
-    """The token column of ``position`` in every row, given each row's first and last real column."""
+    """The token column of ``position`` in every row, given each row's first and last real column.
+
+    Rows whose prompt lacks the position raise, get -1 (``"skip"``) or the nearest real column
+    (``"clip"``), per ``out_of_range``.
+    """
     cols = last_index + 1 + position if position < 0 else first_index + position
     bad = (cols < first_index) | (cols > last_index)
+    if out_of_range == "skip":
+        return torch.where(bad, -1, cols)
+    if out_of_range == "clip":
+        return torch.minimum(torch.maximum(cols, first_index), last_index)
+    if out_of_range != "error":
+        raise PromptError(f"out_of_range must be 'error', 'skip' or 'clip', got {out_of_range!r}")
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
         length = int(last_index[row] - first_index[row] + 1)
         raise PromptError(
             f"position {position} falls outside prompt {row} of {length} tokens (BOS included); "
-            "use a position inside every prompt (e.g. -1 for the last token)"
+            "use a position inside every prompt (e.g. -1 for the last token), or out_of_range='skip'/'clip'"
         )
     return cols

@@ -115,8 +115,8 @@ def steer(
             resid = resid.clone()
             for i in rows:
                 site = vector.sites[i]
-                cols = resolve_columns(site.position, call.prompt_last, call.prompt_first) - call.offset
-                idx = [(b, int(c)) for b, c in enumerate(cols.tolist()) if 0 <= c < width]
+                cols = resolve_columns(site.position, call.prompt_last, call.prompt_first, vector.out_of_range)
+                idx = [(b, int(c) - call.offset) for b, c in enumerate(cols.tolist()) if c >= 0 and 0 <= c - call.offset < width]
                 if generation == "every_token" and site.position == -1 and state["generating"]:
                     idx += [(b, c) for b in range(batch) for c in range(width)
                             if c + call.offset > int(call.prompt_last[b])]

@@ -36,6 +36,7 @@ class TaskVector:
     operation: Operation = "add"
     scale: float = 1.0  # default scale used by steer() when none is given
     method: str = "ltv"  # "ltv", "vanilla_tv", "fv", ...
+    out_of_range: str = "error"  # a prompt lacking a site's position: "error", "skip" or "clip"
     meta: dict = field(default_factory=dict)  # training config, seed, metrics, versions (JSON-able)
 
     def __post_init__(self) -> None:
@@ -116,6 +117,7 @@ class TaskVector:
             "operation": self.operation,
             "scale": self.scale,
             "method": self.method,
+            "out_of_range": self.out_of_range,
             "hook_names": list(self.hook_names),
             "dtype": str(self.values.dtype).removeprefix("torch."),
             "meta": self.meta,
@@ -158,5 +160,6 @@ class TaskVector:
             operation=header["operation"],
             scale=header["scale"],
             method=header["method"],
+            out_of_range=header.get("out_of_range", "error"),
             meta=header.get("meta", {}),
         )

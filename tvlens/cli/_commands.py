@@ -14,6 +14,16 @@ def cmd_tasks(args: argparse.Namespace) -> tuple[dict, str]:
     return {"tasks": rows}, text
 
 
+def instructed(splits):
+    """The same splits with the toy task's instruction token before each prompt (toy model only)."""
+    import dataclasses
+
+    from tvlens.toy import task_token
+
+    task = dataclasses.replace(splits.task, prefix=task_token(splits.task.name.removeprefix("toy/")) + " ")
+    return dataclasses.replace(splits, task=task)
+
+
 def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list[dict]:
     import tvlens as tv
 
@@ -23,8 +33,11 @@ def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list
         splits = tv.make_splits(task, seed=seed)
         zs = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=seed))
         icl = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=seed)).accuracy for k in shots}
-        rows.append({"task": name, "kind": task.kind, "n_test": zs.n, "zero_shot": zs.accuracy, "icl": icl,
-                     "zero_shot_label_acc": zs.label_accuracy})
+        row = {"task": name, "kind": task.kind, "n_test": zs.n, "zero_shot": zs.accuracy, "icl": icl,
+               "zero_shot_label_acc": zs.label_accuracy}
+        if name.startswith("toy/"):  # reported apart: the instruction pathway, never used elsewhere
+            row["instruction"] = tv.evaluate(model, tv.make_prompts(instructed(splits), "test", k=0, seed=seed)).accuracy
+        rows.append(row)
     return rows
 
 
@@ -83,6 +96,7 @@ def cmd_toy_train(args: argparse.Namespace) -> tuple[dict, str]:
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     result = train_toy_model(cfg)
+    out = save_toy_checkpoint(result, args.out)  # save first: a failing evaluation loses nothing
     rows, metrics = [], {}
     if not args.no_eval:
         rows = _icl_rows(result.model, tv.tasks.toy_task_names(), [1, 8], seed=0)
@@ -91,7 +105,7 @@ def cmd_toy_train(args: argparse.Namespace) -> tuple[dict, str]:
             "mean_icl_8": sum(r["icl"]["8"] for r in rows) / len(rows),
             "mean_icl_1": sum(r["icl"]["1"] for r in rows) / len(rows),
         }
-    out = save_toy_checkpoint(result, args.out, metrics=metrics)
+        out = save_toy_checkpoint(result, args.out, metrics=metrics)
     payload = {"out": str(out), "steps": cfg.steps, "train_seconds": round(result.seconds, 1),
                "final_loss": result.losses[-1], "metrics": metrics, "tasks": rows}
     text = f"trained {cfg.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}; saved to {out}"

@@ -7,3 +7,5 @@ from tvlens.ltv._objective import TargetBatch as TargetBatch
 from tvlens.ltv._objective import build_targets as build_targets
 from tvlens.ltv._train import LTVResult as LTVResult
 from tvlens.ltv._train import train_ltv as train_ltv
+from tvlens.ltv._scenarios import Scenario as Scenario
+from tvlens.ltv._scenarios import paper_scenarios as paper_scenarios

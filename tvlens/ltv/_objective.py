@@ -21,7 +21,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 
 from tvlens.errors import PromptError
 from tvlens.prompts import PromptSet, label_token_ids
-from tvlens.sites import Site, resolve_columns
+from tvlens.sites import OutOfRange, Site, resolve_columns
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class TargetBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def site_columns(self, sites: Sequence[Site]) -> Int[torch.Tensor, "site batch"]:
-        return torch.stack([resolve_columns(s.position, self.prompt_last, self.prompt_first) for s in sites])
+    def site_columns(self, sites: Sequence[Site], out_of_range: OutOfRange = "error") -> Int[torch.Tensor, "site batch"]:
+        """Column of every site in every row (-1 where a skipped site is absent)."""
+        return torch.stack([resolve_columns(s.position, self.prompt_last, self.prompt_first, out_of_range) for s in sites])
 
     def rows(self, idx: torch.Tensor) -> TargetBatch:
         """The sub-batch of rows ``idx`` (columns unchanged), targets re-indexed."""
@@ -112,9 +113,9 @@ def _add_at(resid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vec: to
 class NaiveObjective:
     """Full forward with hooks at ``blocks.{l}.hook_resid_pre``: the reference implementation."""
 
-    def __init__(self, model, tb: TargetBatch, sites: Sequence[Site]) -> None:
+    def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], out_of_range: OutOfRange = "error") -> None:
         self.model, self.tb, self.sites = model, tb, tuple(sites)
-        self.cols = tb.site_columns(self.sites)  # [site, batch]
+        self.cols = tb.site_columns(self.sites, out_of_range)  # [site, batch], -1 = absent
 
     def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
         tb = self.tb if idx is None else self.tb.rows(idx)
@@ -137,14 +138,17 @@ class NaiveObjective:
 class FastObjective:
     """Prefix-cached objective: the unaffected prefix is computed once, each step runs the rest."""
 
-    def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], *, prepare_batch_size: int = 64) -> None:
+    def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], out_of_range: OutOfRange = "error", *,
+                 prepare_batch_size: int = 64) -> None:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         self.model, self.tb, self.sites = model, tb, tuple(sites)
         self.l0 = min(s.layer for s in self.sites)
-        cols = tb.site_columns(self.sites)  # [site, batch]
-        self.c0 = int(cols.min())
-        self.cols = cols - self.c0  # columns within the suffix
+        cols = tb.site_columns(self.sites, out_of_range)  # [site, batch], -1 = absent
+        present = cols[cols >= 0]
+        # earliest affected column; with no site present anywhere only the last columns matter
+        self.c0 = int(present.min()) if len(present) else int(tb.prompt_last.min())
+        self.cols = torch.where(cols >= 0, cols - self.c0, -1)  # columns within the suffix
         keys: list[list[torch.Tensor]] = [[] for _ in range(model.cfg.n_layers)]
         values: list[list[torch.Tensor]] = [[] for _ in range(model.cfg.n_layers)]
         resid = []
@@ -210,5 +214,5 @@ class FastObjective:
         return weighted_nll(logits, tb), logits, tb
 
 
-def make_objective(model, tb: TargetBatch, sites: Sequence[Site], *, fast: bool = True):
-    return FastObjective(model, tb, sites) if fast else NaiveObjective(model, tb, sites)
+def make_objective(model, tb: TargetBatch, sites: Sequence[Site], *, fast: bool = True, out_of_range: OutOfRange = "error"):
+    return FastObjective(model, tb, sites, out_of_range) if fast else NaiveObjective(model, tb, sites, out_of_range)

@@ -100,7 +100,7 @@ def _load_checkpoint(path: Path, meta: dict):
     with safe_open(str(path), framework="pt") as f:
         header = json.loads(f.metadata()["tvlens_ltv_checkpoint"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for k in ("config", "sites", "task", "shots", "model_fingerprint", "split_seed"):
+    for k in ("config", "sites", "task", "shots", "model_fingerprint", "split_seed", "out_of_range"):
         if header.get(k) != meta.get(k):
             raise CheckpointError(
                 f"checkpoint {str(path)!r} belongs to another run ({k}: {header.get(k)!r} != {meta.get(k)!r}); "
@@ -120,11 +120,13 @@ def train_ltv(
     config: LTVConfig = LTVConfig(),
     splits: TaskSplits | None = None,
     checkpoint: str | os.PathLike | None = None,
+    out_of_range: str = "error",
     progress: bool = True,
 ) -> LTVResult:
     """Train one vector per site (default: middle layer, last position) on ``task``'s train queries.
 
-    ``shots=k`` trains (and is meant to apply) the vector on k-shot ICL prompts. With
+    ``shots=k`` trains (and is meant to apply) the vector on k-shot ICL prompts. Sites that a
+    short prompt lacks raise unless ``out_of_range`` is ``"skip"`` or ``"clip"`` (stored in the vector). With
     ``checkpoint=path`` the run state is saved atomically after every epoch and an interrupted
     run with the same arguments resumes from it. Same seed -> bit-identical vector on CPU.
     """
@@ -143,8 +145,8 @@ def train_ltv(
     train_ps = make_prompts(splits, "train", k=shots, seed=cfg.seed, n=cfg.n_train)
     val_ps = make_prompts(splits, "val", k=shots, seed=cfg.seed + 1, n=cfg.n_val)
     t0 = time.perf_counter()
-    train_obj = make_objective(model, build_targets(model, train_ps, padding_side=cfg.padding_side, multi_token=cfg.multi_token), sites, fast=cfg.fast)
-    val_obj = make_objective(model, build_targets(model, val_ps, padding_side=cfg.padding_side, multi_token=False), sites, fast=cfg.fast)
+    train_obj = make_objective(model, build_targets(model, train_ps, padding_side=cfg.padding_side, multi_token=cfg.multi_token), sites, fast=cfg.fast, out_of_range=out_of_range)
+    val_obj = make_objective(model, build_targets(model, val_ps, padding_side=cfg.padding_side, multi_token=False), sites, fast=cfg.fast, out_of_range=out_of_range)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     d_model = model.cfg.d_model
@@ -154,7 +156,7 @@ def train_ltv(
     total_steps = steps_per_epoch * cfg.max_epochs
     fp = fingerprint(model)
     meta = {"config": cfg.to_dict(), "sites": [[s.layer, s.position] for s in sites], "task": task.name,
-            "shots": shots, "model_fingerprint": fp, "split_seed": splits.seed}
+            "shots": shots, "model_fingerprint": fp, "split_seed": splits.seed, "out_of_range": out_of_range}
 
     history: list[dict] = []
     step, start_epoch, elapsed = 0, 0, 0.0
@@ -216,6 +218,7 @@ def train_ltv(
         n_layers=model.cfg.n_layers,
         operation="add",
         method="ltv",
+        out_of_range=out_of_range,
         meta={"config": cfg.to_dict(), "seed": cfg.seed, "shots": shots, "val_accuracy": best[0],
               "best_epoch": best[2], "steps": step, "transformer_lens": version("transformer_lens"),
               "torch": torch.__version__, "dtype": str(model.cfg.dtype).removeprefix("torch."),

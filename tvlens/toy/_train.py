@@ -33,20 +33,20 @@ log = logging.getLogger(__name__)
 class ToyTrainConfig:
     """How to train the embedded model. Defaults are the shipped checkpoint's recipe."""
 
-    n_layers: int = 4  # transformer blocks
+    n_layers: int = 5  # transformer blocks
     d_model: int = 128  # residual stream width
     n_heads: int = 4  # attention heads per block
     d_mlp: int = 512  # MLP hidden width
     n_ctx: int = 96  # maximum sequence length
-    steps: int = 1500  # optimiser steps (train by steps: ICL appears as a phase transition)
-    batch_size: int = 128  # sequences per step
+    steps: int = 2000  # optimiser steps (train by steps: ICL appears as a phase transition)
+    batch_size: int = 64  # sequences per step
     lr: float = 2e-3  # peak learning rate (AdamW)
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 100  # linear warm-up steps
     min_lr_frac: float = 0.1  # cosine decay floor, as a fraction of lr
     grad_clip: float = 1.0  # gradient-norm clip
-    n_examples: int = 12  # input -> output pairs per training sequence
+    n_examples: int = 10  # input -> output pairs per training sequence
     instruction_frac: float = 0.5  # fraction of sequences with the task's instruction token
     echo_weight: float = 0.4  # probability that a sequence is of an "echo_*" prior task (split evenly)
     seed: int = 0  # seeds the weights and the data stream
@@ -171,6 +171,10 @@ def train_toy_model(cfg: ToyTrainConfig = ToyTrainConfig(), *, progress: bool = 
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = HookedTransformer(cfg.model_config())
+    with tempfile.TemporaryDirectory() as tmp:  # TransformerLens reloads tokenizers by path
+        from tvlens.toy._tokenizer import build_tokenizer
+
+        model.set_tokenizer(build_tokenizer(tmp))
     model.train()
     sampler = SequenceSampler(cfg, np.random.default_rng(cfg.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
