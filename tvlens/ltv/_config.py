@@ -13,13 +13,13 @@ class LTVConfig:
     """How a learned task vector is trained. ``LTVConfig()`` is tvlens's fast batched default;
     ``LTVConfig.paper()`` is the recipe of Yang et al. (batch 1, lr 5e-3, 100-query epochs)."""
 
-    lr: float = 2e-2  # peak AdamW learning rate
+    lr: float = 5e-2  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW weight decay
     init_range: float = 0.1  # theta starts as Uniform(-init_range, init_range)
     batch_size: int = 32  # queries per optimiser step
     epoch_size: int = 256  # queries drawn (with reshuffling) per epoch
-    max_epochs: int = 20  # upper bound on epochs
-    patience: int = 3  # stop after this many epochs without a better validation accuracy
+    max_epochs: int = 25  # upper bound on epochs
+    patience: int = 6  # stop after this many epochs without a better validation accuracy
     schedule: Literal["linear", "constant"] = "linear"  # lr decays linearly to 0 over max_epochs
     n_train: int = 600  # at most this many training queries (the split's first n)
     n_val: int = 400  # at most this many validation queries
