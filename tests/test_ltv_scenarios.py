@@ -4,7 +4,7 @@ import pytest
 
 import tvlens as tv
 
-QUICK = tv.LTVConfig(max_epochs=4, patience=4)
+CONFIG = tv.LTVConfig()  # the default recipe
 
 
 def test_scenarios_for_the_papers_depth():
@@ -19,7 +19,7 @@ def test_each_scenario_trains_and_evaluates_on_the_toy_model(toy_model, name):
     sc = tv.paper_scenarios(toy_model.cfg.n_layers)[name]
     splits = tv.make_splits(tv.tasks.get("toy/sentiment"))
     # zero-shot toy prompts are 3 tokens long: positions -5, -4 and 4 are clipped to real tokens
-    res = tv.train_ltv(toy_model, splits.task, sites=sc.sites, shots=sc.shots, config=QUICK, splits=splits,
+    res = tv.train_ltv(toy_model, splits.task, sites=sc.sites, shots=sc.shots, config=CONFIG, splits=splits,
                        out_of_range="clip", progress=False)
     test = tv.make_prompts(splits, "test", k=sc.shots)
     base = tv.evaluate(toy_model, test).accuracy

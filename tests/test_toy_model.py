@@ -71,3 +71,22 @@ def test_checkpoint_roundtrip(tmp_path):
     back = load_toy_checkpoint(tmp_path / "ck")
     assert tv.fingerprint(back) == tv.fingerprint(res.model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_golden_values_of_the_shipped_checkpoint(toy_model, baselines):
+    """Frozen numbers: a change to the checkpoint, prompts, splits or evaluation shows up here."""
+    assert tv.fingerprint(toy_model) == "gpt2-like:L5-d128-h4-v374:sha256:2723a2eff2364e56"
+    assert baselines.accuracy("toy/category", 0) == pytest.approx(3 / 25)
+    assert baselines.accuracy("toy/is_antonym", 8) == pytest.approx(42 / 49)
+    assert baselines.accuracy("toy/successor", 1) == pytest.approx(24 / 25)
+
+
+@pytest.mark.parametrize("task", ["toy/antonym", "toy/capital", "toy/category"])
+def test_ltv_at_the_middle_layer_generalises_to_unseen_queries(toy_model, task):
+    splits = tv.make_splits(tv.tasks.get(task))
+    res = tv.train_ltv(toy_model, splits.task, splits=splits, progress=False)  # default: L/2, -1
+    assert res.vector.sites == (tv.Site(toy_model.cfg.n_layers // 2, -1),)
+    test = tv.make_prompts(splits, "test", k=0)
+    zero = tv.evaluate(toy_model, test).accuracy
+    ltv = tv.evaluate(toy_model, test, intervention=tv.steering(toy_model, res.vector)).accuracy
+    assert ltv >= 0.85 and ltv >= zero + 0.5
