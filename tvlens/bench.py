@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._objective import FastObjective, NaiveObjective, TargetBatch, build_targets
 from tvlens.sites import Site
 
@@ -100,7 +101,7 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     for k, name in ((0, "ltv_step_toy_zero_shot"), (8, "ltv_step_toy_8shot")):
         tb = build_targets(model, tv.make_prompts(splits, "train", k=k), padding_side="left")
         results.append(bench_ltv_step(name, model, tb, (Site(layer, -1),), batch=32, min_seconds=min_s))
-    batch = 4 if quick else 8
+    batch = 8 if quick else LTVConfig().batch_size  # the default training batch
     big, tb = _gpt2_shape_batch(batch=2 * batch, n_tokens=128)  # prepared pool of 2 x batch prompts
     results.append(bench_ltv_step("ltv_step_gpt2_shape_128", big, tb, (Site(6, -1),), batch=batch, min_seconds=min_s))
     return results
