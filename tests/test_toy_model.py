@@ -34,11 +34,9 @@ def test_icl_works_and_zero_shot_does_not(baselines):
 
 
 def test_instruction_pathway_is_learned(toy_model):
-    from tvlens.cli._commands import instructed
-
     splits = tv.make_splits(tv.tasks.get("toy/antonym"))
     plain = tv.evaluate(toy_model, tv.make_prompts(splits, "test", k=0)).accuracy
-    told = tv.evaluate(toy_model, tv.make_prompts(instructed(splits), "test", k=0)).accuracy
+    told = tv.evaluate(toy_model, tv.make_prompts(tv.tasks.with_instruction(splits), "test", k=0)).accuracy
     assert told >= 0.9 and plain <= 0.1
 
 

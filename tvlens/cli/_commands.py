@@ -14,16 +14,6 @@ def cmd_tasks(args: argparse.Namespace) -> tuple[dict, str]:
     return {"tasks": rows}, text
 
 
-def instructed(splits):
-    """The same splits with the toy task's instruction token before each prompt (toy model only)."""
-    import dataclasses
-
-    from tvlens.toy import task_token
-
-    task = dataclasses.replace(splits.task, prefix=task_token(splits.task.name.removeprefix("toy/")) + " ")
-    return dataclasses.replace(splits, task=task)
-
-
 def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list[dict]:
     import tvlens as tv
 
@@ -36,7 +26,7 @@ def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list
         row = {"task": name, "kind": task.kind, "n_test": zs.n, "zero_shot": zs.accuracy, "icl": icl,
                "zero_shot_label_acc": zs.label_accuracy}
         if name.startswith("toy/"):  # reported apart: the instruction pathway, never used elsewhere
-            row["instruction"] = tv.evaluate(model, tv.make_prompts(instructed(splits), "test", k=0, seed=seed)).accuracy
+            row["instruction"] = tv.evaluate(model, tv.make_prompts(tv.tasks.with_instruction(splits), "test", k=0, seed=seed)).accuracy
         rows.append(row)
     return rows
 

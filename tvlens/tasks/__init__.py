@@ -14,6 +14,7 @@ from tvlens.tasks._task import Example as Example
 from tvlens.tasks._task import Task as Task
 from tvlens.tasks._task import TaskKind as TaskKind
 from tvlens.tasks._toy import toy_task_names as toy_task_names
+from tvlens.tasks._toy import with_instruction as with_instruction
 from tvlens.tasks._toy import _register_all as _register_toy
 from tvlens.tasks._custom import from_dataset as from_dataset
 from tvlens.tasks._custom import from_file as from_file

@@ -32,6 +32,20 @@ def toy_task(d: ToyTaskDef) -> Task:
     )
 
 
+def with_instruction(splits):
+    """The same toy splits with the task's instruction token before every prompt.
+
+    The embedded model learned tasks from instructions too; tvlens evaluates it WITHOUT them
+    and reports instruction accuracy apart. Only meaningful for ``toy/*`` tasks.
+    """
+    import dataclasses
+
+    from tvlens.toy._world import task_token
+
+    task = dataclasses.replace(splits.task, prefix=task_token(splits.task.name.removeprefix("toy/")) + " ")
+    return dataclasses.replace(splits, task=task)
+
+
 def toy_task_names(*, benchmark_only: bool = True) -> list[str]:
     """Registry names of the toy tasks; by default only the benchmark ones (no ``echo``)."""
     return [f"toy/{n}" for n, d in world().items() if d.evaluated or not benchmark_only]
