@@ -19,6 +19,7 @@ def make_tiny_model(tokenizer, *, n_layers: int = 2, d_model: int = 32, n_heads:
     """A randomly initialised HookedTransformer with the toy tokenizer (for oracle tests)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    kw = {"act_fn": "gelu", "normalization_type": "LN", **kw}
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=d_model,
@@ -27,8 +28,6 @@ def make_tiny_model(tokenizer, *, n_layers: int = 2, d_model: int = 32, n_heads:
         d_mlp=4 * d_model,
         n_ctx=128,
         d_vocab=len(tokenizer.get_vocab()),
-        act_fn="gelu",
-        normalization_type="LN",
         seed=seed,
         **kw,
     )

@@ -11,6 +11,7 @@ Context:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,9 +20,12 @@ from jaxtyping import Float, Int
 
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from tvlens.errors import PromptError
+from tvlens.errors import ConfigError, PromptError
+from tvlens.ltv._lean import norm
 from tvlens.prompts import PromptSet, label_token_ids
 from tvlens.sites import OutOfRange, Site, resolve_columns
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,16 +51,49 @@ class TargetBatch:
 
     def rows(self, idx: torch.Tensor) -> TargetBatch:
         """The sub-batch of rows ``idx`` (columns unchanged), targets re-indexed."""
-        remap = torch.full((len(self),), -1, dtype=torch.long)
-        remap[idx] = torch.arange(len(idx))
-        new_row = remap[self.tgt_row]
-        order = torch.argsort(torch.where(new_row >= 0, new_row, len(self) + 1), stable=True)
-        order = order[new_row[order] >= 0]  # targets of the kept rows, in the order of idx
-        return TargetBatch(
-            self.tokens[idx], self.attention_mask[idx], self.prompt_first[idx], self.prompt_last[idx],
-            new_row[order], self.tgt_col[order], self.tgt_tok[order], self.tgt_weight[order],
-            self.first_target[idx],
-        )
+        t = TargetIndex(self).gather(idx)
+        return TargetBatch(self.tokens[idx], self.attention_mask[idx], self.prompt_first[idx], self.prompt_last[idx],
+                           t.tgt_row, t.tgt_col, t.tgt_tok, t.tgt_weight, t.first_target)
+
+
+@dataclass(frozen=True)
+class StepTargets:
+    """The targets of one minibatch, rows renumbered 0..n-1 in the order of ``idx``."""
+
+    n_rows: int
+    tgt_row: Int[torch.Tensor, " target"]
+    tgt_col: Int[torch.Tensor, " target"]
+    tgt_tok: Int[torch.Tensor, " target"]
+    tgt_weight: Float[torch.Tensor, " target"]
+    first_target: Int[torch.Tensor, " batch"]
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+
+class TargetIndex:
+    """Gathers a minibatch's targets in a few tensor ops (targets grouped by row once, here)."""
+
+    def __init__(self, tb: TargetBatch) -> None:
+        order = torch.argsort(tb.tgt_row, stable=True)
+        self.tb = tb
+        self.row, self.col, self.tok, self.weight = tb.tgt_row[order], tb.tgt_col[order], tb.tgt_tok[order], tb.tgt_weight[order]
+        self.count = torch.bincount(self.row, minlength=len(tb))
+        self.start = torch.cumsum(self.count, 0) - self.count
+        self.single = bool((self.count == 1).all())  # one target per row: a plain gather
+
+    def gather(self, idx: torch.Tensor | None) -> StepTargets | TargetBatch:
+        if idx is None:
+            return self.tb
+        n = len(idx)
+        if self.single:
+            t, row = self.start[idx], torch.arange(n)
+        else:
+            count = self.count[idx]
+            row = torch.repeat_interleave(torch.arange(n), count)
+            first = torch.cumsum(count, 0) - count
+            t = self.start[idx][row] + torch.arange(len(row)) - first[row]
+        return StepTargets(n, row, self.col[t], self.tok[t], self.weight[t], self.tb.first_target[idx])
 
 
 def build_targets(model, prompts: PromptSet, *, padding_side: str = "left", multi_token: bool = True) -> TargetBatch:
@@ -96,7 +133,7 @@ def build_targets(model, prompts: PromptSet, *, padding_side: str = "left", mult
     )
 
 
-def weighted_nll(logits: Float[torch.Tensor, "target d_vocab"], tb: TargetBatch) -> torch.Tensor:
+def weighted_nll(logits: Float[torch.Tensor, "target d_vocab"], tb: TargetBatch | StepTargets) -> torch.Tensor:
     """Mean over prompts of the mean teacher-forced NLL of each prompt's answer tokens."""
     nll = torch.nn.functional.cross_entropy(logits.float(), tb.tgt_tok, reduction="none")
     return (nll * tb.tgt_weight).sum() / len(tb)
@@ -110,39 +147,58 @@ def _add_at(resid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vec: to
     return resid + delta
 
 
+def fast_path_unsupported_reason(model) -> str | None:
+    """Why the prefix-cached path cannot run on ``model`` (None when it can)."""
+    if model.cfg.n_key_value_heads is not None and model.cfg.ungroup_grouped_query_attention:
+        return "TransformerLens's KV cache does not support cfg.ungroup_grouped_query_attention"
+    return None
+
+
 class NaiveObjective:
     """Full forward with hooks at ``blocks.{l}.hook_resid_pre``: the reference implementation."""
 
     def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], out_of_range: OutOfRange = "error") -> None:
         self.model, self.tb, self.sites = model, tb, tuple(sites)
         self.cols = tb.site_columns(self.sites, out_of_range)  # [site, batch], -1 = absent
+        self.targets = TargetIndex(tb)
 
     def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
-        tb = self.tb if idx is None else self.tb.rows(idx)
+        t = self.targets.gather(idx)
+        tokens, mask = (self.tb.tokens, self.tb.attention_mask) if idx is None else (self.tb.tokens[idx], self.tb.attention_mask[idx])
         cols = self.cols if idx is None else self.cols[:, idx]
-        rows = torch.arange(len(tb))
+        rows = torch.arange(len(t))
         hooks = []
         for i, s in enumerate(self.sites):
             def hook(resid, hook, i=i):
                 return _add_at(resid, rows, cols[i], theta[i])
             hooks.append((s.hook_name, hook))
         with self.model.hooks(fwd_hooks=hooks):
-            logits = self.model(tb.tokens, attention_mask=tb.attention_mask)  # [batch, pos, vocab]
-        return logits[tb.tgt_row, tb.tgt_col], tb
+            logits = self.model(tokens, attention_mask=mask)  # [batch, pos, vocab]
+        return logits[t.tgt_row, t.tgt_col], t
 
     def loss(self, theta, idx=None):
-        logits, tb = self.target_logits(theta, idx)
-        return weighted_nll(logits, tb), logits, tb
+        logits, t = self.target_logits(theta, idx)
+        return weighted_nll(logits, t), logits, t
 
 
 class FastObjective:
-    """Prefix-cached objective: the unaffected prefix is computed once, each step runs the rest."""
+    """Prefix-cached objective: the unaffected prefix is computed once, each step runs the rest.
+
+    ``lean=None`` (default) runs the suffix through ``tvlens.ltv._lean.LeanStack`` when the
+    architecture is covered, else through TransformerLens's blocks; ``lean=False`` forces the
+    blocks (both are tested against ``NaiveObjective``). ``lean_reason`` says why lean is off.
+    """
 
     def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], out_of_range: OutOfRange = "error", *,
-                 prepare_batch_size: int = 64) -> None:
+                 prepare_batch_size: int = 64, lean: bool | None = None) -> None:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+        from tvlens.ltv._lean import LeanStack, lean_unsupported_reason
+
+        if reason := fast_path_unsupported_reason(model):
+            raise ConfigError(f"the fast path cannot run on this model ({reason}); use the naive path: LTVConfig(fast=False)")
         self.model, self.tb, self.sites = model, tb, tuple(sites)
+        self.targets = TargetIndex(tb)
         self.l0 = min(s.layer for s in self.sites)
         cols = tb.site_columns(self.sites, out_of_range)  # [site, batch], -1 = absent
         present = cols[cols >= 0]
@@ -169,6 +225,17 @@ class FastObjective:
         self.keys = [torch.cat(k) if layer >= self.l0 else None for layer, k in enumerate(keys)]
         self.values = [torch.cat(v) if layer >= self.l0 else None for layer, v in enumerate(values)]
         self.resid = torch.cat(resid)  # [batch, suffix, d_model]
+        self.shortformer = None  # shortformer models add positions to every block's queries and keys
+        if model.cfg.positional_embedding_type == "shortformer":
+            with torch.no_grad():
+                self.shortformer = model.pos_embed(tb.tokens[:, self.c0 :], self.c0, tb.attention_mask)
+        self.lean_reason = lean_unsupported_reason(model, range(self.l0, model.cfg.n_layers)) if lean is not False else "lean=False"
+        if lean and self.lean_reason:
+            raise ConfigError(f"the lean fast path does not cover this model ({self.lean_reason}); pass lean=None (auto) or lean=False")
+        self.lean = None if self.lean_reason else LeanStack(model, self.l0, self.c0, tb.attention_mask, self.keys, self.values)
+        if self.lean is not None:
+            self.keys = self.values = None  # the lean stack holds them (rotary keys pre-rotated)
+        self._rows = torch.arange(len(tb))
 
     def _cache(self, idx: torch.Tensor | None):
         """A frozen KV cache of the prefix for rows ``idx`` (views when idx is None or contiguous)."""
@@ -192,27 +259,37 @@ class FastObjective:
 
     def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
         model = self.model
-        tb = self.tb if idx is None else self.tb.rows(idx)
+        t = self.targets.gather(idx)
         cols = self.cols if idx is None else self.cols[:, idx]
         resid = self.resid if idx is None else self.resid[idx]
-        cache, mask = self._cache(idx)
-        rows = torch.arange(len(tb))
+        rows = self._rows[: len(t)]
+        if self.lean is None:
+            cache, mask = self._cache(idx)
+            pos = None if self.shortformer is None else self.shortformer if idx is None else self.shortformer[idx]
         for layer in range(self.l0, model.cfg.n_layers):
             for i, s in enumerate(self.sites):
                 if s.layer == layer:
                     resid = _add_at(resid, rows, cols[i], theta[i])
-            resid = model.blocks[layer](resid, past_kv_cache_entry=cache[layer], attention_mask=mask)
-        resid = resid[tb.tgt_row, tb.tgt_col - self.c0]  # [target, d_model]
-        if model.cfg.normalization_type is not None:
-            resid = model.ln_final(resid[:, None])[:, 0]
+            if self.lean is not None:
+                resid = self.lean.block(layer, resid, idx)
+            else:
+                resid = model.blocks[layer](resid, past_kv_cache_entry=cache[layer], attention_mask=mask, shortformer_pos_embed=pos)
+        resid = resid[t.tgt_row, t.tgt_col - self.c0]  # [target, d_model]
+        ln_final = getattr(model, "ln_final", None)  # absent when cfg.normalization_type is None
+        if ln_final is not None:
+            resid = norm(ln_final, resid) if self.lean is not None else ln_final(resid[:, None])[:, 0]
         # same map as model.unembed, without its per-call contiguous copy of W_U (~150 MB for GPT-2)
         logits = resid @ model.W_U + model.b_U  # [target, d_vocab]
-        return apply_softcap(logits, model.cfg.output_logits_soft_cap), tb
+        return apply_softcap(logits, model.cfg.output_logits_soft_cap), t
 
     def loss(self, theta, idx=None):
-        logits, tb = self.target_logits(theta, idx)
-        return weighted_nll(logits, tb), logits, tb
+        logits, t = self.target_logits(theta, idx)
+        return weighted_nll(logits, t), logits, t
 
 
 def make_objective(model, tb: TargetBatch, sites: Sequence[Site], *, fast: bool = True, out_of_range: OutOfRange = "error"):
+    """The fast objective, or the naive one when ``fast`` is False or the model rules the fast path out."""
+    if fast and (reason := fast_path_unsupported_reason(model)):
+        log.warning("training on the naive path: %s", reason)
+        fast = False
     return FastObjective(model, tb, sites, out_of_range) if fast else NaiveObjective(model, tb, sites, out_of_range)
