@@ -19,7 +19,7 @@ def _check(model, prompts, sites, side, multi_token=True):
     tb = build_targets(model, prompts, padding_side=side, multi_token=multi_token)
     theta = (0.3 * torch.randn(len(sites), model.cfg.d_model, generator=torch.Generator().manual_seed(0))).requires_grad_()
     naive, fast = NaiveObjective(model, tb, sites), FastObjective(model, tb, sites)
-    for idx in (None, torch.tensor([3, 0, 2])):
+    for idx in (None, torch.tensor([3, 0, 2]), torch.arange(len(tb)).repeat(2)):  # minibatches may repeat rows
         ln, _, _ = naive.loss(theta, idx)
         lf, _, _ = fast.loss(theta, idx)
         (gn,) = torch.autograd.grad(ln, theta)

@@ -13,7 +13,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tvlens._models as models
-from tvlens._models import fingerprint, load_model, model_summary, toy_checkpoint_dir
+from tvlens._fingerprint import fingerprint, model_summary
+from tvlens._models import load_model, toy_checkpoint_dir
 from tvlens.errors import ModelLoadError, TvlensError
 
 WORDS = ["<bos>", "<pad>", "<unk>"] + [f"w{i}" for i in range(47)]  # d_vocab 50

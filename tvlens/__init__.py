@@ -9,7 +9,7 @@ import logging as _logging
 
 from tvlens import errors as errors
 from tvlens import tasks as tasks
-from tvlens._models import fingerprint as fingerprint
+from tvlens._fingerprint import fingerprint as fingerprint
 from tvlens._models import load_model as load_model
 from tvlens.evaluate import BaselineTable as BaselineTable
 from tvlens.evaluate import EvalResult as EvalResult

@@ -67,9 +67,12 @@ def bench_ltv_step(name: str, model, tb: TargetBatch, sites: tuple[Site, ...], *
     prepare_s = time.perf_counter() - t0
     baseline = _time_per_call(_step_fn(naive, theta, idx), min_calls=3, min_seconds=min_seconds)
     quick = _time_per_call(_step_fn(fast, theta, idx), min_calls=10, min_seconds=min_seconds)
+    # the same prefix-cached step through TransformerLens's own blocks (what the lean stack saves)
+    blocks = _time_per_call(_step_fn(FastObjective(model, tb, sites, lean=False), theta, idx), min_calls=10, min_seconds=min_seconds)
     details = {"batch": len(idx), "prompt_tokens": int(tb.tokens.shape[1]), "sites": [str(s) for s in sites],
                "prepare_s": prepare_s, "prepared_prompts": len(tb), "threads": torch.get_num_threads(),
-               "fast_suffix": "lean" if fast.lean is not None else f"transformer_lens blocks ({fast.lean_reason})"}
+               "fast_suffix": "lean" if fast.lean is not None else f"transformer_lens blocks ({fast.lean_reason})",
+               "fast_blocks_s": blocks}
     log.info("%s: naive %.4f s, fast %.4f s", name, baseline, quick)
     return BenchResult(name, baseline, quick, details)
 

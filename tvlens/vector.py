@@ -80,7 +80,7 @@ class TaskVector:
 
     def check_compatible(self, model, *, allow_other_fingerprint: bool = False) -> None:
         """Raise :class:`IncompatibleModelError` unless this vector fits ``model``."""
-        from tvlens._models import fingerprint
+        from tvlens._fingerprint import fingerprint
 
         cfg = model.cfg
         if self.values.shape[1] != cfg.d_model or (self.n_layers and self.n_layers != cfg.n_layers):

@@ -235,7 +235,6 @@ class FastObjective:
         self.lean = None if self.lean_reason else LeanStack(model, self.l0, self.c0, tb.attention_mask, self.keys, self.values)
         if self.lean is not None:
             self.keys = self.values = None  # the lean stack holds them (rotary keys pre-rotated)
-        self._rows = torch.arange(len(tb))
 
     def _cache(self, idx: torch.Tensor | None):
         """A frozen KV cache of the prefix for rows ``idx`` (views when idx is None or contiguous)."""
@@ -262,7 +261,7 @@ class FastObjective:
         t = self.targets.gather(idx)
         cols = self.cols if idx is None else self.cols[:, idx]
         resid = self.resid if idx is None else self.resid[idx]
-        rows = self._rows[: len(t)]
+        rows = torch.arange(len(t))  # a minibatch may repeat rows (small splits, large epochs)
         if self.lean is None:
             cache, mask = self._cache(idx)
             pos = None if self.shortformer is None else self.shortformer if idx is None else self.shortformer[idx]

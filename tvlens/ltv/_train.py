@@ -132,7 +132,7 @@ def train_ltv(
     """
     from tqdm.auto import tqdm
 
-    from tvlens._models import fingerprint
+    from tvlens._fingerprint import fingerprint
     from tvlens.tasks import get as get_task
 
     task = get_task(task) if isinstance(task, str) else task
