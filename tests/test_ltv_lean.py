@@ -90,3 +90,14 @@ def test_ungrouped_gqa_trains_on_the_naive_path(toy_tokenizer, caplog):
     assert "naive path" in caplog.text
     res = tv.train_ltv(model, "toy/antonym", layers=1, config=LTVConfig(max_epochs=1, epoch_size=8, batch_size=4), progress=False)
     assert res.steps == 2 and torch.isfinite(res.vector.values).all()
+
+
+def test_lean_stack_grows_the_rotary_tables_like_transformerlens(toy_tokenizer, prompts, monkeypatch):
+    """TransformerLens builds short rotary tables and extends them on demand; so must the lean stack."""
+    from transformer_lens.components.abstract_attention import AbstractAttention
+
+    monkeypatch.setattr(AbstractAttention, "ROTARY_INITIAL_CACHE_SIZE", 4)
+    model = _model(toy_tokenizer, **ARCHS["llama_like"])
+    assert model.blocks[1].attn.rotary_cos.shape[0] == 4 < build_targets(model, prompts).tokens.shape[1]
+    fast = _agree(model, prompts, (tv.Site(1, -1), tv.Site(2, -1)), "left")
+    assert fast.lean is not None

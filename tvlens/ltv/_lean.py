@@ -108,6 +108,9 @@ class _LeanAttention:
         self.keys, self.values = keys, values
         if self.rotary:
             with torch.no_grad():
+                width = prefix_mask.shape[1] + suffix_pos.shape[1]
+                # TransformerLens grows its rotary tables lazily: let it cover every position first
+                attn.apply_rotary(torch.zeros(1, width, 1, self.d_head, dtype=attn.rotary_cos.dtype, device=attn.rotary_cos.device))
                 if keys.shape[1]:  # TransformerLens rotates the cached keys on every call; once is enough
                     self.keys = attn.apply_rotary(keys, 0, prefix_mask)
                 self.cos = attn.rotary_cos[suffix_pos][:, :, None, :]  # [batch, suffix, 1, rotary_dim]
@@ -144,11 +147,10 @@ class LeanStack:
         from transformer_lens.utilities.tensors import get_offset_position_ids
 
         width = attention_mask.shape[1]
-        suffix = width - c0
         qpos = torch.arange(c0, width)[:, None]
         causal = torch.arange(width)[None, :] <= qpos  # [suffix, pos]
         self.mask = (causal[None] & attention_mask.bool()[:, None, :])[:, None]  # [batch, 1, suffix, pos]
-        suffix_pos = get_offset_position_ids(c0, attention_mask) if suffix else None
+        suffix_pos = get_offset_position_ids(c0, attention_mask)  # [batch, suffix]
         self.blocks = {}
         for layer in range(l0, model.cfg.n_layers):
             block = model.blocks[layer]
