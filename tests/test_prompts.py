@@ -106,3 +106,15 @@ def test_prompt_longer_than_context_is_an_error(toy_tokenizer):
     ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=4)
     with pytest.raises(PromptError, match="context"):
         ps.tokenize(short)
+
+
+def test_words_outside_the_vocabulary_are_warned_about(tiny_model, caplog):
+    english = tv.make_prompts(tv.make_splits(tv.tasks.get("capital")), "test", k=1, n=5)
+    with caplog.at_level("WARNING", logger="tvlens.prompts"):
+        english.tokenize(tiny_model)
+    assert "5 of 5 prompts and 5 answers of capital contain the unknown token '<unk>'" in caplog.text
+    assert "use a toy/ task" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tvlens.prompts"):
+        tv.make_prompts(tv.make_splits(tv.tasks.get("toy/capital")), "test", k=1, n=5).tokenize(tiny_model)
+    assert caplog.text == ""

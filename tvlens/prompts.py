@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from jaxtyping import Bool, Int
 
 from tvlens.errors import LabelTokenError, PromptError
 from tvlens.tasks._task import Example, Task
+
+log = logging.getLogger(__name__)
 
 Split = Literal["demo", "train", "val", "test"]
 PaddingSide = Literal["left", "right"]
@@ -266,6 +269,7 @@ def tokenize_prompts(
     ans = [tuple(_encode(model, a, bos=False)) for a in answers]
     if any(len(a) == 0 for a in ans):
         raise PromptError("an answer tokenises to nothing; every example needs a non-empty output")
+    _warn_unknown_tokens(model, seqs, ans, task)
     width = max(len(s) for s in seqs)
     if width > model.cfg.n_ctx:
         raise PromptError(f"a prompt is {width} tokens but the model's context is {model.cfg.n_ctx}; use fewer shots")
@@ -280,3 +284,20 @@ def tokenize_prompts(
         last[i] = start + len(s) - 1
     first = torch.tensor([a[0] for a in ans])
     return PromptBatch(tokens, mask, last, first, tuple(ans), padding_side, label_ids)
+
+
+def _warn_unknown_tokens(model, seqs: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], task: Task | None) -> None:
+    """Log a warning when words fell outside the vocabulary (word-level tokenizers such as the toy's)."""
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    n_prompts = sum(unk in s for s in seqs)
+    n_answers = sum(unk in a for a in answers)
+    if n_prompts or n_answers:
+        name = task.name if task is not None else "these prompts"
+        log.warning(
+            "%d of %d prompts and %d answers of %s contain the unknown token %r: the tokenizer lacks some of "
+            "their words, so accuracy is not meaningful (the embedded toy model knows only its synthetic "
+            "world's words: use a toy/ task with it, or load a real model)",
+            n_prompts, len(seqs), n_answers, name, model.tokenizer.unk_token,
+        )
