@@ -49,12 +49,6 @@ class TargetBatch:
         """Column of every site in every row (-1 where a skipped site is absent)."""
         return torch.stack([resolve_columns(s.position, self.prompt_last, self.prompt_first, out_of_range) for s in sites])
 
-    def rows(self, idx: torch.Tensor) -> TargetBatch:
-        """The sub-batch of rows ``idx`` (columns unchanged), targets re-indexed."""
-        t = TargetIndex(self).gather(idx)
-        return TargetBatch(self.tokens[idx], self.attention_mask[idx], self.prompt_first[idx], self.prompt_last[idx],
-                           t.tgt_row, t.tgt_col, t.tgt_tok, t.tgt_weight, t.first_target)
-
 
 @dataclass(frozen=True)
 class StepTargets:
