@@ -118,3 +118,24 @@ def test_words_outside_the_vocabulary_are_warned_about(tiny_model, caplog):
     with caplog.at_level("WARNING", logger="tvlens.prompts"):
         tv.make_prompts(tv.make_splits(tv.tasks.get("toy/capital")), "test", k=1, n=5).tokenize(tiny_model)
     assert caplog.text == ""
+
+
+def test_no_unknown_token_warning_when_unk_is_the_bos_token(caplog, tmp_path):
+    """GPT-2's tokenizer names <|endoftext|> (also its BOS) as unk: a prompt's BOS is not an unknown word."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import make_tiny_model
+
+    words = ["<eot>", "a", "b", "->"]
+    core = Tokenizer(WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<eot>"))
+    core.pre_tokenizer = WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<eot>", eos_token="<eot>", unk_token="<eot>").save_pretrained(tmp_path)
+    model = make_tiny_model(PreTrainedTokenizerFast.from_pretrained(tmp_path))
+    assert model.tokenizer.unk_token_id == model.tokenizer.bos_token_id
+    task = tv.tasks.from_pairs("ab", [("a", "b"), ("b", "a")] * 4, template="{x} ->", separator=" ")
+    with caplog.at_level("WARNING", logger="tvlens.prompts"):
+        tv.make_prompts(tv.make_splits(task), "train", k=0).tokenize(model)
+    assert caplog.text == ""

@@ -288,8 +288,10 @@ def tokenize_prompts(
 
 def _warn_unknown_tokens(model, seqs: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], task: Task | None) -> None:
     """Log a warning when words fell outside the vocabulary (word-level tokenizers such as the toy's)."""
-    unk = getattr(model.tokenizer, "unk_token_id", None)
-    if unk is None:
+    tok = model.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    # byte-level BPE tokenizers (GPT-2's) call their end-of-text token "unk" but never emit it for a word
+    if unk is None or unk in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
         return
     n_prompts = sum(unk in s for s in seqs)
     n_answers = sum(unk in a for a in answers)
