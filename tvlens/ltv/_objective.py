@@ -71,8 +71,8 @@ class TargetIndex:
     def __init__(self, tb: TargetBatch) -> None:
         order = torch.argsort(tb.tgt_row, stable=True)
         self.tb = tb
-        self.row, self.col, self.tok, self.weight = tb.tgt_row[order], tb.tgt_col[order], tb.tgt_tok[order], tb.tgt_weight[order]
-        self.count = torch.bincount(self.row, minlength=len(tb))
+        self.col, self.tok, self.weight = tb.tgt_col[order], tb.tgt_tok[order], tb.tgt_weight[order]
+        self.count = torch.bincount(tb.tgt_row, minlength=len(tb))
         self.start = torch.cumsum(self.count, 0) - self.count
         self.single = bool((self.count == 1).all())  # one target per row: a plain gather
 
