@@ -13,6 +13,7 @@ def test_paper_preset_is_the_papers_recipe():
     p = tv.LTVConfig.paper()
     assert (p.lr, p.weight_decay, p.init_range, p.batch_size, p.epoch_size, p.max_epochs, p.patience) == (5e-3, 0.01, 0.1, 1, 100, 10, 2)
     assert (p.schedule, p.n_train, p.n_val) == ("linear", 600, 400)
+    assert p.scale_to_residual is False  # the paper's lr is absolute
     with pytest.raises(ValueError):
         tv.LTVConfig(batch_size=0)
 

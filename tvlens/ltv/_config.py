@@ -13,9 +13,10 @@ class LTVConfig:
     """How a learned task vector is trained. ``LTVConfig()`` is tvlens's fast batched default;
     ``LTVConfig.paper()`` is the recipe of Yang et al. (batch 1, lr 5e-3, 100-query epochs)."""
 
-    lr: float = 5e-2  # peak AdamW learning rate
+    lr: float = 6e-2  # peak AdamW learning rate (in units of the site's residual RMS, see scale_to_residual)
     weight_decay: float = 0.01  # AdamW weight decay
-    init_range: float = 0.1  # theta starts as Uniform(-init_range, init_range)
+    init_range: float = 0.01  # theta starts as Uniform(-init_range, init_range) (times the RMS, likewise)
+    scale_to_residual: bool = True  # lr and init_range scale with the residual RMS measured at each site
     batch_size: int = 32  # queries per optimiser step
     epoch_size: int = 256  # queries drawn (with reshuffling) per epoch
     max_epochs: int = 25  # upper bound on epochs
@@ -44,7 +45,7 @@ class LTVConfig:
         """The paper's recipe: U(-0.1, 0.1), AdamW lr 5e-3 wd 0.01, linear decay, batch 1,
         epochs of 100 queries up to 10, patience 2, 600 train / 400 validation queries."""
         base = dict(lr=5e-3, weight_decay=0.01, init_range=0.1, batch_size=1, epoch_size=100,
-                    max_epochs=10, patience=2, schedule="linear", n_train=600, n_val=400)
+                    max_epochs=10, patience=2, schedule="linear", n_train=600, n_val=400, scale_to_residual=False)
         base.update(changes)
         return cls(**base)
 

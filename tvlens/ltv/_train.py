@@ -22,6 +22,7 @@ import torch
 from tvlens.errors import CheckpointError
 from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._objective import build_targets, make_objective
+from tvlens.ltv._scale import site_residual_rms
 from tvlens.prompts import TaskSplits, make_prompts, make_splits
 from tvlens.sites import Site, check_sites, site_grid
 from tvlens.tasks._task import Task
@@ -74,11 +75,12 @@ def _accuracy(objective, theta, n: int, batch_size: int) -> tuple[float, float]:
     return correct / n, nll / n
 
 
-def _save_checkpoint(path: Path, theta, opt, step: int, epoch: int, best, history, gen, meta: dict) -> None:
+def _save_checkpoint(path: Path, phi, opt, step: int, epoch: int, best, history, gen, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    state = opt.state[theta] if theta in opt.state else {}
-    tensors = {"theta": theta.detach().clone(), "best_theta": best[1].clone(), "rng": gen.get_state()}
+    state = opt.state[phi] if phi in opt.state else {}
+    # "theta" holds the optimised parameter phi (theta / site scale); "best_theta" the best theta itself
+    tensors = {"theta": phi.detach().clone(), "best_theta": best[1].clone(), "rng": gen.get_state()}
     for k in ("exp_avg", "exp_avg_sq"):
         if k in state:
             tensors[k] = state[k].clone()
@@ -150,8 +152,15 @@ def train_ltv(
 
     gen = torch.Generator().manual_seed(cfg.seed)
     d_model = model.cfg.d_model
-    theta = torch.nn.Parameter(torch.empty(len(sites), d_model).uniform_(-cfg.init_range, cfg.init_range, generator=gen))
-    opt = torch.optim.AdamW([theta], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # theta = phi * scale: with scale_to_residual, lr and init_range are in units of each site's residual RMS
+    if cfg.scale_to_residual:
+        scale = site_residual_rms(model, train_obj.tb, sites, out_of_range)
+        log.info("residual RMS at the sites: %s", ", ".join(f"{s}: {r:.3g}" for s, r in zip(sites, scale.tolist())))
+    else:
+        scale = torch.ones(len(sites))
+    scale = scale.to(model.cfg.dtype)[:, None]
+    phi = torch.nn.Parameter(torch.empty(len(sites), d_model).uniform_(-cfg.init_range, cfg.init_range, generator=gen))
+    opt = torch.optim.AdamW([phi], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-cfg.epoch_size // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.max_epochs
     fp = fingerprint(model)
@@ -160,14 +169,14 @@ def train_ltv(
 
     history: list[dict] = []
     step, start_epoch, elapsed = 0, 0, 0.0
-    best = (-1.0, theta.detach().clone(), -1, float("inf"))  # (val acc, theta, epoch, val loss)
+    best = (-1.0, (phi * scale).detach().clone(), -1, float("inf"))  # (val acc, theta, epoch, val loss)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         header, tensors = _load_checkpoint(ckpt, meta)
         with torch.no_grad():
-            theta.copy_(tensors["theta"])
+            phi.copy_(tensors["theta"])
         if "exp_avg" in tensors:
-            opt.state[theta] = {"step": torch.tensor(header["adam_step"]), "exp_avg": tensors["exp_avg"], "exp_avg_sq": tensors["exp_avg_sq"]}
+            opt.state[phi] = {"step": torch.tensor(header["adam_step"]), "exp_avg": tensors["exp_avg"], "exp_avg_sq": tensors["exp_avg_sq"]}
         gen.set_state(tensors["rng"])
         step, start_epoch, history = header["step"], header["epoch"], header["history"]
         elapsed = history[-1]["seconds"] if history else 0.0
@@ -188,13 +197,13 @@ def train_ltv(
             lr = cfg.lr * (1 - step / total_steps) if cfg.schedule == "linear" else cfg.lr
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss, _, _ = train_obj.loss(theta, idx)
-            (theta.grad,) = torch.autograd.grad(loss, [theta])  # no gradients for the model's weights
+            loss, _, _ = train_obj.loss(phi * scale, idx)
+            (phi.grad,) = torch.autograd.grad(loss, [phi])  # no gradients for the model's weights
             opt.step()
             losses.append(loss.item())
             step += 1
             bar.update(1)
-        val_acc, val_loss = _accuracy(val_obj, theta.detach(), len(val_obj.tb), cfg.eval_batch_size)
+        val_acc, val_loss = _accuracy(val_obj, (phi * scale).detach(), len(val_obj.tb), cfg.eval_batch_size)
         history.append({"epoch": epoch, "step": step, "train_loss": sum(losses) / max(1, len(losses)),
                         "val_accuracy": val_acc, "val_loss": val_loss, "lr": lr,
                         "seconds": round(elapsed + time.perf_counter() - t0, 3)})
@@ -202,9 +211,9 @@ def train_ltv(
         log.info("ltv %s epoch %d loss %.4f val_acc %.3f", task.name, epoch, history[-1]["train_loss"], val_acc)
         # better = higher validation accuracy, ties broken by lower validation loss (small val sets)
         if val_acc > best[0] or (val_acc == best[0] and val_loss < best[3]):
-            best = (val_acc, theta.detach().clone(), epoch, val_loss)
+            best = (val_acc, (phi * scale).detach().clone(), epoch, val_loss)
         if ckpt is not None:
-            _save_checkpoint(ckpt, theta, opt, step, epoch + 1, best, history, gen, meta)
+            _save_checkpoint(ckpt, phi, opt, step, epoch + 1, best, history, gen, meta)
     bar.close()
     seconds = elapsed + time.perf_counter() - t0
     from importlib.metadata import version
@@ -222,6 +231,7 @@ def train_ltv(
         meta={"config": cfg.to_dict(), "seed": cfg.seed, "shots": shots, "val_accuracy": best[0],
               "best_epoch": best[2], "steps": step, "transformer_lens": version("transformer_lens"),
               "torch": torch.__version__, "dtype": str(model.cfg.dtype).removeprefix("torch."),
-              "split_seed": splits.seed},
+              "split_seed": splits.seed, "site_rms": [round(float(x), 6) for x in scale.flatten()],
+              "lr_effective": [cfg.lr * float(x) for x in scale.flatten()]},
     )
     return LTVResult(vector, tuple(history), best[0], best[2], step, seconds, splits, shots)
