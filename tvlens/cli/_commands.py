@@ -33,11 +33,13 @@ def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list
 
 def _table(rows: list[dict], shots: list[int]) -> str:
     ltv = all("ltv" in r for r in rows)
-    head = f"{'task':<20} {'kind':<15} {'0-shot':>7}" + "".join(f" {str(k) + '-shot':>7}" for k in shots) + (f" {'LTV':>7}" if ltv else "")
+    layer = ltv and any(len(r.get("ltv_layers", ())) > 1 for r in rows)
+    head = (f"{'task':<20} {'kind':<15} {'0-shot':>7}" + "".join(f" {str(k) + '-shot':>7}" for k in shots)
+            + (f" {'LTV':>7}" if ltv else "") + (f" {'layer':>5}" if layer else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['task']:<20} {r['kind']:<15} {r['zero_shot']:>7.3f}" + "".join(f" {r['icl'][str(k)]:>7.3f}" for k in shots)
-                     + (f" {r['ltv']:>7.3f}" if ltv else ""))
+                     + (f" {r['ltv']:>7.3f}" if ltv else "") + (f" {r['ltv_layer']:>5}" if layer else ""))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     lines.append("-" * len(head))
     lines.append(f"{'mean':<20} {'':<15} {mean([r['zero_shot'] for r in rows]):>7.3f}"
@@ -46,33 +48,45 @@ def _table(rows: list[dict], shots: list[int]) -> str:
     return "\n".join(lines)
 
 
+REAL_MODEL_DEMO_TASKS = ("capitalize", "antonym", "capital")
+
+
 def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
     t0 = time.perf_counter()
     model = tv.load_model(args.model)
-    names = args.tasks or tv.tasks.toy_task_names()
+    toy = args.model == "toy"
+    shots = args.shots or ([1, 2, 4, 8] if toy else [5])
+    names = args.tasks or (tv.tasks.toy_task_names() if toy else list(REAL_MODEL_DEMO_TASKS))
     names = [tv.tasks.resolve(n, model_name=args.model).name for n in names]
-    rows = _icl_rows(model, names, args.shots, args.seed)
-    layer = model.cfg.n_layers // 2
+    rows = _icl_rows(model, names, shots, args.seed)
+    layers = args.layer or [model.cfg.n_layers // 2]
     if not args.no_ltv:
         config = tv.LTVConfig(seed=args.seed)
         for row in rows:
             splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
-            res = tv.train_ltv(model, splits.task, layers=[layer], positions=[-1], config=config, splits=splits, progress=False)
-            test = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed), intervention=tv.steering(model, res.vector))
-            row["ltv"] = test.accuracy
-            row["ltv_val"] = res.val_accuracy
+            test_prompts = tv.make_prompts(splits, "test", k=0, seed=args.seed)
+            per_layer = []
+            for layer in layers:
+                res = tv.train_ltv(model, splits.task, layers=[layer], positions=[-1], config=config, splits=splits, progress=False)
+                test = tv.evaluate(model, test_prompts, intervention=tv.steering(model, res.vector))
+                per_layer.append({"layer": layer, "val": res.val_accuracy, "test": test.accuracy, "seconds": round(res.seconds, 1)})
+            best = max(per_layer, key=lambda r: r["val"])  # chosen on validation, reported on test
+            row.update(ltv=best["test"], ltv_val=best["val"], ltv_layer=best["layer"])
+            if len(layers) > 1:
+                row["ltv_layers"] = per_layer
     payload = {
         "model": args.model,
         "fingerprint": tv.fingerprint(model),
         "metric": "full-vocabulary argmax accuracy on held-out test queries",
-        "ltv_site": None if args.no_ltv else f"L{layer}@-1",
+        "ltv_site": None if args.no_ltv else (f"L{layers[0]}@-1" if len(layers) == 1 else f"best of L{layers}@-1 by validation"),
         "seed": args.seed,
+        "shots": shots,
         "tasks": rows,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    text = f"model: {args.model} ({payload['fingerprint']})\n" + _table(rows, args.shots)
+    text = f"model: {args.model} ({payload['fingerprint']})\n" + _table(rows, shots)
     return payload, text
 
 

@@ -33,11 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("tasks", c.cmd_tasks, "list the registered tasks")
     sp.add_argument("--prefix", default=None, help="only names starting with this, e.g. toy/")
 
-    sp = cmd("demo", c.cmd_demo, "zero-shot and ICL accuracy of the embedded model on its tasks")
-    sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
-    sp.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8], help="ICL shot counts")
+    sp = cmd("demo", c.cmd_demo, "zero-shot, ICL and learned-task-vector accuracy per task (embedded model by default)")
+    sp.add_argument("--model", default="toy", help="model spec: toy (default), smollm2, a .gguf file, an HF folder, a TL name")
+    sp.add_argument("--shots", type=int, nargs="+", default=None,
+                    help="ICL shot counts (default: 1 2 4 8 on toy, 5 on other models)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits and demonstrations")
-    sp.add_argument("--tasks", nargs="+", default=None, help="task names (default: every toy benchmark task)")
+    sp.add_argument("--tasks", nargs="+", default=None,
+                    help="task names (default: every toy benchmark task on toy; capitalize antonym capital otherwise)")
+    sp.add_argument("--layer", type=int, nargs="+", default=None,
+                    help="LTV layer(s); with several, each task keeps the layer of best validation accuracy "
+                         "(default: the middle layer)")
     sp.add_argument("--no-ltv", action="store_true", help="skip training a learned task vector per task")
 
     sp = cmd("toy-train", c.cmd_toy_train, "retrain the embedded model from scratch (deterministic)")
