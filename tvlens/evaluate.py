@@ -22,10 +22,23 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
+from tvlens._hooks import Edit, Span, intervene
 from tvlens.prompts import PaddingSide, PromptBatch, PromptSet
 
-Intervention = Callable[[PromptBatch], AbstractContextManager]
-"""Given a (sub)batch, a context manager inside which the model runs intervened (e.g. steered)."""
+Intervention = Callable[[PromptBatch], AbstractContextManager] | Edit | Sequence[Edit]
+"""Edits of :mod:`tvlens.interventions` (applied to each sub-batch with its prompt spans), or a
+callable that, given a (sub)batch, returns a context manager inside which the model runs
+intervened (e.g. :func:`tvlens.steering`)."""
+
+
+def _context(model, intervention: Intervention | None, batch: PromptBatch) -> AbstractContextManager:
+    if intervention is None:
+        return contextlib.nullcontext()
+    if isinstance(intervention, Edit):
+        intervention = (intervention,)
+    if isinstance(intervention, (tuple, list)):
+        return intervene(model, *intervention, span=Span(batch.first_index, batch.last_index))
+    return intervention(batch)
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,7 @@ def last_token_logits(
     out = []
     with torch.no_grad():
         for sub in batch.split(batch_size):
-            ctx = intervention(sub) if intervention is not None else contextlib.nullcontext()
-            with ctx:
+            with _context(model, intervention, sub):
                 logits = model(sub.tokens, attention_mask=sub.attention_mask)  # [b, pos, vocab]
             out.append(logits[torch.arange(len(sub)), sub.last_index].float())
     return torch.cat(out)
