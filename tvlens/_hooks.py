@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 
 from tvlens.errors import ConfigError
 from tvlens.sites import OutOfRange, Site, resolve_columns
@@ -56,14 +56,18 @@ class Span:
     first: Int[torch.Tensor, " batch"]
     last: Int[torch.Tensor, " batch"]
 
+    def __post_init__(self) -> None:  # kept on the CPU: positions are resolved there, once per call
+        object.__setattr__(self, "first", self.first.detach().cpu())
+        object.__setattr__(self, "last", self.last.detach().cpu())
+
     @classmethod
-    def from_mask(cls, mask: Int[torch.Tensor, "batch pos"]) -> Span:
+    def from_mask(cls, mask: Shaped[torch.Tensor, "batch pos"]) -> Span:
         """The real tokens of each row of an attention mask (1 = real), padded on either side."""
         cols = torch.arange(mask.shape[1], device=mask.device)
         real = mask.bool()
         first = torch.where(real, cols, mask.shape[1]).min(-1).values
         last = torch.where(real, cols, -1).max(-1).values
-        return cls(first.cpu(), last.cpu())
+        return cls(first, last)
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,13 +148,16 @@ class AddAt(Edit):
         idx = [i for i, s in enumerate(self.sites) if s.hook_name == name]
         vals = (self.scale * self.values[idx]).to(device=act.device, dtype=act.dtype)  # [site, d_model]
         site, row, col = pos.local([self.sites[i].position for i in idx], self.out_of_range)
+        last = [j for j, i in enumerate(idx) if self.sites[i].position == -1]
+        every = self.generation == "every_token" and bool(last) and pos.generating
+        if not len(row) and not every:
+            return None  # no site of this hook in this call (e.g. a KV-cached generation step)
         if self.operation == "add":
             out = act.index_put((row.to(act.device), col.to(act.device)), vals[site.to(vals.device)], accumulate=True)
         else:
             keep = _last_of_duplicates(row * act.shape[1] + col)  # a later site wins, as in a loop
             out = act.index_put((row[keep].to(act.device), col[keep].to(act.device)), vals[site[keep].to(vals.device)])
-        last = [j for j, i in enumerate(idx) if self.sites[i].position == -1]
-        if self.generation == "every_token" and last and pos.generating:
+        if every:
             gen = pos.generated().to(act.device)[..., None]  # [batch, pos, 1]
             v = vals[last[0]]
             out = out + gen * v if self.operation == "add" else torch.where(gen, v, out)
