@@ -23,6 +23,7 @@ import torch
 from jaxtyping import Float, Int
 
 from tvlens._hooks import Edit, Span, intervene
+from tvlens._result import Result
 from tvlens.prompts import PaddingSide, PromptBatch, PromptSet
 
 Intervention = Callable[[PromptBatch], AbstractContextManager] | Edit | Sequence[Edit]
@@ -41,8 +42,8 @@ def _context(model, intervention: Intervention | None, batch: PromptBatch) -> Ab
     return intervention(batch)
 
 
-@dataclass(frozen=True)
-class EvalResult:
+@dataclass(frozen=True, eq=False)
+class EvalResult(Result):
     """Per-prompt predictions and the accuracies of one evaluation."""
 
     task: str
@@ -90,6 +91,14 @@ class EvalResult:
                 "gold_logprob": self.gold_logprob.tolist(),
             }
         )
+
+    def plot(self):
+        """Histogram of log p(gold first token), correct and wrong predictions stacked."""
+        import plotly.express as px
+
+        df = self.to_frame()
+        return px.histogram(df, x="gold_logprob", color="correct", barmode="stack",
+                            title=f"{self.task} {self.label}: accuracy {self.accuracy:.3f} (n={self.n})")
 
     def __repr__(self) -> str:
         lab = f", label_acc={self.label_accuracy:.3f}" if self.label_accuracy is not None else ""
@@ -147,8 +156,8 @@ def evaluate(
     )
 
 
-@dataclass(frozen=True)
-class BaselineTable:
+@dataclass(frozen=True, eq=False)
+class BaselineTable(Result):
     """Zero-shot and k-shot accuracies for several tasks (rows) and shot counts (columns)."""
 
     results: tuple[EvalResult, ...]

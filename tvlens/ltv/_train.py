@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tvlens._result import Result
 from tvlens.errors import CheckpointError
 from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._objective import build_targets, make_objective
@@ -30,8 +31,8 @@ from tvlens.vector import TaskVector
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LTVResult:
+@dataclass(frozen=True, eq=False)
+class LTVResult(Result):
     """A trained vector with its history. ``history`` has one dict per epoch."""
 
     vector: TaskVector
