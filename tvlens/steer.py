@@ -2,10 +2,14 @@
 
 >>> import tvlens as tv
 >>> model = tv.load_model("toy")
->>> vector = tv.train_ltv(model, "toy/antonym", layers=[2]).vector    # doctest: +SKIP
->>> with tv.steer(model, vector):                                     # doctest: +SKIP
-...     out = model.generate("kevi ->", max_new_tokens=3, verbose=False)
->>> # no hook is left on the model here, even if the block raised
+>>> vector = tv.train_ltv(model, "toy/antonym", layers=[2], progress=False).vector
+>>> with tv.steer(model, vector):
+...     out = model.generate("kevi ->", max_new_tokens=1, verbose=False)
+>>> out != model.generate("kevi ->", max_new_tokens=1, verbose=False)   # no hook is left here
+True
+>>> ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=0)
+>>> tv.evaluate(model, ps, intervention=tv.steering(model, vector)).accuracy > tv.evaluate(model, ps).accuracy
+True
 
 Context:
     Built on :mod:`tvlens.interventions`: the vector is ADDED to ``blocks.{layer}.hook_resid_pre``

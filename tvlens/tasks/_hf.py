@@ -5,8 +5,8 @@ Context: the LTV paper prompts each dataset with a fixed template and single-tok
 same fields, or an already loaded ``datasets.Dataset``. Without network the hub path fails fast
 with :class:`~tvlens.errors.DatasetUnavailableError` that says how to load a local file instead.
 
->>> t = load_hf_task("sst2", source="tests/fixtures/sst2.jsonl")  # doctest: +SKIP
->>> t.template, t.label_words  # doctest: +SKIP
+>>> t = load_hf_task("sst2", source="tests/fixtures/sst2.jsonl")  # run from the repository root
+>>> t.template, t.label_words
 ('{x} Sentiment:', ('negative', 'positive'))
 """
 
