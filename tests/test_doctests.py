@@ -46,3 +46,16 @@ def test_docstring_examples(test, monkeypatch):
     failures: list[str] = []
     runner.run(test, out=failures.append, clear_globs=True)
     assert runner.failures == 0, "".join(failures)
+
+
+def test_the_interventions_page_runs(monkeypatch):
+    """docs/interventions.md: its python blocks, in order, run on the embedded model."""
+    import re
+
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "docs" / "interventions.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 6
+    scope: dict = {}
+    exec(compile("\n".join(blocks), "docs/interventions.md", "exec"), scope)
+    assert not scope["steered"].equal(scope["run"]())  # the page's edits do something
