@@ -272,3 +272,18 @@ def test_generation_with_a_kv_cache_matches_without(tiny_model):
                                             verbose=False, return_type="tokens"))
     assert torch.equal(outs[0], outs[1])
     assert_no_hooks_left(tiny_model)
+
+
+@pytest.mark.parametrize("policy", ["prompt", "every_token"])
+def test_steered_generation_on_a_gqa_rotary_model_same_with_and_without_kv_cache(gqa_model, policy):
+    v = values(gqa_model, 2, seed=5) * 4
+    sites = [tv.Site(1, -1), tv.Site(0, 1)]
+    outs = []
+    for use_cache in (True, False):
+        with iv.add(gqa_model, sites, v, generation=policy):
+            outs.append(gqa_model.generate(TEXTS[:2], max_new_tokens=5, do_sample=False, use_past_kv_cache=use_cache,
+                                           verbose=False, return_type="tokens"))
+    assert torch.equal(outs[0], outs[1])
+    plain = gqa_model.generate(TEXTS[:2], max_new_tokens=5, do_sample=False, verbose=False, return_type="tokens")
+    assert not torch.equal(plain, outs[0])
+    assert_no_hooks_left(gqa_model)

@@ -2,14 +2,18 @@ import pytest
 import torch
 
 import tvlens as tv
+from tests.conftest import assert_no_hooks_left
 from tests.test_vector import make_vector
 
 TEXTS = ["kevi -> vitilu , keso ->", "kevi ->", "1 2 -> maybe , 3 3 ->"]
 
 
 def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values()) and \
-        "forward" not in model.__dict__ and "generate" not in model.__dict__
+    try:
+        assert_no_hooks_left(model)  # TransformerLens and torch hooks, and the instance's __dict__
+    except AssertionError:
+        return False
+    return True
 
 
 def test_zero_vector_changes_nothing(tiny_model):
@@ -149,8 +153,6 @@ def test_evaluate_with_steering(tiny_model):
 
 
 def test_nested_steers_exited_out_of_order_unwind_cleanly(tiny_model):
-    from tests.conftest import assert_no_hooks_left
-
     a, b = make_vector(tiny_model, seed=1), make_vector(tiny_model, seed=2)
     toks = tiny_model.to_tokens(TEXTS[0])
     with torch.no_grad():
