@@ -287,3 +287,16 @@ def test_steered_generation_on_a_gqa_rotary_model_same_with_and_without_kv_cache
     plain = gqa_model.generate(TEXTS[:2], max_new_tokens=5, do_sample=False, verbose=False, return_type="tokens")
     assert not torch.equal(plain, outs[0])
     assert_no_hooks_left(gqa_model)
+
+
+def test_a_forward_split_at_a_layer_is_steered_like_a_whole_one(tiny_model):
+    b = batch(tiny_model, "right")
+    v = values(tiny_model, 2)
+    sites = [tv.Site(0, -1), tv.Site(1, -2)]
+    with torch.no_grad(), iv.add(tiny_model, sites, v):
+        whole = tiny_model(b.tokens, attention_mask=b.attention_mask)
+        mid = tiny_model(b.tokens, attention_mask=b.attention_mask, stop_at_layer=1)
+        split = tiny_model(mid, start_at_layer=1, attention_mask=b.attention_mask)
+        other = tiny_model(mid[:2], start_at_layer=1, attention_mask=b.attention_mask[:2])  # another call, other rows
+    torch.testing.assert_close(split, whole)
+    torch.testing.assert_close(other, whole[:2])

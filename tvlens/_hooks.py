@@ -346,6 +346,7 @@ class _Tracker:
         self.last_block = -1
         self.call = next(_CALLS)  # a new id for each forward call (unique across contexts)
         self.current: CallPositions | None = None
+        self.mask: torch.Tensor | None = None
         self.resolved = -1  # the id of the call that ``current`` describes
         self.session: tuple[int, int, Span] | None = None  # generation: (batch, columns so far, prompt span)
 
@@ -359,15 +360,19 @@ class _Tracker:
             self.events.append("hooked")
 
     def on_block(self, layer: int, resid: torch.Tensor, kwargs: dict) -> None:
-        if not self.events and layer > self.last_block and self.current is not None:
+        mask = kwargs.get("attention_mask")
+        same = (self.current is not None and mask is self.mask and layer > self.last_block
+                and tuple(resid.shape[:2]) == (self.current.batch, self.current.width))
+        if not self.events and same:
             self.last_block = layer
-            return  # a later block of the same call
+            return  # a later block of the same call (every block gets the same mask object)
         if not self.events:
             self.call = next(_CALLS)  # a forward that starts at a layer (no embedding)
         entry = kwargs.get("past_kv_cache_entry")
         offset = int(entry.past_keys.shape[1]) if entry is not None else 0
         batch, width = resid.shape[:2]
-        self.current = self._resolve(batch, offset, width, kwargs.get("attention_mask"))
+        self.current = self._resolve(batch, offset, width, mask)
+        self.mask = mask  # held, so that its identity names this call while it runs
         self.resolved = self.call
         self.events, self.last_block = [], layer
 
