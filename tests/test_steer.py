@@ -2,14 +2,18 @@ import pytest
 import torch
 
 import tvlens as tv
+from tests.conftest import assert_no_hooks_left
 from tests.test_vector import make_vector
 
 TEXTS = ["kevi -> vitilu , keso ->", "kevi ->", "1 2 -> maybe , 3 3 ->"]
 
 
 def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values()) and \
-        "forward" not in model.__dict__ and "generate" not in model.__dict__
+    try:
+        assert_no_hooks_left(model)  # TransformerLens and torch hooks, and the instance's __dict__
+    except AssertionError:
+        return False
+    return True
 
 
 def test_zero_vector_changes_nothing(tiny_model):
@@ -146,3 +150,29 @@ def test_evaluate_with_steering(tiny_model):
     assert not torch.allclose(base.gold_logprob, steered.gold_logprob)
     torch.testing.assert_close(base.gold_logprob, zero.gold_logprob)
     assert no_hooks_left(tiny_model)
+
+
+def test_nested_steers_exited_out_of_order_unwind_cleanly(tiny_model):
+    a, b = make_vector(tiny_model, seed=1), make_vector(tiny_model, seed=2)
+    toks = tiny_model.to_tokens(TEXTS[0])
+    with torch.no_grad():
+        plain = tiny_model(toks)
+        with tv.steer(tiny_model, b):
+            only_b = tiny_model(toks)
+        outer, inner = tv.steer(tiny_model, a), tv.steer(tiny_model, b)
+        outer.__enter__()
+        inner.__enter__()
+        outer.__exit__(None, None, None)  # the outer block ends first: b alone remains
+        torch.testing.assert_close(tiny_model(toks), only_b)
+        inner.__exit__(None, None, None)
+        assert_no_hooks_left(tiny_model)
+        assert torch.equal(tiny_model(toks), plain)
+        assert not torch.allclose(only_b, plain)
+
+
+def test_steer_patches_nothing_on_the_instance(tiny_model):
+    before = dict(tiny_model.__dict__)
+    with tv.steer(tiny_model, make_vector(tiny_model)):
+        assert "forward" not in tiny_model.__dict__ and "generate" not in tiny_model.__dict__
+        tiny_model.generate(TEXTS[1], max_new_tokens=2, verbose=False)
+    assert set(tiny_model.__dict__) == set(before)

@@ -9,6 +9,7 @@ import pytest
 
 import tvlens.tasks as tasks
 from tvlens.errors import DatasetUnavailableError, TaskFormatError, TvlensError
+from tvlens import _hub
 from tvlens.tasks import _hf
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -208,7 +209,7 @@ def test_hub_errors_are_wrapped(monkeypatch):
     for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(_hf, "_hub_unreachable", lambda timeout: None)
+    monkeypatch.setattr(_hub, "hub_unreachable", lambda endpoint, timeout: None)
     monkeypatch.setattr(datasets, "load_dataset", fail)
     with pytest.raises(DatasetUnavailableError, match="rte") as info:
         tasks.load_hf_task("rte", split="validation")

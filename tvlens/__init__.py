@@ -8,6 +8,7 @@
 import logging as _logging
 
 from tvlens import errors as errors
+from tvlens import interventions as interventions
 from tvlens import tasks as tasks
 from tvlens._fingerprint import fingerprint as fingerprint
 from tvlens._models import load_model as load_model

@@ -3,8 +3,8 @@
 Context: a saved task vector records the fingerprint of the model it was trained on, so that
 applying it to another model is refused (``IncompatibleModelError``) unless the user overrides.
 
->>> import tvlens as tv  # doctest: +SKIP
->>> tv.fingerprint(tv.load_model("toy"))  # doctest: +SKIP
+>>> import tvlens as tv
+>>> tv.fingerprint(tv.load_model("toy"))
 'gpt2-like:L5-d128-h4-v374:sha256:...'
 """
 

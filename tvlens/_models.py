@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tvlens import _hub
 from tvlens._gguf import NAMED_GGUF, causal_lm_architecture, find_gguf_in_dir, gguf_to_hf_dir, named_gguf_path
 from tvlens.errors import ModelLoadError
 
@@ -51,7 +52,6 @@ _TL_OPTIONS = (
     "n_ctx",
 )
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
-_TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,14 +317,14 @@ def _from_hub(spec: str, official: str, device: str | torch.device, dtype: torch
         f"`AutoModelForCausalLM.from_pretrained({official!r}).save_pretrained(DIR)` (and the same for "
         f"AutoTokenizer), copy DIR here and call load_model(DIR); or use 'toy'"
     )
-    offline = _offline_mode() or bool(kwargs.get("local_files_only"))
+    offline = _hub.env_offline("TRANSFORMERS_OFFLINE") or bool(constants.HF_HUB_OFFLINE) or bool(kwargs.get("local_files_only"))
     if offline and not cached:
         raise ModelLoadError(
             f"could not download {official!r}: Hugging Face offline mode is on (HF_HUB_OFFLINE / "
             f"local_files_only) and it is not in the local cache; {advice}"
         )
     if not offline:
-        problem = _hub_unreachable()
+        problem = _hub.hub_unreachable(constants.ENDPOINT, HUB_TIMEOUT_S)
         if problem is not None and not cached:
             raise ModelLoadError(f"could not download {official!r} from {constants.ENDPOINT} ({problem}); no network? {advice}")
         if problem is not None:
@@ -350,26 +350,6 @@ def _from_hub(spec: str, official: str, device: str | torch.device, dtype: torch
     if stdout.getvalue().strip():
         log.info("%s", stdout.getvalue().strip())
     return model
-
-
-def _offline_mode() -> bool:
-    """HF offline mode, read from the environment now (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
-    return env in _TRUE or bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> str | None:
-    """None when the Hub answers a HEAD request within ``timeout`` s (any status), else why not."""
-    import httpx
-    from huggingface_hub import constants
-
-    try:
-        httpx.head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
-    except (httpx.HTTPError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def _official_name(name: str) -> str | None:

@@ -22,14 +22,28 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
+from tvlens._hooks import Edit, Span, intervene
+from tvlens._result import Result
 from tvlens.prompts import PaddingSide, PromptBatch, PromptSet
 
-Intervention = Callable[[PromptBatch], AbstractContextManager]
-"""Given a (sub)batch, a context manager inside which the model runs intervened (e.g. steered)."""
+Intervention = Callable[[PromptBatch], AbstractContextManager] | Edit | Sequence[Edit]
+"""Edits of :mod:`tvlens.interventions` (applied to each sub-batch with its prompt spans), or a
+callable that, given a (sub)batch, returns a context manager inside which the model runs
+intervened (e.g. :func:`tvlens.steering`)."""
 
 
-@dataclass(frozen=True)
-class EvalResult:
+def _context(model, intervention: Intervention | None, batch: PromptBatch) -> AbstractContextManager:
+    if intervention is None:
+        return contextlib.nullcontext()
+    if isinstance(intervention, Edit):
+        intervention = (intervention,)
+    if isinstance(intervention, (tuple, list)):
+        return intervene(model, *intervention, span=Span(batch.first_index, batch.last_index))
+    return intervention(batch)
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult(Result):
     """Per-prompt predictions and the accuracies of one evaluation."""
 
     task: str
@@ -78,6 +92,14 @@ class EvalResult:
             }
         )
 
+    def plot(self):
+        """Histogram of log p(gold first token), correct and wrong predictions stacked."""
+        import plotly.express as px
+
+        df = self.to_frame()
+        return px.histogram(df, x="gold_logprob", color="correct", barmode="stack",
+                            title=f"{self.task} {self.label}: accuracy {self.accuracy:.3f} (n={self.n})")
+
     def __repr__(self) -> str:
         lab = f", label_acc={self.label_accuracy:.3f}" if self.label_accuracy is not None else ""
         cond = f" {self.label}" if self.label else ""
@@ -95,8 +117,7 @@ def last_token_logits(
     out = []
     with torch.no_grad():
         for sub in batch.split(batch_size):
-            ctx = intervention(sub) if intervention is not None else contextlib.nullcontext()
-            with ctx:
+            with _context(model, intervention, sub):
                 logits = model(sub.tokens, attention_mask=sub.attention_mask)  # [b, pos, vocab]
             out.append(logits[torch.arange(len(sub)), sub.last_index].float())
     return torch.cat(out)
@@ -135,8 +156,8 @@ def evaluate(
     )
 
 
-@dataclass(frozen=True)
-class BaselineTable:
+@dataclass(frozen=True, eq=False)
+class BaselineTable(Result):
     """Zero-shot and k-shot accuracies for several tasks (rows) and shot counts (columns)."""
 
     results: tuple[EvalResult, ...]

@@ -149,25 +149,23 @@ def fast_path_unsupported_reason(model) -> str | None:
 
 
 class NaiveObjective:
-    """Full forward with hooks at ``blocks.{l}.hook_resid_pre``: the reference implementation."""
+    """Full forward with theta added through :mod:`tvlens.interventions`: the reference implementation."""
 
     def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], out_of_range: OutOfRange = "error") -> None:
-        self.model, self.tb, self.sites = model, tb, tuple(sites)
-        self.cols = tb.site_columns(self.sites, out_of_range)  # [site, batch], -1 = absent
+        self.model, self.tb, self.sites, self.out_of_range = model, tb, tuple(sites), out_of_range
+        tb.site_columns(self.sites, out_of_range)  # fail here, not mid-training, on a site a prompt lacks
         self.targets = TargetIndex(tb)
 
     def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
+        from tvlens._hooks import AddAt, Span, intervene
+
         t = self.targets.gather(idx)
-        tokens, mask = (self.tb.tokens, self.tb.attention_mask) if idx is None else (self.tb.tokens[idx], self.tb.attention_mask[idx])
-        cols = self.cols if idx is None else self.cols[:, idx]
-        rows = torch.arange(len(t))
-        hooks = []
-        for i, s in enumerate(self.sites):
-            def hook(resid, hook, i=i):
-                return _add_at(resid, rows, cols[i], theta[i])
-            hooks.append((s.hook_name, hook))
-        with self.model.hooks(fwd_hooks=hooks):
-            logits = self.model(tokens, attention_mask=mask)  # [batch, pos, vocab]
+        tb = self.tb
+        pick = (lambda x: x) if idx is None else (lambda x: x[idx])  # noqa: E731
+        # the prompt spans are explicit: the teacher-forced answer tokens after them are real tokens too
+        edit = AddAt(self.sites, theta, out_of_range=self.out_of_range)
+        with intervene(self.model, edit, span=Span(pick(tb.prompt_first), pick(tb.prompt_last))):
+            logits = self.model(pick(tb.tokens), attention_mask=pick(tb.attention_mask))  # [batch, pos, vocab]
         return logits[t.tgt_row, t.tgt_col], t
 
     def loss(self, theta, idx=None):

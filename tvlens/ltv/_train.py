@@ -2,8 +2,11 @@
 
 >>> import tvlens as tv
 >>> model = tv.load_model("toy")
->>> res = tv.train_ltv(model, "toy/antonym", layers=[1], positions=[-1])   # doctest: +SKIP
->>> res.vector, res.val_accuracy                                          # doctest: +SKIP
+>>> res = tv.train_ltv(model, "toy/antonym", layers=[1], positions=[-1], progress=False)
+>>> res.vector
+TaskVector(ltv 'toy/antonym', add, sites=[L1@-1], d_model=128)
+>>> res.val_accuracy > 0.8
+True
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from tvlens._result import Result
 from tvlens.errors import CheckpointError
 from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._objective import build_targets, make_objective
@@ -31,8 +35,8 @@ from tvlens.vector import TaskVector
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LTVResult:
+@dataclass(frozen=True, eq=False)
+class LTVResult(Result):
     """A trained vector with its history. ``history`` has one dict per epoch."""
 
     vector: TaskVector

@@ -5,8 +5,8 @@ Context: the LTV paper prompts each dataset with a fixed template and single-tok
 same fields, or an already loaded ``datasets.Dataset``. Without network the hub path fails fast
 with :class:`~tvlens.errors.DatasetUnavailableError` that says how to load a local file instead.
 
->>> t = load_hf_task("sst2", source="tests/fixtures/sst2.jsonl")  # doctest: +SKIP
->>> t.template, t.label_words  # doctest: +SKIP
+>>> t = load_hf_task("sst2", source="tests/fixtures/sst2.jsonl")  # run from the repository root
+>>> t.template, t.label_words
 ('{x} Sentiment:', ('negative', 'positive'))
 """
 
@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tvlens import _hub
 from tvlens.errors import DatasetUnavailableError, TaskFormatError
 from tvlens.tasks._registry import register
 from tvlens.tasks._task import Example, Task
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-HUB_PROBE_TIMEOUT_S = 3.0  # how long to wait for the hub's TCP port before giving up
+HUB_PROBE_TIMEOUT_S = _hub.HUB_TIMEOUT_S  # how long to wait for the hub before giving up
 REGISTRY_MAX_EXAMPLES = 10_000  # registry entries sample this many train examples (seed 0)
 _LOADERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
 _PAIR_TEMPLATE = "The question is: {premise} ? The answer {hypothesis}"
@@ -137,41 +136,12 @@ def _fix(spec: HFTaskSpec) -> str:
 # sources
 
 
-def _truthy(var: str) -> bool:
-    return os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _hub_unreachable(timeout: float) -> str | None:
-    """Why the hub cannot be reached (None if its port answers). Skipped behind a proxy."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    from urllib.parse import urlparse
-
-    import datasets.config
-
-    url = urlparse(datasets.config.HF_ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    outcome: list[str | None] = []
-
-    def probe() -> None:  # in a thread: name resolution ignores socket timeouts
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except OSError as e:
-            outcome.append(f"cannot connect to {host}:{port} ({type(e).__name__}: {e})")
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 1.0)
-    return outcome[0] if outcome else f"no answer from {host}:{port} within {timeout:g} s"
-
-
 def _load_hub(spec: HFTaskSpec, split: str) -> datasets.Dataset:
     import datasets
     import datasets.config
 
     what = spec.hub_path + (f" ({spec.hub_config})" if spec.hub_config else "")
-    env_offline = _truthy("HF_DATASETS_OFFLINE") or _truthy("HF_HUB_OFFLINE")
+    env_offline = _hub.env_offline("HF_DATASETS_OFFLINE")
     lib_offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
     if env_offline and not lib_offline:  # set after `datasets` was imported: it would still try the network
         raise DatasetUnavailableError(
@@ -179,7 +149,7 @@ def _load_hub(spec: HFTaskSpec, split: str) -> datasets.Dataset:
             f"copy in your Hugging Face cache, set the variable before importing datasets; otherwise {_fix(spec)}"
         )
     if not lib_offline:
-        reason = _hub_unreachable(HUB_PROBE_TIMEOUT_S)
+        reason = _hub.hub_unreachable(datasets.config.HF_ENDPOINT, HUB_PROBE_TIMEOUT_S)
         if reason is not None:
             raise DatasetUnavailableError(
                 f"cannot download {what}: the Hugging Face Hub is unreachable ({reason}). If it is already in "
