@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tvlens._validate import check_float, check_int
 from tvlens.errors import ConfigError
 from tvlens.toy._world import ARROW, BOS, PAD, SEP, ToyTaskDef, task_token, vocabulary, world
 
@@ -53,6 +54,23 @@ class ToyTrainConfig:
     threads: int | None = None  # torch threads (None = leave torch's default)
 
     def __post_init__(self) -> None:
+        o = "ToyTrainConfig"
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size", "n_examples"):
+            check_int(o, name, getattr(self, name), min=1)
+        check_int(o, "warmup_steps", self.warmup_steps, min=0)
+        check_int(o, "seed", self.seed, min=0, max=2**63 - 1)
+        if self.threads is not None:
+            check_int(o, "threads", self.threads, min=1)
+        check_float(o, "lr", self.lr, min=0, min_exclusive=True)
+        check_float(o, "weight_decay", self.weight_decay, min=0)
+        check_float(o, "grad_clip", self.grad_clip, min=0, min_exclusive=True)
+        check_float(o, "min_lr_frac", self.min_lr_frac, min=0, max=1)
+        check_float(o, "instruction_frac", self.instruction_frac, min=0, max=1)
+        check_float(o, "echo_weight", self.echo_weight, min=0, max=1)
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
+            raise ConfigError(f"ToyTrainConfig.betas must be a pair (beta1, beta2) of numbers in [0, 1), got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            check_float(o, f"betas[{i}]", b, min=0, max=1)
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 <= self.instruction_frac <= 1 or not 0 <= self.echo_weight < 1:
