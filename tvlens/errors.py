@@ -78,7 +78,8 @@ def warn(message: str, category: type[Warning] = TvlensWarning) -> None:
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
     def internal(filename: str) -> bool:  # tvlens itself, or a runtime type-checking wrapper around it
-        return os.path.abspath(filename).startswith(package) or "beartype" in filename or f"{os.sep}jaxtyping{os.sep}" in filename
+        return (os.path.abspath(filename).startswith(package) or "beartype" in filename
+                or f"{os.sep}jaxtyping{os.sep}" in filename or filename.endswith(f"{os.sep}contextlib.py"))
 
     level, frame = 2, sys._getframe(1)  # level 2 = warn()'s caller
     while frame is not None and internal(frame.f_code.co_filename):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -224,35 +222,23 @@ def save_toy_checkpoint(result: ToyTrainResult, directory: str | Path, metrics: 
 
     from tvlens.toy._tokenizer import build_tokenizer
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tvlens-toy-", dir=directory.parent))
-    try:
+    from tvlens._io import atomic_write_dir
+
+    def fill(tmp: Path) -> None:
         state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
-        cfg = asdict(result.config)
         meta = {
             "format": "tvlens-toy/1",
             "world": world_fingerprint(),
-            "train_config": cfg,
+            "train_config": asdict(result.config),
             "train_seconds": round(result.seconds, 1),
             "final_loss": result.losses[-1],
             "metrics": metrics or {},
         }
         (tmp / "tvlens_toy.json").write_text(json.dumps(meta, indent=2))
         build_tokenizer(tmp / "tokenizer")
-        if directory.exists():
-            backup = directory.with_name(directory.name + ".old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(directory, backup)
-            os.replace(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+
+    return atomic_write_dir(directory, fill)
 
 
 def load_toy_checkpoint(directory: str | Path):
