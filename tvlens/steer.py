@@ -30,7 +30,7 @@ import torch
 
 from tvlens.errors import ConfigError
 from tvlens.sites import resolve_columns
-from tvlens.vector import TaskVector
+from tvlens.vector import TaskVector, check_scale
 
 GenerationPolicy = Literal["prompt", "every_token"]
 
@@ -77,7 +77,7 @@ def steer(
     if generation not in ("prompt", "every_token"):
         raise ConfigError(f"generation must be 'prompt' or 'every_token', got {generation!r}")
     vector.check_compatible(model, allow_other_fingerprint=allow_other_fingerprint)
-    scale = vector.scale if scale is None else scale
+    scale = check_scale(vector.scale if scale is None else scale)
     values = vector.values.to(device=model.cfg.device, dtype=model.cfg.dtype)
     state: dict = {"call": None, "generating": False}
     original_forward, original_generate = model.forward, model.generate
@@ -137,19 +137,28 @@ def steer(
         by_hook.setdefault(s.hook_name, []).append(i)
     fwd_hooks = [(name, make_hook(rows)) for name, rows in by_hook.items()]
     saved = {k: model.__dict__[k] for k in ("forward", "generate") if k in model.__dict__}  # nested steer()
+    forward._tvlens_steer = generate._tvlens_steer = (state, saved)
     model.forward, model.generate = forward, generate
     try:
         with model.hooks(fwd_hooks=fwd_hooks):
             yield
     finally:
-        for k in ("forward", "generate"):
-            if k in saved:
-                setattr(model, k, saved[k])
+        state["exited"] = True
+        for k, mine in (("forward", forward), ("generate", generate)):
+            if model.__dict__.get(k) is not mine:
+                continue  # an inner steer() is still open; it skips this one's wrapper when it exits
+            restore = saved.get(k)
+            while restore is not None and getattr(restore, "_tvlens_steer", ({}, {}))[0].get("exited"):
+                restore = restore._tvlens_steer[1].get(k)  # contexts exited out of order: skip closed wrappers
+            if restore is not None:
+                setattr(model, k, restore)
             else:
                 delattr(model, k)  # the class methods show through again
         state["call"] = None
 
-
 def steering(model, vector: TaskVector, scale: float | None = None, **kw):
     """An ``intervention`` for :func:`tvlens.evaluate`: ``evaluate(..., intervention=steering(model, v))``."""
-    return lambda batch: steer(model, vector, scale, **kw)
+    check_scale(vector.scale if scale is None else scale)  # fail now, not at the first batch
+    fn = lambda batch: steer(model, vector, scale, **kw)  # noqa: E731
+    fn.vector = vector  # lets evaluate() warn when the vector was trained on another task
+    return fn
