@@ -112,6 +112,8 @@ def evaluate(
     label: str = "",
 ) -> EvalResult:
     """Accuracy of ``model`` on ``prompts`` (optionally inside ``intervention(batch)``)."""
+    if getattr(intervention, "vector", None) is not None:
+        intervention.vector.check_task(prompts.task.name)
     batch = prompts.tokenize(model, padding_side=padding_side)
     logits = last_token_logits(model, batch, intervention=intervention, batch_size=batch_size)
     logprobs = logits.log_softmax(-1)
