@@ -43,10 +43,29 @@ class LTVResult:
     splits: TaskSplits
     shots: int
 
+    @property
+    def n_val(self) -> int:
+        """How many validation queries each val accuracy was measured on."""
+        return min(int(self.vector.meta["config"]["n_val"]), len(self.splits.val))
+
+    @property
+    def val_ci95(self) -> tuple[float, float]:
+        """95% Wilson interval of :attr:`val_accuracy` (see :mod:`tvlens.stats`)."""
+        from tvlens.stats import accuracy_interval
+
+        return accuracy_interval(self.val_accuracy, self.n_val)
+
     def to_frame(self):
+        """One row per epoch, with the 95% Wilson interval of each val accuracy."""
         import pandas as pd
 
-        return pd.DataFrame(list(self.history))
+        from tvlens.stats import accuracy_interval
+
+        df = pd.DataFrame(list(self.history))
+        if len(df):
+            cis = [accuracy_interval(a, self.n_val) for a in df["val_accuracy"]]
+            df["val_ci_low"], df["val_ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
+        return df
 
     def plot(self):
         import plotly.graph_objects as go
