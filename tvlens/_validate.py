@@ -62,3 +62,15 @@ def _range(lo, hi, kind: str) -> str:
     if hi is not None:
         return f"{kind} <= {hi}"
     return kind
+
+
+def no_type_check(obj):
+    """Mark a class or function that checks its own arguments and raises tvlens's typed errors.
+
+    It does nothing at run time. Test runs wrap every tvlens function in a runtime type checker
+    (jaxtyping's import hook with beartype, see ``pyproject.toml``), which would answer a bad
+    argument with its own ``TypeCheckError`` before our checks could name the field and the fix.
+    That hook skips anything decorated with a name ``no_type_check``; unlike
+    ``typing.no_type_check``, this one leaves the annotations to static type checkers.
+    """
+    return obj

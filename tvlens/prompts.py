@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Int
 
+from tvlens._validate import no_type_check
 from tvlens.errors import LabelTokenError, PromptError
 from tvlens.tasks._task import Example, Task
 
@@ -33,6 +34,7 @@ Split = Literal["demo", "train", "val", "test"]
 PaddingSide = Literal["left", "right"]
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class SplitConfig:
     """How a task's examples are divided. Fractions of the (balanced) pool, then capped."""
@@ -204,6 +206,7 @@ class PromptSet:
         return f"PromptSet({self.task.name!r}, split={self.split!r}, k={self.k}, n={len(self)}, seed={self.seed})"
 
 
+@no_type_check
 def make_prompts(
     splits: TaskSplits,
     split: Split = "test",

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from jaxtyping import Int
 
+from tvlens._validate import no_type_check
 from tvlens.errors import PromptError
 
 OutOfRange = Literal["error", "skip", "clip"]
@@ -26,6 +27,7 @@ OutOfRange = Literal["error", "skip", "clip"]
 that prompt (no vector there), or clip to the nearest real token (BOS or the last token)."""
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True, order=True)
 class Site:
     """Where a vector is added: the input of block ``layer`` (``blocks.{layer}.hook_resid_pre``) at ``position``."""
@@ -81,6 +83,7 @@ def _int_list(values, what: str) -> list[int]:
     return [_as_int(v, what) for v in values]
 
 
+@no_type_check
 def site_grid(layers: Iterable[int] | int, positions: Iterable[int] | int = (-1,)) -> tuple[Site, ...]:
     """Every (layer, position) combination: one independent vector per site (the paper's L x P)."""
     layers = _int_list(layers, "layers")

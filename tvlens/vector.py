@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
+from tvlens._validate import no_type_check
 from tvlens.errors import CheckpointError, ConfigError, IncompatibleModelError, NonFiniteError, warn
 from tvlens.sites import Site
 
@@ -36,6 +37,7 @@ def _nonfinite_summary(v: torch.Tensor) -> str:
     return f"{int(torch.isnan(v).sum())} nan, {int(torch.isinf(v).sum())} inf of {v.numel()}"
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class TaskVector:
     """``values[i]`` is added (or, for ``operation="replace"``, written) at ``sites[i]``."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from tvlens._validate import check_bool, check_choice, check_float, check_int
+from tvlens._validate import check_bool, check_choice, check_float, check_int, no_type_check
 from tvlens.errors import ConfigError
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class LTVConfig:
     """How a learned task vector is trained. ``LTVConfig()`` is tvlens's fast batched default;

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tvlens._validate import no_type_check
 from tvlens.errors import CheckpointError, ConfigError, NonFiniteError
 from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._objective import build_targets, make_objective
@@ -159,6 +160,7 @@ def _diverged(what: str, epoch: int, step: int, cfg: LTVConfig, ckpt: Path | Non
     )
 
 
+@no_type_check  # checks its arguments (tvlens._validate.no_type_check)
 def train_ltv(
     model,
     task: Task | str,

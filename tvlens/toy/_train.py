@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tvlens._validate import check_float, check_int
+from tvlens._validate import check_float, check_int, no_type_check
 from tvlens.errors import ConfigError
 from tvlens.toy._world import ARROW, BOS, PAD, SEP, ToyTaskDef, task_token, vocabulary, world
 
 log = logging.getLogger(__name__)
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class ToyTrainConfig:
     """How to train the embedded model. Defaults are the shipped checkpoint's recipe."""
