@@ -146,3 +146,27 @@ def test_no_unknown_token_warning_when_unk_is_the_bos_token(caplog, tmp_path):
         warnings.simplefilter("error", tv.errors.TvlensWarning)
         tv.make_prompts(splits, "train", k=0).tokenize(model)
     assert caplog.text == ""
+
+
+def _loadable_tasks():
+    out = []
+    for name in tv.tasks.names():
+        try:
+            out.append(tv.tasks.get(name))
+        except tv.errors.DatasetUnavailableError:  # hub datasets, offline: their fixtures below
+            continue
+    return out
+
+
+def test_every_registered_task_splits_disjointly_by_input():
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    tasks = _loadable_tasks() + [tv.tasks.load_hf_task(n, source=fixtures / f"{n}.jsonl") for n in ("sst2", "trec", "snli", "rte")]
+    assert len(tasks) >= 24
+    for task in tasks:
+        for seed in (0, 1):
+            s = tv.make_splits(task, seed=seed)
+            parts = [[e.fields for e in s[n]] for n in ("demo", "train", "val", "test")]
+            flat = [f for part in parts for f in part]
+            assert len(flat) == len(set(flat)), f"{task.name}: an input is in two splits (or twice in one)"

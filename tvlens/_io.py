@@ -136,12 +136,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, ov
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with contextlib.suppress(OSError):
-            if overwrite and path.is_file():
+            if overwrite and path.is_file():  # replacing a file keeps its mode
                 os.chmod(fd if os.chmod in os.supports_fd else tmp, path.stat().st_mode & 0o7777)
+        mode = os.fstat(fd).st_mode & 0o7777
         os.close(fd)
         fd = -1
         write(tmp)
-        mode = os.stat(tmp).st_mode & 0o7777
+        if os.stat(tmp).st_mode & 0o7777 != mode:  # a writer that replaced the temp file with its own
+            os.chmod(tmp, mode)
         _fsync(tmp)
         if overwrite:
             os.replace(tmp, path)
@@ -156,8 +158,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, ov
                 os.replace(tmp, path)
             else:
                 os.unlink(tmp)
-        if os.stat(path).st_mode & 0o7777 != mode:  # a writer that replaced the temp file
-            os.chmod(path, mode)
         _fsync(path.parent, directory=True)
     except BaseException:
         if fd >= 0:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 
+from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
+@no_type_check  # checks its arguments (tvlens._validate.no_type_check)
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of ``correct`` successes in ``n`` trials (95% by default)."""
     for name, v in (("correct", correct), ("n", n)):
