@@ -118,3 +118,33 @@ def test_directories_are_replaced_whole(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write_dir(d, fail)
     assert (d / "a").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_vectors_and_checkpoints_are_readable_by_the_group(tmp_path, umask, tiny_model):
+    import tvlens as tv
+    from tests.test_vector import make_vector
+
+    umask(0o022)
+    v = make_vector(tiny_model).save(tmp_path / "v.safetensors")
+    cfg = tv.LTVConfig(batch_size=8, epoch_size=8, max_epochs=1, n_train=8, n_val=8)
+    tv.train_ltv(tiny_model, "toy/antonym", layers=1, config=cfg, progress=False, checkpoint=tmp_path / "run.ckpt")
+    assert v.stat().st_mode & 0o777 == 0o644 and (tmp_path / "run.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_vector_saves_loads_and_steers_a_cpu_model(tmp_path, tiny_model):
+    import torch
+
+    import tvlens as tv
+    from tests.test_vector import make_vector
+
+    v = make_vector(tiny_model)
+    g = v.with_values(v.values.cuda())
+    w = tv.TaskVector.load(g.save(tmp_path / "g.safetensors"))
+    assert w.values.device.type == "cpu" and torch.equal(w.values, v.values)
+    toks = tiny_model.to_tokens("kevi ->")
+    with torch.no_grad(), tv.steer(tiny_model, g):
+        a = tiny_model(toks)
+    with torch.no_grad(), tv.steer(tiny_model, v):
+        b = tiny_model(toks)
+    assert torch.equal(a, b)
