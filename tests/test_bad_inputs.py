@@ -225,6 +225,12 @@ def test_bad_prompt_counts(disk, kw, match):
         tv.make_prompts(splits, "test", **kw)
 
 
+def test_evaluate_batch_size_zero(disk, tiny_model):
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", n=4)
+    with pytest.raises(ConfigError, match=r"evaluate.batch_size must be an integer >= 1, got 0"):
+        tv.evaluate(tiny_model, ps, batch_size=0)
+
+
 def test_english_task_on_the_toy_model_warns(disk, toy_model):
     ps = tv.make_prompts(tv.make_splits(tv.tasks.get("antonym")), "test", n=4)
     with pytest.warns(TvlensWarning, match=r"unknown token .* accuracy is not meaningful .*use a toy/ task"):

@@ -8,7 +8,6 @@ several kills must give the bit-identical vector of an uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import random

@@ -134,6 +134,9 @@ def evaluate(
     label: str = "",
 ) -> EvalResult:
     """Accuracy of ``model`` on ``prompts`` (optionally inside ``intervention(batch)``)."""
+    from tvlens._validate import check_int
+
+    check_int("evaluate", "batch_size", batch_size, min=1)
     if getattr(intervention, "vector", None) is not None:
         intervention.vector.check_task(prompts.task.name)
     batch = prompts.tokenize(model, padding_side=padding_side)
