@@ -410,7 +410,8 @@ def test_divergence_stops_with_the_last_good_checkpoint_kept(disk, tiny_model, m
 def test_a_huge_learning_rate_is_stopped_not_saved(disk, tiny_model):
     with pytest.raises(NonFiniteError, match=r"diverged at epoch 0.*nothing was saved.*Lower the learning rate \(lr=1e\+38"):
         tv.train_ltv(tiny_model, "toy/antonym", layers=1, config=dataclasses.replace(QUICK, lr=1e38, init_range=1e38),
-                     progress=False)
+                     progress=False, checkpoint=disk / "new.ckpt")
+    assert not (disk / "new.ckpt").exists()
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def _load_checkpoint(path: Path, meta: dict):
 
 def _diverged(what: str, epoch: int, step: int, cfg: LTVConfig, ckpt: Path | None) -> NonFiniteError:
     kept = (f"the last good state is kept in {str(ckpt)!r} (rerunning resumes from it and diverges again: "
-            "delete it or use another path with the new settings)") if ckpt is not None else "nothing was saved"
+            "delete it or use another path with the new settings)") if ckpt is not None and ckpt.exists() else "nothing was saved"
     return NonFiniteError(
         f"LTV training diverged at epoch {epoch}, step {step}: {what} is not finite; {kept}. "
         f"Lower the learning rate (lr={cfg.lr:g}; e.g. LTVConfig(lr={min(cfg.lr, 5e-2) / 10:g})) or init_range"
