@@ -54,3 +54,23 @@ def test_train_then_eval_json(capsys, tmp_path):
     code, text, err = _run(capsys, "train", "--task", "antonym", "--out", str(out), "--overwrite", "--seed", "2")
     assert code == 0 and "95% CI" not in text and re.search(r"test \d\.\d{3} \[\d\.\d\d-\d\.\d\d\]", text)
     assert tv.TaskVector.load(out).meta["split_seed"] == 2
+
+
+def test_toy_train_refuses_an_existing_out_unless_overwrite(capsys, tmp_path):
+    import os
+
+    out = tmp_path / "ckpt"
+    argv = ["toy-train", "--steps", "1", "--no-eval", "--threads", "1", "--out", str(out), "--json"]
+    code, text, err = _run(capsys, *argv)
+    assert code == 0, err
+    before = (out / "model.safetensors").read_bytes()
+    code, text, err = _run(capsys, *argv)
+    assert code == 2 and json.loads(text)["error"]["type"] == "OutputExistsError"
+    assert (out / "model.safetensors").read_bytes() == before
+    code, text, err = _run(capsys, *argv, "--overwrite", "--seed", "1")
+    assert code == 0 and (out / "model.safetensors").read_bytes() != before
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp or backup left
+    assert "DeprecationWarning" not in err

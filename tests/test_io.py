@@ -12,6 +12,12 @@ from tvlens._io import atomic_write, atomic_write_dir, clean_stale_temps, stale_
 from tvlens.errors import OutputExistsError
 
 
+def _current_umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
 @pytest.fixture
 def umask():
     old = os.umask(0o022)
@@ -108,8 +114,14 @@ def test_directories_are_replaced_whole(tmp_path):
         return lambda tmp: (tmp / "a").write_text(str(n))
 
     atomic_write_dir(d, fill(1))
-    atomic_write_dir(d, fill(2))
+
+    def private(tmp):  # like safetensors, which creates its files 0600
+        (tmp / "a").write_text("2")
+        (tmp / "a").chmod(0o600)
+
+    atomic_write_dir(d, private)
     assert (d / "a").read_text() == "2"
+    assert (d / "a").stat().st_mode & 0o777 == 0o666 & ~_current_umask()
 
     def fail(tmp):
         (tmp / "a").write_text("3")

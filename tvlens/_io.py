@@ -180,9 +180,15 @@ def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], object]) ->
     tmp = temp_path(path)
     tmp.mkdir(mode=0o777)  # the kernel applies the umask
     try:
+        probe = tmp / ".mode-probe"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        file_mode = probe.stat().st_mode & 0o777  # 0o666 & ~umask, learnt without touching the umask
+        probe.unlink()
         fill(tmp)
         for p in tmp.rglob("*"):
-            if p.is_file():
+            if p.is_file() and not p.is_symlink():
+                if p.stat().st_mode & 0o777 != file_mode:  # writers such as safetensors create 0600 files
+                    os.chmod(p, file_mode)
                 _fsync(p)
         if path.exists():
             backup = temp_path(path)  # recognised (and removed) by the next save if we die here

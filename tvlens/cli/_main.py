@@ -17,7 +17,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from tvlens.errors import ConfigError, OutputExistsError, TvlensError
+from tvlens.errors import ConfigError, OutputExistsError, TvlensError, TvlensWarning
 
 JSON_DECIMALS = 4  # floats in --json output are rounded to this many decimals
 
@@ -164,15 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     caught: list = []
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
+        with warnings.catch_warnings(record=True) as caught:  # the usual filters still apply
             payload, text = args.fn(args)
     except (Exception, KeyboardInterrupt) as e:
         _show(caught)
         return _fail(e, args.json, args.debug)
     _show(caught)
-    if args.json and caught:
-        payload = {**payload, "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+    ours = [w for w in caught if issubclass(w.category, TvlensWarning)]
+    if args.json and ours:
+        payload = {**payload, "warnings": [f"{w.category.__name__}: {w.message}" for w in ours]}
     try:
         _emit(args, payload, text)
     except BrokenPipeError:  # e.g. `tvlens demo --json | head`
@@ -181,5 +181,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _show(caught) -> None:
+    """tvlens's warnings as one line each on stderr; other libraries' warnings as Python shows them."""
     for w in caught:
-        print(f"tvlens: warning: {w.category.__name__}: {w.message}", file=sys.stderr)
+        if issubclass(w.category, TvlensWarning):
+            print(f"tvlens: warning: {w.category.__name__}: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
