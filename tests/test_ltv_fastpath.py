@@ -41,7 +41,9 @@ def test_fast_equals_naive_with_multi_token_answers(toy_tokenizer):
     from tests.conftest import make_tiny_model
 
     model = make_tiny_model(toy_tokenizer, n_layers=3)
-    pairs = [("kevi", "vitilu keso"), ("keso", "kevi"), ("tike", "tipese kevi keso"), ("maku", "food")] * 4
+    words = [e.inputs["x"] for e in tv.tasks.get("toy/antonym").examples[:16]]  # distinct inputs
+    outs = ["vitilu keso", "kevi", "tipese kevi keso", "food"]  # answers of 1 to 3 tokens
+    pairs = [(w, outs[i % 4]) for i, w in enumerate(words)]
     task = tv.tasks.from_pairs("multi", pairs, template="{x} ->", separator=" , ")
     ps = tv.make_prompts(tv.make_splits(task), "train", k=1)
     tb = build_targets(model, ps, padding_side="left")

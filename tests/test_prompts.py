@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -92,7 +94,8 @@ def test_answer_and_label_ids(tiny_model):
 
 
 def test_multi_token_label_is_a_clear_error(tiny_model):
-    task = tv.tasks.from_pairs("bad", [("kevi", "true false"), ("keso", "even")] * 10, label_words=["true false", "even"])
+    pairs = [(f"kevi {i}", "true false" if i % 2 else "even") for i in range(20)]  # distinct inputs: duplicates are dropped
+    task = tv.tasks.from_pairs("bad", pairs, label_words=["true false", "even"])
     ps = tv.make_prompts(tv.make_splits(task), "test")
     with pytest.raises(LabelTokenError, match="single-token"):
         ps.tokenize(tiny_model)
@@ -110,8 +113,9 @@ def test_prompt_longer_than_context_is_an_error(toy_tokenizer):
 
 def test_words_outside_the_vocabulary_are_warned_about(tiny_model, caplog):
     english = tv.make_prompts(tv.make_splits(tv.tasks.get("capital")), "test", k=1, n=5)
-    with caplog.at_level("WARNING", logger="tvlens.prompts"):
+    with caplog.at_level("WARNING", logger="tvlens.prompts"), pytest.warns(tv.errors.TvlensWarning, match="use a toy/ task") as rec:
         english.tokenize(tiny_model)
+    assert rec[0].filename == __file__  # points at the caller's line, not inside tvlens
     assert "5 of 5 prompts and 5 answers of capital contain the unknown token '<unk>'" in caplog.text
     assert "use a toy/ task" in caplog.text
     caplog.clear()
@@ -135,7 +139,34 @@ def test_no_unknown_token_warning_when_unk_is_the_bos_token(caplog, tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<eot>", eos_token="<eot>", unk_token="<eot>").save_pretrained(tmp_path)
     model = make_tiny_model(PreTrainedTokenizerFast.from_pretrained(tmp_path))
     assert model.tokenizer.unk_token_id == model.tokenizer.bos_token_id
-    task = tv.tasks.from_pairs("ab", [("a", "b"), ("b", "a")] * 4, template="{x} ->", separator=" ")
-    with caplog.at_level("WARNING", logger="tvlens.prompts"):
-        tv.make_prompts(tv.make_splits(task), "train", k=0).tokenize(model)
+    task = tv.tasks.from_pairs("ab", [("a", "b"), ("b", "a")], template="{x} ->", separator=" ")
+    ex = task.examples
+    splits = tv.TaskSplits(task, ex[:1], ex, ex, ex, seed=0)  # too few distinct inputs for make_splits
+    with caplog.at_level("WARNING", logger="tvlens.prompts"), warnings.catch_warnings():
+        warnings.simplefilter("error", tv.errors.TvlensWarning)
+        tv.make_prompts(splits, "train", k=0).tokenize(model)
     assert caplog.text == ""
+
+
+def _loadable_tasks():
+    out = []
+    for name in tv.tasks.names():
+        try:
+            out.append(tv.tasks.get(name))
+        except tv.errors.DatasetUnavailableError:  # hub datasets, offline: their fixtures below
+            continue
+    return out
+
+
+def test_every_registered_task_splits_disjointly_by_input():
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    tasks = _loadable_tasks() + [tv.tasks.load_hf_task(n, source=fixtures / f"{n}.jsonl") for n in ("sst2", "trec", "snli", "rte")]
+    assert len(tasks) >= 24
+    for task in tasks:
+        for seed in (0, 1):
+            s = tv.make_splits(task, seed=seed)
+            parts = [[e.fields for e in s[n]] for n in ("demo", "train", "val", "test")]
+            flat = [f for part in parts for f in part]
+            assert len(flat) == len(set(flat)), f"{task.name}: an input is in two splits (or twice in one)"

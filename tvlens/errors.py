@@ -50,3 +50,38 @@ class CheckpointError(TvlensError, ValueError):
 
 class IncompatibleModelError(TvlensError, ValueError):
     """A vector or checkpoint was made for a model of another shape or fingerprint."""
+
+
+class NonFiniteError(TvlensError, FloatingPointError):
+    """A number that must be finite is nan or inf: a diverged training run, a nan vector or scale."""
+
+
+class OutputExistsError(TvlensError, FileExistsError):
+    """A save would replace an existing file and overwriting was not allowed."""
+
+
+class TvlensWarning(UserWarning):
+    """Base class of tvlens warnings: a result may be meaningless (unknown tokens, another task's vector, ...).
+
+    Shown once per call site by Python's default filter; silence with
+    ``warnings.filterwarnings("ignore", category=tv.errors.TvlensWarning)`` or turn into errors with
+    ``"error"``.
+    """
+
+
+def warn(message: str, category: type[Warning] = TvlensWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside tvlens (so the user sees their own line)."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def internal(filename: str) -> bool:  # tvlens itself, or a runtime type-checking wrapper around it
+        return (os.path.abspath(filename).startswith(package) or "beartype" in filename
+                or f"{os.sep}jaxtyping{os.sep}" in filename or filename.endswith(f"{os.sep}contextlib.py"))
+
+    level, frame = 2, sys._getframe(1)  # level 2 = warn()'s caller
+    while frame is not None and internal(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -65,6 +65,25 @@ class EvalResult(Result):
     def mean_logprob(self) -> float:
         return float(self.gold_logprob.mean())
 
+    @property
+    def correct(self) -> int:
+        return int((self.predicted == self.gold).sum())
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """95% Wilson interval of :attr:`accuracy` over the :attr:`n` prompts (see :mod:`tvlens.stats`)."""
+        from tvlens.stats import wilson_interval
+
+        return wilson_interval(self.correct, self.n)
+
+    @property
+    def ci_low(self) -> float:
+        return self.ci95[0]
+
+    @property
+    def ci_high(self) -> float:
+        return self.ci95[1]
+
     def summary(self) -> dict:
         return {
             "task": self.task,
@@ -73,6 +92,8 @@ class EvalResult(Result):
             "split": self.split,
             "n": self.n,
             "accuracy": self.accuracy,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
             "label_accuracy": self.label_accuracy,
             "mean_logprob": self.mean_logprob,
         }
@@ -103,7 +124,8 @@ class EvalResult(Result):
     def __repr__(self) -> str:
         lab = f", label_acc={self.label_accuracy:.3f}" if self.label_accuracy is not None else ""
         cond = f" {self.label}" if self.label else ""
-        return f"EvalResult({self.task!r}{cond} k={self.k} {self.split} n={self.n}: acc={self.accuracy:.3f}{lab})"
+        lo, hi = self.ci95
+        return f"EvalResult({self.task!r}{cond} k={self.k} {self.split} n={self.n}: acc={self.accuracy:.3f} [95% CI {lo:.2f}-{hi:.2f}]{lab})"
 
 
 def last_token_logits(
@@ -133,6 +155,11 @@ def evaluate(
     label: str = "",
 ) -> EvalResult:
     """Accuracy of ``model`` on ``prompts`` (optionally inside ``intervention(batch)``)."""
+    from tvlens._validate import check_int
+
+    check_int("evaluate", "batch_size", batch_size, min=1)
+    if getattr(intervention, "vector", None) is not None:
+        intervention.vector.check_task(prompts.task.name)
     batch = prompts.tokenize(model, padding_side=padding_side)
     logits = last_token_logits(model, batch, intervention=intervention, batch_size=batch_size)
     logprobs = logits.log_softmax(-1)

@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Int
 
+from tvlens._validate import no_type_check
 from tvlens.errors import LabelTokenError, PromptError
 from tvlens.tasks._task import Example, Task
 
@@ -33,6 +34,7 @@ Split = Literal["demo", "train", "val", "test"]
 PaddingSide = Literal["left", "right"]
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class SplitConfig:
     """How a task's examples are divided. Fractions of the (balanced) pool, then capped."""
@@ -47,6 +49,13 @@ class SplitConfig:
     balance: bool = True  # classification: equal examples per label before splitting
 
     def __post_init__(self) -> None:
+        from tvlens._validate import check_bool, check_float, check_int
+
+        for name in ("demo_frac", "train_frac", "val_frac"):
+            check_float("SplitConfig", name, getattr(self, name), min=0, max=1, min_exclusive=True)
+        for name in ("max_demo", "max_train", "max_val", "max_test"):
+            check_int("SplitConfig", name, getattr(self, name), min=1)
+        check_bool("SplitConfig", "balance", self.balance)
         fr = (self.demo_frac, self.train_frac, self.val_frac)
         if any(f <= 0 for f in fr) or sum(fr) >= 1:
             raise PromptError(f"split fractions {fr} must be positive and sum to less than 1 (the rest is test)")
@@ -78,7 +87,8 @@ class TaskSplits:
 def make_splits(task: Task, *, seed: int = 0, config: SplitConfig = SplitConfig()) -> TaskSplits:
     """Split ``task`` into demonstration / train / val / test pools (seeded, reproducible)."""
     rng = random.Random(f"tvlens-splits-{task.name}-{seed}")
-    examples = list(task.examples)
+    examples = unique_examples(task)
+    n_unique = len(examples)
     if task.kind == "classification" and config.balance and task.label_words:
         by_label = {lab: [e for e in examples if e.output == lab] for lab in task.label_words}
         n = min(len(v) for v in by_label.values())
@@ -96,11 +106,51 @@ def make_splits(task: Task, *, seed: int = 0, config: SplitConfig = SplitConfig(
     n_test = min(config.max_test, total - n_demo - n_train - n_val)
     if min(n_demo, n_train, n_val, n_test) < 1:
         raise PromptError(
-            f"task {task.name!r} has {total} usable examples, too few to split into demo/train/val/test "
-            f"({n_demo}/{n_train}/{n_val}/{n_test}); give it at least ~10 examples"
+            f"task {task.name!r} has {total} usable examples"
+            + (f" ({len(task.examples)} before dropping duplicates and contradictory inputs)" if len(task.examples) != n_unique else "")
+            + f", too few to split into demo/train/val/test ({n_demo}/{n_train}/{n_val}/{n_test}); "
+            "give it at least ~10 examples with distinct inputs"
         )
     a, b, c = n_demo, n_demo + n_train, n_demo + n_train + n_val
     return TaskSplits(task, tuple(examples[:a]), tuple(examples[a:b]), tuple(examples[b:c]), tuple(examples[c : c + n_test]), seed)
+
+
+def unique_examples(task: Task) -> list[Example]:
+    """``task``'s examples with exact duplicates dropped and contradictory inputs removed, in order.
+
+    Splits are disjoint *by input*: a query repeated in the data must not land in both train and
+    test. Exact duplicates are kept once (logged). An input given two different outputs has no
+    single gold answer; its examples are dropped with a :class:`~tvlens.errors.TvlensWarning`
+    (tasks built with ``from_pairs`` / ``from_file`` refuse such data outright).
+    """
+    outputs: dict[tuple, set[str]] = {}
+    for e in task.examples:
+        outputs.setdefault(e.fields, set()).add(e.output)
+    conflicting = {f for f, outs in outputs.items() if len(outs) > 1}
+    seen: set[tuple] = set()
+    kept: list[Example] = []
+    n_dup = 0
+    for e in task.examples:
+        if e.fields in conflicting:
+            continue
+        if e.fields in seen:
+            n_dup += 1
+            continue
+        seen.add(e.fields)
+        kept.append(e)
+    if n_dup:
+        log.warning("task %r: dropped %d duplicate example(s) before splitting, %d unique remain", task.name, n_dup, len(kept))
+    if conflicting:
+        from tvlens.errors import warn
+
+        some = sorted(conflicting)[:3]
+        warn(
+            f"task {task.name!r}: {len(conflicting)} input(s) have several different outputs (e.g. "
+            + "; ".join(f"{dict(f)} -> {sorted(outputs[f])}" for f in some)
+            + f"); their {sum(e.fields in conflicting for e in task.examples)} examples are left out of every split. "
+            "Fix the data so each input has one answer"
+        )
+    return kept
 
 
 @dataclass(frozen=True)
@@ -156,6 +206,7 @@ class PromptSet:
         return f"PromptSet({self.task.name!r}, split={self.split!r}, k={self.k}, n={len(self)}, seed={self.seed})"
 
 
+@no_type_check
 def make_prompts(
     splits: TaskSplits,
     split: Split = "test",
@@ -169,12 +220,15 @@ def make_prompts(
     Demonstrations come from the demonstration pool, drawn without replacement within a prompt,
     seeded by ``seed`` (same seed -> same prompts).
     """
-    if k < 0:
-        raise PromptError(f"k must be >= 0, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise PromptError(f"k must be an integer >= 0 (demonstrations per prompt), got {k!r}")
     if split == "demo":
         raise PromptError("the demonstration pool is not a query split; use 'train', 'val' or 'test'")
     if k > len(splits.demo):
         raise PromptError(f"k={k} demonstrations asked but the demonstration pool of {splits.task.name!r} has {len(splits.demo)}")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PromptError(f"n must be a positive integer (how many queries) or None for the whole split, got {n!r}")
     queries = splits[split][:n] if n is not None else splits[split]
     rng = random.Random(f"tvlens-prompts-{splits.task.name}-{split}-{k}-{seed}-{splits.seed}")
     demos = tuple(tuple(rng.sample(splits.demo, k)) for _ in queries)
@@ -287,7 +341,11 @@ def tokenize_prompts(
 
 
 def _warn_unknown_tokens(model, seqs: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], task: Task | None) -> None:
-    """Log a warning when words fell outside the vocabulary (word-level tokenizers such as the toy's)."""
+    """Warn when words fell outside the vocabulary (word-level tokenizers such as the toy's).
+
+    A :class:`~tvlens.errors.TvlensWarning` (shown in plain Python and notebooks), not only a log
+    line: accuracy on such prompts is not meaningful.
+    """
     tok = model.tokenizer
     unk = getattr(tok, "unk_token_id", None)
     # byte-level BPE tokenizers (GPT-2's) call their end-of-text token "unk" but never emit it for a word
@@ -296,10 +354,13 @@ def _warn_unknown_tokens(model, seqs: Sequence[Sequence[int]], answers: Sequence
     n_prompts = sum(unk in s for s in seqs)
     n_answers = sum(unk in a for a in answers)
     if n_prompts or n_answers:
+        from tvlens.errors import warn
+
         name = task.name if task is not None else "these prompts"
-        log.warning(
-            "%d of %d prompts and %d answers of %s contain the unknown token %r: the tokenizer lacks some of "
-            "their words, so accuracy is not meaningful (the embedded toy model knows only its synthetic "
-            "world's words: use a toy/ task with it, or load a real model)",
-            n_prompts, len(seqs), n_answers, name, model.tokenizer.unk_token,
+        msg = (
+            f"{n_prompts} of {len(seqs)} prompts and {n_answers} answers of {name} contain the unknown token "
+            f"{model.tokenizer.unk_token!r}: the tokenizer lacks some of their words, so accuracy is not meaningful "
+            "(the embedded toy model knows only its synthetic world's words: use a toy/ task with it, or load a real model)"
         )
+        log.warning("%s", msg)
+        warn(msg)

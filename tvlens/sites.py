@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from jaxtyping import Int
 
+from tvlens._validate import no_type_check
 from tvlens.errors import PromptError
 
 OutOfRange = Literal["error", "skip", "clip"]
@@ -26,12 +27,19 @@ OutOfRange = Literal["error", "skip", "clip"]
 that prompt (no vector there), or clip to the nearest real token (BOS or the last token)."""
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True, order=True)
 class Site:
     """Where a vector is added: the input of block ``layer`` (``blocks.{layer}.hook_resid_pre``) at ``position``."""
 
     layer: int
     position: int = -1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer", _as_int(self.layer, "layer"))
+        object.__setattr__(self, "position", _as_int(self.position, "position"))
+        if self.layer < 0:
+            raise PromptError(f"site layer must be >= 0, got {self.layer}; layers count from 0 (the first block)")
 
     @property
     def hook_name(self) -> str:
@@ -52,13 +60,37 @@ class Site:
             raise PromptError(f"cannot parse site {text!r}; write it as 'L<layer>@<position>', e.g. 'L2@-1'") from None
 
 
+def _as_int(value, what: str) -> int:
+    """``value`` as an int; a PromptError naming ``what`` for floats, bools, text and the like."""
+    import operator
+
+    if isinstance(value, bool):
+        raise PromptError(f"{what} must be an integer, got the bool {value!r}; write whole numbers, e.g. 2")
+    try:
+        return operator.index(value)  # ints and numpy/torch integers; never floats or strings
+    except TypeError:
+        raise PromptError(
+            f"{what} must be an integer, got {type(value).__name__} {value!r}; write whole numbers, e.g. 2"
+        ) from None
+
+
+def _int_list(values, what: str) -> list[int]:
+    if isinstance(values, (str, bytes)):
+        raise PromptError(f"{what} must be an integer or a list of integers, got the string {values!r}; "
+                          f"write {what}=[3, 4] (not {what}={values!r})")
+    if not isinstance(values, Iterable) or getattr(values, "ndim", None) == 0:
+        return [_as_int(values, what)]
+    return [_as_int(v, what) for v in values]
+
+
+@no_type_check
 def site_grid(layers: Iterable[int] | int, positions: Iterable[int] | int = (-1,)) -> tuple[Site, ...]:
     """Every (layer, position) combination: one independent vector per site (the paper's L x P)."""
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    positions = [positions] if isinstance(positions, int) else list(positions)
+    layers = _int_list(layers, "layers")
+    positions = _int_list(positions, "positions")
     if not layers or not positions:
         raise PromptError("give at least one layer and one position")
-    sites = tuple(Site(int(layer), int(p)) for layer in layers for p in positions)
+    sites = tuple(Site(layer, p) for layer in layers for p in positions)
     if len(set(sites)) != len(sites):
         raise PromptError(f"duplicate sites in layers={layers} positions={positions}")
     return sites

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 from tvlens._hooks import AddAt, GenerationPolicy, Span, intervene
 from tvlens.errors import ConfigError
-from tvlens.vector import TaskVector
+from tvlens.vector import TaskVector, check_scale
 
 __all__ = ["GenerationPolicy", "steer", "steering"]
 
@@ -40,8 +40,8 @@ __all__ = ["GenerationPolicy", "steer", "steering"]
 def _edit(model, vector: TaskVector, scale: float | None, generation: str, allow_other_fingerprint: bool) -> AddAt:
     if generation not in ("prompt", "every_token"):
         raise ConfigError(f"generation must be 'prompt' or 'every_token', got {generation!r}")
+    scale = check_scale(vector.scale if scale is None else scale)
     vector.check_compatible(model, allow_other_fingerprint=allow_other_fingerprint)
-    scale = vector.scale if scale is None else scale
     return AddAt(vector.sites, vector.values, scale, vector.operation, vector.out_of_range, generation)
 
 
@@ -69,6 +69,7 @@ class steering:  # noqa: N801  (used like a function: evaluate(..., intervention
     def __init__(self, model, vector: TaskVector, scale: float | None = None, *,
                  generation: GenerationPolicy = "prompt", allow_other_fingerprint: bool = False) -> None:
         self.model = model
+        self.vector = vector  # lets evaluate() warn when the vector was trained on another task
         self.edit = _edit(model, vector, scale, generation, allow_other_fingerprint)
 
     def __call__(self, batch=None):

@@ -7,8 +7,8 @@ unpickled, and the file says which model, hook, operation and training run produ
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -16,13 +16,28 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
-from tvlens.errors import CheckpointError, IncompatibleModelError
+from tvlens._validate import no_type_check
+from tvlens.errors import CheckpointError, ConfigError, IncompatibleModelError, NonFiniteError, warn
 from tvlens.sites import Site
 
 FORMAT = "tvlens-task-vector/1"
 Operation = Literal["add", "replace"]
 
 
+def check_scale(scale, name: str = "scale") -> float:
+    """``scale`` as a float; a ConfigError for text, bools or nan/inf."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ConfigError(f"{name} must be a finite number, got {type(scale).__name__} {scale!r}; e.g. {name}=1.0")
+    if not math.isfinite(scale):
+        raise NonFiniteError(f"{name} must be a finite number, got {scale!r}; e.g. {name}=1.0")
+    return float(scale)
+
+
+def _nonfinite_summary(v: torch.Tensor) -> str:
+    return f"{int(torch.isnan(v).sum())} nan, {int(torch.isinf(v).sum())} inf of {v.numel()}"
+
+
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class TaskVector:
     """``values[i]`` is added (or, for ``operation="replace"``, written) at ``sites[i]``."""
@@ -40,12 +55,41 @@ class TaskVector:
     meta: dict = field(default_factory=dict)  # training config, seed, metrics, versions (JSON-able)
 
     def __post_init__(self) -> None:
-        if self.values.ndim != 2 or self.values.shape[0] != len(self.sites):
-            raise CheckpointError(f"values must be [site, d_model] with one row per site; got {tuple(self.values.shape)} for {len(self.sites)} sites")
+        v = self.values
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(
+                f"values must be a torch.Tensor [site, d_model], got {type(v).__name__}; wrap it: torch.tensor(values)"
+            )
+        if v.device.type == "meta":
+            raise CheckpointError("values are on the 'meta' device (shape only, no numbers); give real values, e.g. values.to_empty(device='cpu') then fill them")
+        if not v.is_floating_point():
+            raise CheckpointError(f"values must be floating point, got {v.dtype}; convert with values.float()")
+        sites = self.sites
+        if isinstance(sites, list):
+            sites = tuple(sites)
+            object.__setattr__(self, "sites", sites)
+        if not isinstance(sites, tuple) or not all(isinstance(s, Site) for s in sites):
+            bad = next((s for s in sites if not isinstance(s, Site)), sites) if isinstance(sites, tuple) else sites
+            raise CheckpointError(
+                f"sites must be a tuple of tvlens.Site, got {bad!r}; build them with tv.Site(layer, position) "
+                "or tv.site_grid(layers, positions)"
+            )
+        if len(set(sites)) != len(sites):
+            raise CheckpointError(f"duplicate sites {[str(s) for s in sites]}; give each site once")
+        if v.ndim != 2 or v.shape[0] != len(sites):
+            raise CheckpointError(f"values must be [site, d_model] with one row per site; got {tuple(v.shape)} for {len(sites)} sites")
         if self.operation not in ("add", "replace"):
             raise CheckpointError(f"operation must be 'add' or 'replace', got {self.operation!r}")
-        if self.d_model and self.values.shape[1] != self.d_model:
-            raise CheckpointError(f"values have width {self.values.shape[1]} but d_model is {self.d_model}")
+        if self.d_model and v.shape[1] != self.d_model:
+            raise CheckpointError(f"values have width {v.shape[1]} but d_model is {self.d_model}")
+        if self.out_of_range not in ("error", "skip", "clip"):
+            raise CheckpointError(f"out_of_range must be 'error', 'skip' or 'clip', got {self.out_of_range!r}")
+        check_scale(self.scale, "scale")
+        if not bool(torch.isfinite(v).all()):
+            raise NonFiniteError(
+                f"task vector {self.task!r} has non-finite values ({_nonfinite_summary(v)}); a diverged training run? "
+                "retrain with a lower lr (tv.LTVConfig(lr=...))"
+            )
 
     @property
     def hook_names(self) -> tuple[str, ...]:
@@ -91,7 +135,12 @@ class TaskVector:
         bad = [s for s in self.sites if not 0 <= s.layer < cfg.n_layers]
         if bad:
             raise IncompatibleModelError(f"sites {bad} are outside this model's layers 0..{cfg.n_layers - 1}")
-        if self.model_fingerprint and not allow_other_fingerprint:
+        if not self.model_fingerprint:
+            warn(
+                f"task vector {self.task!r} records no model fingerprint, so tvlens cannot check that it was made "
+                "for this model; set model_fingerprint=tv.fingerprint(model) when you build or save it"
+            )
+        elif not allow_other_fingerprint:
             fp = fingerprint(model)
             if fp != self.model_fingerprint:
                 raise IncompatibleModelError(
@@ -99,14 +148,32 @@ class TaskVector:
                     "pass allow_other_fingerprint=True to apply it anyway (same shape, other weights)"
                 )
 
+    def check_task(self, task_name: str) -> None:
+        """Warn (:class:`~tvlens.errors.TvlensWarning`) when this vector was trained on another task."""
+        if self.task and task_name and self.task != task_name:
+            warn(
+                f"task vector trained on {self.task!r} is applied to task {task_name!r}: its accuracy measures "
+                "transfer, not the task; evaluate on the vector's own task unless transfer is what you study"
+            )
+
     # --- files -----------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path`` (safetensors, metadata as JSON in the header) atomically."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write ``path`` (safetensors, metadata as JSON in the header) atomically.
+
+        The file gets the usual mode for new files (``0o666 & ~umask``); with ``overwrite=False``
+        an existing file raises :class:`~tvlens.errors.OutputExistsError` and is left as it was.
+        """
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from tvlens._io import atomic_write
+
+        if not bool(torch.isfinite(self.values).all()):  # values changed in place since construction
+            raise NonFiniteError(f"refusing to save task vector {self.task!r} with non-finite values ({_nonfinite_summary(self.values)})")
+        try:
+            meta_json = json.dumps(self.meta, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"meta must be JSON-serialisable with finite numbers ({e}); keep only str/int/float/list/dict values") from None
         header = {
             "format": FORMAT,
             "sites": [[s.layer, s.position] for s in self.sites],
@@ -120,17 +187,11 @@ class TaskVector:
             "out_of_range": self.out_of_range,
             "hook_names": list(self.hook_names),
             "dtype": str(self.values.dtype).removeprefix("torch."),
-            "meta": self.meta,
+            "meta": json.loads(meta_json),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"values": self.values.detach().cpu().contiguous()}, tmp, metadata={"tvlens": json.dumps(header)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        values = self.values.detach().cpu().contiguous()
+        return atomic_write(path, lambda tmp: save_file({"values": values}, str(tmp), metadata={"tvlens": json.dumps(header)}),
+                            overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskVector:
@@ -142,24 +203,43 @@ class TaskVector:
             raise CheckpointError(f"no task-vector file at {str(path)!r}")
         try:
             with safe_open(str(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {}).get("tvlens", "null"))
-                values = f.get_tensor("values")
-        except CheckpointError:
-            raise
-        except Exception as e:  # safetensors raises several types for a corrupt header
+                metadata = f.metadata() or {}
+                values = f.get_tensor("values") if "values" in f.keys() else None
+        except Exception as e:  # safetensors raises several types for a corrupt file
             raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({e}); was it written by TaskVector.save?") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if "tvlens_ltv_checkpoint" in metadata:
+            raise CheckpointError(f"{str(path)!r} is an LTV training checkpoint, not a task vector; load the vector saved with "
+                                  "--out / TaskVector.save (train_ltv(..., checkpoint=) only resumes training)")
+        try:
+            header = json.loads(metadata.get("tvlens", "null"))
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != FORMAT or values is None:
             raise CheckpointError(f"{str(path)!r} has no tvlens task-vector metadata (format {FORMAT!r}); save vectors with TaskVector.save")
-        return cls(
-            values=values,
-            sites=tuple(Site(int(layer), int(p)) for layer, p in header["sites"]),
-            task=header["task"],
-            model_fingerprint=header["model_fingerprint"],
-            d_model=header["d_model"],
-            n_layers=header["n_layers"],
-            operation=header["operation"],
-            scale=header["scale"],
-            method=header["method"],
-            out_of_range=header.get("out_of_range", "error"),
-            meta=header.get("meta", {}),
-        )
+        try:
+            sites = header["sites"]
+            if not isinstance(sites, list) or not all(isinstance(s, list) and len(s) == 2 for s in sites):
+                raise ValueError(f"'sites' must be a list of [layer, position] pairs, got {sites!r}")
+            for s in sites:
+                if not all(isinstance(x, int) and not isinstance(x, bool) for x in s):
+                    raise ValueError(f"site {s!r} is not a pair of integers")
+            kw = {k: header[k] for k in ("task", "model_fingerprint", "d_model", "n_layers", "operation", "scale", "method")}
+            for k in ("d_model", "n_layers"):
+                if isinstance(kw[k], bool) or not isinstance(kw[k], int) or kw[k] < 0:
+                    raise ValueError(f"{k!r} must be a non-negative integer, got {kw[k]!r}")
+            if not isinstance(header.get("meta", {}), dict):
+                raise ValueError("'meta' must be an object")
+            return cls(
+                values=values,
+                sites=tuple(Site(layer, p) for layer, p in sites),
+                out_of_range=header.get("out_of_range", "error"),
+                meta=header.get("meta", {}),
+                **kw,
+            )
+        except KeyError as e:
+            raise CheckpointError(f"{str(path)!r}: the tvlens header lacks field {e.args[0]!r}; the file is damaged or hand-edited, save it again with TaskVector.save") from None
+        except NonFiniteError as e:
+            raise CheckpointError(f"{str(path)!r} holds an unusable task vector: {e}") from None
+        except (ValueError, TypeError) as e:  # our ConfigError/CheckpointError are ValueErrors too
+            raise CheckpointError(f"{str(path)!r} has an invalid tvlens header: {e}; save the vector again with TaskVector.save") from None
+

@@ -6,6 +6,10 @@ import argparse
 import time
 
 
+def _ci(ci: tuple[float, float]) -> str:
+    return f"[{ci[0]:.2f}-{ci[1]:.2f}]"
+
+
 def cmd_tasks(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
@@ -22,11 +26,13 @@ def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list
         task = tv.tasks.get(name)
         splits = tv.make_splits(task, seed=seed)
         zs = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=seed))
-        icl = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=seed)).accuracy for k in shots}
-        row = {"task": name, "kind": task.kind, "n_test": zs.n, "zero_shot": zs.accuracy, "icl": icl,
+        icl_res = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=seed)) for k in shots}
+        row = {"task": name, "kind": task.kind, "n_test": zs.n, "zero_shot": zs.accuracy, "zero_shot_ci95": list(zs.ci95),
+               "icl": {k: r.accuracy for k, r in icl_res.items()}, "icl_ci95": {k: list(r.ci95) for k, r in icl_res.items()},
                "zero_shot_label_acc": zs.label_accuracy}
         if name.startswith("toy/"):  # reported apart: the instruction pathway, never used elsewhere
-            row["instruction"] = tv.evaluate(model, tv.make_prompts(tv.tasks.with_instruction(splits), "test", k=0, seed=seed)).accuracy
+            ins = tv.evaluate(model, tv.make_prompts(tv.tasks.with_instruction(splits), "test", k=0, seed=seed))
+            row["instruction"], row["instruction_ci95"] = ins.accuracy, list(ins.ci95)
         rows.append(row)
     return rows
 
@@ -71,9 +77,11 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
             for layer in layers:
                 res = tv.train_ltv(model, splits.task, layers=[layer], positions=[-1], config=config, splits=splits, progress=False)
                 test = tv.evaluate(model, test_prompts, intervention=tv.steering(model, res.vector))
-                per_layer.append({"layer": layer, "val": res.val_accuracy, "test": test.accuracy, "seconds": round(res.seconds, 1)})
+                per_layer.append({"layer": layer, "val": res.val_accuracy, "val_ci95": list(res.val_ci95),
+                                  "test": test.accuracy, "test_ci95": list(test.ci95), "seconds": round(res.seconds, 1)})
             best = max(per_layer, key=lambda r: r["val"])  # chosen on validation, reported on test
-            row.update(ltv=best["test"], ltv_val=best["val"], ltv_layer=best["layer"])
+            row.update(ltv=best["test"], ltv_ci95=best["test_ci95"], ltv_val=best["val"], ltv_val_ci95=best["val_ci95"],
+                       ltv_layer=best["layer"])
             if len(layers) > 1:
                 row["ltv_layers"] = per_layer
     payload = {
@@ -96,6 +104,9 @@ def cmd_toy_train(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens.toy import ToyTrainConfig, save_toy_checkpoint, train_toy_model
 
+    from tvlens.cli._main import check_output
+
+    check_output(args.out, args.overwrite)
     cfg = ToyTrainConfig(seed=args.seed, threads=args.threads)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
@@ -130,21 +141,27 @@ def _ltv_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
+    from tvlens.cli._main import check_distinct, check_output
+
+    check_distinct(args.checkpoint, args.out, "--checkpoint and --out")
+    check_output(args.out, args.overwrite)
+    config = _ltv_config(args)
     model = tv.load_model(args.model)
     task = tv.tasks.resolve(args.task, model_name=args.model)
     layers = args.layer if args.layer is not None else [model.cfg.n_layers // 2]
     res = tv.train_ltv(model, task, layers=layers, positions=args.position, shots=args.shots,
-                       config=_ltv_config(args), splits=tv.make_splits(task, seed=args.seed),
+                       config=config, splits=tv.make_splits(task, seed=args.seed),
                        checkpoint=args.checkpoint, progress=not args.json)
-    path = res.vector.save(args.out)
+    path = res.vector.save(args.out, overwrite=args.overwrite)
     splits = res.splits
     test = tv.evaluate(model, tv.make_prompts(splits, "test", k=args.shots, seed=args.seed),
                        intervention=tv.steering(model, res.vector))
     payload = {"task": task.name, "out": str(path), "sites": [str(s) for s in res.vector.sites], "shots": args.shots,
-               "val_accuracy": res.val_accuracy, "test_accuracy": test.accuracy, "epochs": len(res.history),
+               "val_accuracy": res.val_accuracy, "val_ci95": list(res.val_ci95), "n_val": res.n_val,
+               "test_accuracy": test.accuracy, "test_ci95": list(test.ci95), "n_test": test.n, "epochs": len(res.history),
                "steps": res.steps, "seconds": round(res.seconds, 2), "history": list(res.history)}
     text = (f"trained LTV for {task.name} at {payload['sites']} ({res.steps} steps, {res.seconds:.1f} s): "
-            f"val {res.val_accuracy:.3f}, test {test.accuracy:.3f}; saved to {path}")
+            f"val {res.val_accuracy:.3f} {_ci(res.val_ci95)}, test {test.accuracy:.3f} {_ci(test.ci95)} (n={test.n}); saved to {path}")
     return payload, text
 
 
@@ -158,17 +175,21 @@ def cmd_eval(args: argparse.Namespace) -> tuple[dict, str]:
     seed = int(v.meta.get("split_seed", args.seed)) if v is not None else args.seed
     splits = tv.make_splits(task, seed=seed)
     out: dict = {"task": task.name, "model": args.model, "split_seed": seed}
-    out["zero_shot"] = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed)).accuracy
-    out["icl"] = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=args.seed)).accuracy for k in args.icl_shots}
+    zs = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=args.seed))
+    icl = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=args.seed)) for k in args.icl_shots}
+    out.update({"n_test": zs.n, "zero_shot": zs.accuracy, "zero_shot_ci95": list(zs.ci95),
+                "icl": {k: r.accuracy for k, r in icl.items()}, "icl_ci95": {k: list(r.ci95) for k, r in icl.items()}})
     if v is not None:
         shots = int(v.meta.get("shots", 0))
         res = tv.evaluate(model, tv.make_prompts(splits, "test", k=shots, seed=args.seed),
                           intervention=tv.steering(model, v, args.scale, allow_other_fingerprint=args.allow_other_model))
-        out["vector"] = {"path": args.vector, "sites": [str(s) for s in v.sites], "shots": shots,
-                         "accuracy": res.accuracy, "label_accuracy": res.label_accuracy}
-    lines = [f"{task.name}: zero-shot {out['zero_shot']:.3f}"] + [f"  {k}-shot ICL {a:.3f}" for k, a in out["icl"].items()]
+        out["vector"] = {"path": args.vector, "task": v.task, "sites": [str(s) for s in v.sites], "shots": shots,
+                         "accuracy": res.accuracy, "ci95": list(res.ci95), "label_accuracy": res.label_accuracy}
+    lines = [f"{task.name} (n={zs.n} test queries, 95% CI in brackets): zero-shot {zs.accuracy:.3f} {_ci(zs.ci95)}"]
+    lines += [f"  {k}-shot ICL {r.accuracy:.3f} {_ci(r.ci95)}" for k, r in icl.items()]
     if "vector" in out:
-        lines.append(f"  with vector ({', '.join(out['vector']['sites'])}, {out['vector']['shots']}-shot prompts) {out['vector']['accuracy']:.3f}")
+        lines.append(f"  with vector ({', '.join(out['vector']['sites'])}, {out['vector']['shots']}-shot prompts) "
+                     f"{res.accuracy:.3f} {_ci(res.ci95)}")
     return out, "\n".join(lines)
 
 

@@ -1,18 +1,93 @@
-"""Argument parsing and dispatch for the ``tvlens`` command."""
+"""Argument parsing, dispatch and the shared failure/JSON conventions of the ``tvlens`` command.
+
+Failures never dump a traceback (unless ``--debug``): the CLI prints one line
+``tvlens: error: <Type>: <message>`` on stderr, or with ``--json`` the document
+``{"error": {"type": ..., "message": ..., "hint": ...}}`` on stdout, and exits with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
+import os
 import sys
+import traceback
+import warnings
+from pathlib import Path
 
-from tvlens.errors import TvlensError
+from tvlens.errors import ConfigError, OutputExistsError, TvlensError, TvlensWarning
+
+JSON_DECIMALS = 4  # floats in --json output are rounded to this many decimals
+
+
+class UsageError(Exception):
+    """A command line argparse rejects (unknown option, missing value, ...)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit; let main() report it
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def round_floats(obj, ndigits: int = JSON_DECIMALS):
+    """``obj`` with every float rounded to ``ndigits`` decimals and nan/inf as None (valid JSON)."""
+    if isinstance(obj, float):
+        return round(obj, ndigits) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: round_floats(v, ndigits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, ndigits) for v in obj]
+    return obj
+
+
+def ci95(accuracy: float, n: int) -> list[float]:
+    """The 95% Wilson interval of an accuracy on ``n`` queries, as a JSON pair."""
+    from tvlens.stats import accuracy_interval
+
+    return list(accuracy_interval(accuracy, n))
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, option: str = "--out") -> None:
+    """Refuse an existing output before any work is done (the save refuses again, atomically)."""
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(f"{option} {str(path)!r} already exists; pass --overwrite to replace it, or choose another path")
+
+
+def check_distinct(a: str | os.PathLike | None, b: str | os.PathLike | None, what: str) -> None:
+    if a is not None and b is not None and Path(a).resolve() == Path(b).resolve():
+        other = Path(a).with_name(f"{Path(a).stem}.ckpt{Path(a).suffix}")
+        raise ConfigError(f"{what} name the same file {str(a)!r}; give the checkpoint a path of its own, e.g. {str(other)!r}")
+
+
+def _hint(e: BaseException) -> str:
+    if isinstance(e, UsageError):
+        return "run `tvlens --help` or `tvlens <command> --help` for the options"
+    if isinstance(e, OutputExistsError):
+        return "pass --overwrite to replace the file, or choose another output path"
+    if isinstance(e, TvlensError):
+        return f"the message says how to fix it; more in docs/errors.md, section {type(e).__name__}"
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted; a run with --checkpoint resumes when rerun with the same arguments"
+    return "an unexpected error (possibly a bug in tvlens); rerun with --debug for the traceback and report it"
+
+
+def _fail(e: BaseException, as_json: bool, debug: bool) -> int:
+    message = str(e) if str(e) else type(e).__name__
+    if debug:
+        traceback.print_exception(e, file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": {"type": type(e).__name__, "message": message, "hint": _hint(e)}}, indent=2))
+    else:
+        print(f"tvlens: error: {type(e).__name__}: {message}", file=sys.stderr)
+        print(f"tvlens: hint: {_hint(e)}", file=sys.stderr)
+    return 130 if isinstance(e, KeyboardInterrupt) else 2
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
     if args.json:
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(round_floats(payload), indent=2, allow_nan=False))
     else:
         print(text)
 
@@ -20,13 +95,15 @@ def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from tvlens.cli import _commands as c
 
-    p = argparse.ArgumentParser(prog="tvlens", description="Learned task vectors on TransformerLens models.")
+    p = _Parser(prog="tvlens", description="Learned task vectors on TransformerLens models.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout (errors too)")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
         sp.set_defaults(fn=fn)
         return sp
 
@@ -51,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed of weights and data")
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     sp.add_argument("--no-eval", action="store_true", help="skip the final ICL evaluation")
+    sp.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
 
     sp = cmd("train", c.cmd_train, "train a learned task vector and save it")
     sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
@@ -59,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--position", type=int, nargs="+", default=[-1], help="position(s), -1 = last token")
     sp.add_argument("--shots", type=int, default=0, help="train on k-shot ICL prompts (default 0)")
     sp.add_argument("--preset", choices=["default", "paper"], default="default", help="training recipe")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the splits, the LTV config and the test demonstrations")
     sp.add_argument("--checkpoint", default=None, help="resumable run-state file")
     sp.add_argument("--out", required=True, help="output .safetensors path")
+    sp.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
 
     sp = cmd("eval", c.cmd_eval, "zero-shot, ICL and with-vector accuracy on held-out queries")
     sp.add_argument("--model", default="toy")
@@ -78,15 +157,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv  # known before parsing, so usage errors are JSON too
+    debug = "--debug" in argv
     try:
-        payload, text = args.fn(args)
-    except TvlensError as e:
-        print(f"tvlens: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        return _fail(e, as_json, debug)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # the usual filters still apply
+            payload, text = args.fn(args)
+    except (Exception, KeyboardInterrupt) as e:
+        _show(caught)
+        return _fail(e, args.json, args.debug)
+    _show(caught)
+    ours = [w for w in caught if issubclass(w.category, TvlensWarning)]
+    if args.json and ours:
+        payload = {**payload, "warnings": [f"{w.category.__name__}: {w.message}" for w in ours]}
     try:
         _emit(args, payload, text)
     except BrokenPipeError:  # e.g. `tvlens demo --json | head`
         sys.stderr.close()
     return 0
+
+
+def _show(caught) -> None:
+    """tvlens's warnings as one line each on stderr; other libraries' warnings as Python shows them."""
+    for w in caught:
+        if issubclass(w.category, TvlensWarning):
+            print(f"tvlens: warning: {w.category.__name__}: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)

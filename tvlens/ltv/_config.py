@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from tvlens._validate import check_bool, check_choice, check_float, check_int, no_type_check
 from tvlens.errors import ConfigError
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class LTVConfig:
     """How a learned task vector is trained. ``LTVConfig()`` is tvlens's fast batched default;
@@ -31,14 +33,19 @@ class LTVConfig:
     seed: int = 0  # seeds theta's init and the query order
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.epoch_size < 1 or self.max_epochs < 1:
-            raise ConfigError("lr, batch_size, epoch_size and max_epochs must be positive")
-        if self.patience < 1 or self.init_range < 0 or self.n_train < 1 or self.n_val < 1:
-            raise ConfigError("patience, n_train and n_val must be >= 1 and init_range >= 0")
-        if self.schedule not in ("linear", "constant"):
-            raise ConfigError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
-        if self.padding_side not in ("left", "right"):
-            raise ConfigError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        # every field by name: the message names the field and its allowed range
+        o = "LTVConfig"
+        check_float(o, "lr", self.lr, min=0, min_exclusive=True)
+        check_float(o, "weight_decay", self.weight_decay, min=0)
+        check_float(o, "init_range", self.init_range, min=0)
+        check_bool(o, "scale_to_residual", self.scale_to_residual)
+        for name in ("batch_size", "epoch_size", "max_epochs", "patience", "n_train", "n_val", "eval_batch_size"):
+            check_int(o, name, getattr(self, name), min=1)
+        check_choice(o, "schedule", self.schedule, ("linear", "constant"))
+        check_bool(o, "fast", self.fast)
+        check_choice(o, "padding_side", self.padding_side, ("left", "right"))
+        check_bool(o, "multi_token", self.multi_token)
+        check_int(o, "seed", self.seed, min=0, max=2**63 - 1)
 
     @classmethod
     def paper(cls, **changes) -> LTVConfig:
@@ -54,4 +61,7 @@ class LTVConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LTVConfig:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown LTVConfig field(s) {unknown}; the fields are {sorted(cls.__dataclass_fields__)}")
         return cls(**d)

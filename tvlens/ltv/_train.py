@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from tvlens._result import Result
-from tvlens.errors import CheckpointError
+from tvlens._validate import no_type_check
+from tvlens.errors import CheckpointError, ConfigError, NonFiniteError
 from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._objective import build_targets, make_objective
 from tvlens.ltv._scale import site_residual_rms
@@ -48,10 +49,30 @@ class LTVResult(Result):
     splits: TaskSplits
     shots: int
 
+    @property
+    def n_val(self) -> int:
+        """How many validation queries each val accuracy was measured on."""
+        cap = self.vector.meta.get("config", {}).get("n_val", len(self.splits.val))  # hand-built results have no config
+        return min(int(cap), len(self.splits.val))
+
+    @property
+    def val_ci95(self) -> tuple[float, float]:
+        """95% Wilson interval of :attr:`val_accuracy` (see :mod:`tvlens.stats`)."""
+        from tvlens.stats import accuracy_interval
+
+        return accuracy_interval(self.val_accuracy, self.n_val)
+
     def to_frame(self):
+        """One row per epoch, with the 95% Wilson interval of each val accuracy."""
         import pandas as pd
 
-        return pd.DataFrame(list(self.history))
+        from tvlens.stats import accuracy_interval
+
+        df = pd.DataFrame(list(self.history))
+        if len(df):
+            cis = [accuracy_interval(a, self.n_val) for a in df["val_accuracy"]]
+            df["val_ci_low"], df["val_ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
+        return df
 
     def plot(self):
         import plotly.graph_objects as go
@@ -79,8 +100,10 @@ def _accuracy(objective, theta, n: int, batch_size: int) -> tuple[float, float]:
     return correct / n, nll / n
 
 
-def _save_checkpoint(path: Path, phi, opt, step: int, epoch: int, best, history, gen, meta: dict) -> None:
+def _save_checkpoint(path: Path, phi, opt, step: int, epoch: int, best, history, gen, meta: dict, improved: int) -> None:
     from safetensors.torch import save_file
+
+    from tvlens._io import atomic_write
 
     state = opt.state[phi] if phi in opt.state else {}
     # "theta" holds the optimised parameter phi (theta / site scale); "best_theta" the best theta itself
@@ -89,32 +112,62 @@ def _save_checkpoint(path: Path, phi, opt, step: int, epoch: int, best, history,
         if k in state:
             tensors[k] = state[k].clone()
     header = {"step": step, "epoch": epoch, "best_acc": best[0], "best_epoch": best[2], "best_loss": best[3], "history": history,
-              "adam_step": float(state["step"]) if "step" in state else 0.0, **meta}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"tvlens_ltv_checkpoint": json.dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+              "improved_epoch": improved, "adam_step": float(state["step"]) if "step" in state else 0.0, **meta}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"tvlens_ltv_checkpoint": json.dumps(header)}))
+
+
+_CHECKPOINT_TENSORS = ("theta", "best_theta", "rng")
 
 
 def _load_checkpoint(path: Path, meta: dict):
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        header = json.loads(f.metadata()["tvlens_ltv_checkpoint"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file (a directory?); pass the path of a checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a corrupt or foreign file
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a readable safetensors file ({e}); delete it to start over, "
+            "or pass another checkpoint path"
+        ) from None
+    if "tvlens_ltv_checkpoint" not in metadata:
+        what = "a task-vector file (TaskVector.save / --out)" if "tvlens" in metadata else "not an LTV training checkpoint"
+        raise CheckpointError(
+            f"{str(path)!r} is {what}, not a training checkpoint; give checkpoint= a path of its own "
+            "(not the vector's output path), or delete the file to start over"
+        )
+    try:
+        header = json.loads(metadata["tvlens_ltv_checkpoint"])
+        missing = [k for k in ("step", "epoch", "best_acc", "best_epoch", "best_loss", "history") if k not in header]
+        missing += [k for k in _CHECKPOINT_TENSORS if k not in tensors]
+        if missing:
+            raise ValueError(f"missing {missing}")
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged ({e}); delete it to start over") from None
     for k in ("config", "sites", "task", "shots", "model_fingerprint", "split_seed", "out_of_range"):
         if header.get(k) != meta.get(k):
             raise CheckpointError(
                 f"checkpoint {str(path)!r} belongs to another run ({k}: {header.get(k)!r} != {meta.get(k)!r}); "
                 "delete it or pass another checkpoint path"
             )
+    if not all(bool(torch.isfinite(tensors[k]).all()) for k in ("theta", "best_theta")):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds non-finite values; delete it to start over")
     return header, tensors
 
 
+def _diverged(what: str, epoch: int, step: int, cfg: LTVConfig, ckpt: Path | None) -> NonFiniteError:
+    kept = (f"the last good state is kept in {str(ckpt)!r} (rerunning resumes from it and diverges again: "
+            "delete it or use another path with the new settings)") if ckpt is not None and ckpt.exists() else "nothing was saved"
+    return NonFiniteError(
+        f"LTV training diverged at epoch {epoch}, step {step}: {what} is not finite; {kept}. "
+        f"Lower the learning rate (lr={cfg.lr:g}; e.g. LTVConfig(lr={min(cfg.lr, 5e-2) / 10:g})) or init_range"
+    )
+
+
+@no_type_check  # checks its arguments (tvlens._validate.no_type_check)
 def train_ltv(
     model,
     task: Task | str,
@@ -142,6 +195,12 @@ def train_ltv(
     from tvlens.tasks import get as get_task
 
     task = get_task(task) if isinstance(task, str) else task
+    if not isinstance(config, LTVConfig):
+        raise ConfigError(f"config must be a tv.LTVConfig, got {type(config).__name__}; e.g. config=tv.LTVConfig(lr=1e-2)")
+    if out_of_range not in ("error", "skip", "clip"):
+        raise ConfigError(f"out_of_range must be 'error', 'skip' or 'clip', got {out_of_range!r}")
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise ConfigError(f"shots must be an integer >= 0 (demonstrations per training prompt), got {shots!r}")
     if sites is None:
         sites = site_grid(model.cfg.n_layers // 2 if layers is None else layers, positions)
     sites = tuple(sites)
@@ -174,6 +233,7 @@ def train_ltv(
     history: list[dict] = []
     step, start_epoch, elapsed = 0, 0, 0.0
     best = (-1.0, (phi * scale).detach().clone(), -1, float("inf"))  # (val acc, theta, epoch, val loss)
+    improved = -1  # last epoch whose val accuracy beat every earlier one (the patience clock)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         header, tensors = _load_checkpoint(ckpt, meta)
@@ -185,12 +245,13 @@ def train_ltv(
         step, start_epoch, history = header["step"], header["epoch"], header["history"]
         elapsed = history[-1]["seconds"] if history else 0.0
         best = (header["best_acc"], tensors["best_theta"], header["best_epoch"], header["best_loss"])
+        improved = header.get("improved_epoch", header["best_epoch"])
         log.info("resuming %s from epoch %d (step %d)", ckpt, start_epoch, step)
 
     n_train = len(train_obj.tb)
     bar = tqdm(total=total_steps, initial=step, desc=f"ltv {task.name}", disable=not progress)
     for epoch in range(start_epoch, cfg.max_epochs):
-        if epoch - best[2] > cfg.patience and best[2] >= 0:
+        if improved >= 0 and epoch - improved > cfg.patience:  # the paper's rule: no better accuracy for `patience` epochs
             break
         order = torch.cat([torch.randperm(n_train, generator=gen) for _ in range(-(-cfg.epoch_size // n_train))])[: cfg.epoch_size]
         losses = []
@@ -202,8 +263,12 @@ def train_ltv(
             for g in opt.param_groups:
                 g["lr"] = lr
             loss, _, _ = train_obj.loss(phi * scale, idx)
+            if not math.isfinite(loss.item()):
+                raise _diverged("the training loss", epoch, step, cfg, ckpt)
             (phi.grad,) = torch.autograd.grad(loss, [phi])  # no gradients for the model's weights
             opt.step()
+            if not bool(torch.isfinite(phi).all()):
+                raise _diverged("theta (the vector being trained)", epoch, step, cfg, ckpt)
             losses.append(loss.item())
             step += 1
             bar.update(1)
@@ -213,11 +278,14 @@ def train_ltv(
                         "seconds": round(elapsed + time.perf_counter() - t0, 3)})
         bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{val_acc:.3f}")
         log.info("ltv %s epoch %d loss %.4f val_acc %.3f", task.name, epoch, history[-1]["train_loss"], val_acc)
-        # better = higher validation accuracy, ties broken by lower validation loss (small val sets)
+        if val_acc > best[0]:
+            improved = epoch
+        # the returned vector: highest validation accuracy, ties broken by lower validation loss (small val
+        # sets); the stopping rule above looks at accuracy only
         if val_acc > best[0] or (val_acc == best[0] and val_loss < best[3]):
             best = (val_acc, (phi * scale).detach().clone(), epoch, val_loss)
         if ckpt is not None:
-            _save_checkpoint(ckpt, phi, opt, step, epoch + 1, best, history, gen, meta)
+            _save_checkpoint(ckpt, phi, opt, step, epoch + 1, best, history, gen, meta, improved)
     bar.close()
     seconds = elapsed + time.perf_counter() - t0
     from importlib.metadata import version

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvlens.errors import TaskFormatError
-from tvlens.tasks._task import Example, Task
+from tvlens.tasks._task import Example, Task, check_consistent
 
 if TYPE_CHECKING:
     import datasets
@@ -123,7 +123,7 @@ def from_dataset(
 
 
 def _read_json(p: Path) -> tuple[list[Any], dict[str, Any]]:
-    data = _parse_json(p.read_text(encoding="utf-8"), f"task file {str(p)!r}")
+    data = _parse_json(_read_text(p), f"task file {str(p)!r}")
     extra: dict[str, Any] = {}
     if isinstance(data, dict):
         if "pairs" not in data:
@@ -144,17 +144,31 @@ def _read_json(p: Path) -> tuple[list[Any], dict[str, Any]]:
     return data, extra
 
 
+def _read_text(p: Path) -> str:
+    """The file's text as UTF-8 (a leading byte-order mark is accepted and dropped)."""
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise TaskFormatError(
+            f"task file {str(p)!r} is not UTF-8 text (byte {data[e.start]:#04x} on line {line}); save it as UTF-8, "
+            f"e.g. `iconv -f latin1 -t utf-8 {p.name} > {p.stem}.utf8{p.suffix}`"
+        ) from None
+
+
 def _read_jsonl(p: Path) -> list[Any]:
     rows: list[Any] = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                rows.append(_parse_json(line, f"task file {str(p)!r} line {lineno}"))
+    for lineno, line in enumerate(_read_text(p).splitlines(), start=1):
+        if line.strip():
+            rows.append(_parse_json(line, f"task file {str(p)!r} line {lineno}"))
     return rows
 
 
 def _read_csv(p: Path, *, delimiter: str, fields: tuple[str, ...], output_field: str) -> list[Any]:
-    with p.open(encoding="utf-8", newline="") as f:
+    import io
+
+    with io.StringIO(_read_text(p), newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in (*fields, output_field) if c not in header]
@@ -233,6 +247,7 @@ def _build(
         examples.append(Example(tuple(zip(names, texts)), _output(out, labels, class_names, at)))
     if not examples:
         raise TaskFormatError(f"{where} has no examples; add at least one input -> output example")
+    check_consistent(examples, where)
     kind = fmt.pop("kind", None) or ("classification" if labels else "generation")
     return Task(name=name, kind=kind, examples=tuple(examples), label_words=labels, **fmt)
 

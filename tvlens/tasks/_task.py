@@ -113,6 +113,24 @@ class Task:
             if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(s, str) for s in p)):
                 raise TaskFormatError(f"task {name!r}: pair {i} is {p!r}; expected a (input, output) pair of strings")
             examples.append(Example.of(p[1].strip(), x=p[0].strip()))
+        check_consistent(examples, f"task {name!r}", "pair")
         labels = tuple(label_words) if label_words is not None else None
         kind = kind or ("classification" if labels else "generation")
         return cls(name=name, kind=kind, examples=tuple(examples), label_words=labels, **fmt)
+
+
+def check_consistent(examples: Iterable[Example], where: str, row: str = "row") -> None:
+    """Raise :class:`TaskFormatError` if one input is given two different outputs.
+
+    Such data has no single gold answer, and the accuracy of any method on it is capped below 1
+    without a word. (Exact duplicates are fine here; splitting drops them.)
+    """
+    first: dict[tuple, tuple[int, str]] = {}
+    for i, e in enumerate(examples):
+        if e.fields in first and first[e.fields][1] != e.output:
+            j, out = first[e.fields]
+            raise TaskFormatError(
+                f"{where}: {row}s {j} and {i} give the input {dict(e.fields)} two different outputs "
+                f"{out!r} and {e.output!r}; keep one answer per input (remove or fix one of the {row}s)"
+            )
+        first.setdefault(e.fields, (i, e.output))

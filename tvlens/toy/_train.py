@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tvlens._validate import check_float, check_int, no_type_check
 from tvlens.errors import ConfigError
 from tvlens.toy._world import ARROW, BOS, PAD, SEP, ToyTaskDef, task_token, vocabulary, world
 
 log = logging.getLogger(__name__)
 
 
+@no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class ToyTrainConfig:
     """How to train the embedded model. Defaults are the shipped checkpoint's recipe."""
@@ -53,6 +53,23 @@ class ToyTrainConfig:
     threads: int | None = None  # torch threads (None = leave torch's default)
 
     def __post_init__(self) -> None:
+        o = "ToyTrainConfig"
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size", "n_examples"):
+            check_int(o, name, getattr(self, name), min=1)
+        check_int(o, "warmup_steps", self.warmup_steps, min=0)
+        check_int(o, "seed", self.seed, min=0, max=2**63 - 1)
+        if self.threads is not None:
+            check_int(o, "threads", self.threads, min=1)
+        check_float(o, "lr", self.lr, min=0, min_exclusive=True)
+        check_float(o, "weight_decay", self.weight_decay, min=0)
+        check_float(o, "grad_clip", self.grad_clip, min=0, min_exclusive=True)
+        check_float(o, "min_lr_frac", self.min_lr_frac, min=0, max=1)
+        check_float(o, "instruction_frac", self.instruction_frac, min=0, max=1)
+        check_float(o, "echo_weight", self.echo_weight, min=0, max=1)
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
+            raise ConfigError(f"ToyTrainConfig.betas must be a pair (beta1, beta2) of numbers in [0, 1), got {self.betas!r}")
+        for i, b in enumerate(self.betas):
+            check_float(o, f"betas[{i}]", b, min=0, max=1)
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 <= self.instruction_frac <= 1 or not 0 <= self.echo_weight < 1:
@@ -206,35 +223,23 @@ def save_toy_checkpoint(result: ToyTrainResult, directory: str | Path, metrics: 
 
     from tvlens.toy._tokenizer import build_tokenizer
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tvlens-toy-", dir=directory.parent))
-    try:
+    from tvlens._io import atomic_write_dir
+
+    def fill(tmp: Path) -> None:
         state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
-        cfg = asdict(result.config)
         meta = {
             "format": "tvlens-toy/1",
             "world": world_fingerprint(),
-            "train_config": cfg,
+            "train_config": asdict(result.config),
             "train_seconds": round(result.seconds, 1),
             "final_loss": result.losses[-1],
             "metrics": metrics or {},
         }
         (tmp / "tvlens_toy.json").write_text(json.dumps(meta, indent=2))
         build_tokenizer(tmp / "tokenizer")
-        if directory.exists():
-            backup = directory.with_name(directory.name + ".old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(directory, backup)
-            os.replace(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+
+    return atomic_write_dir(directory, fill)
 
 
 def load_toy_checkpoint(directory: str | Path):
