@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to resolve a host or open a socket fails loudly (and instantly)."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test that must stay offline")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,6 @@ from tvlens.errors import ModelLoadError, TvlensError
 
 WORDS = ["<bos>", "<pad>", "<unk>"] + [f"w{i}" for i in range(47)]  # d_vocab 50
 SEQS = torch.tensor([[0, 5, 9, 13, 4, 7, 30, 2], [0, 49, 48, 3, 3, 3, 11, 20], [1, 2, 3, 4, 5, 6, 7, 8]])
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to resolve a host or open a socket fails loudly (and instantly)."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test that must stay offline")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ download; they are read in place, never copied into the project.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -24,15 +23,6 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="reference data ..
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("TVLENS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(fv.FV_DIR_ENV, raising=False)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test that must stay offline")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_registered_with_descriptions():
