@@ -7,7 +7,8 @@ turns one into a ``HookedTransformer`` in three steps:
    architecture and TransformerLens can convert it, so a hopeless file fails in seconds;
 2. dequantise to fp32 with transformers (``from_pretrained(folder, gguf_file=name)``) and write
    the weights (safetensors), a complete ``config.json`` and the GGUF's tokenizer into a cache
-   entry keyed by the GGUF's sha256 (:func:`cache_dir`, moved by ``$TVLENS_CACHE_DIR``);
+   entry keyed by the GGUF's sha256 (:func:`cache_dir`, moved by ``$TVLENS_CACHE_DIR``), as one
+   atomic directory write (:func:`tvlens._io.atomic_write_dir`);
 3. load that entry as a local Hugging Face folder (:func:`tvlens._models.load_model`).
 
 A cache entry holds a manifest of its files' sha256; an entry whose files do not match is
@@ -22,7 +23,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -239,36 +239,34 @@ def _check_convertible(src: Path, config: dict) -> str:
 
 
 def _build_entry(src: Path, digest: str, entry: Path) -> None:
+    from tvlens._io import atomic_write_dir
+
+    config = gguf_metadata_config(src)
+    arch = _check_convertible(src, config)
+    atomic_write_dir(entry, lambda tmp: _write_entry(src, digest, arch, tmp))
+
+
+def _write_entry(src: Path, digest: str, arch: str, folder: Path) -> None:
+    """Dequantise ``src`` to fp32 and write weights, config, tokenizer and manifest into ``folder``."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = gguf_metadata_config(src)
-    arch = _check_convertible(src, config)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}.", dir=entry.parent))
     try:
-        try:
-            hf_model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        except (OSError, ValueError, KeyError, IndexError, RuntimeError, TypeError) as exc:
-            raise _corrupt(src, exc) from exc
-        state = hf_model.state_dict()
-        if getattr(hf_model.config, "tie_word_embeddings", False):
-            state.pop("lm_head.weight", None)  # tied: rebuilt from the embedding on load
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
-        hf_cfg = hf_model.config.to_dict()
-        hf_cfg.pop("quantization_config", None)
-        hf_cfg["architectures"] = [arch]
-        hf_cfg["torch_dtype"] = "float32"
-        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-        tokenizer.save_pretrained(str(tmp))
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {"format": _FORMAT, "gguf": src.name, "gguf_sha256": digest, "architecture": arch, "files": files}
-        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        hf_model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, TypeError) as exc:
+        raise _corrupt(src, exc) from exc
+    state = hf_model.state_dict()
+    if getattr(hf_model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied: rebuilt from the embedding on load
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    hf_cfg = hf_model.config.to_dict()
+    hf_cfg.pop("quantization_config", None)
+    hf_cfg["architectures"] = [arch]
+    hf_cfg["torch_dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    tokenizer.save_pretrained(str(folder))
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest = {"format": _FORMAT, "gguf": src.name, "gguf_sha256": digest, "architecture": arch, "files": files}
+    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2))

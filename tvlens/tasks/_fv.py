@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tvlens._io import atomic_write
 from tvlens.errors import DatasetUnavailableError
 from tvlens.tasks._registry import register
 from tvlens.tasks._task import Task
@@ -82,15 +82,7 @@ def fv_file(name: str) -> Path:
         raise DatasetUnavailableError(f"could not download {filename} ({type(exc).__name__}: {exc}); no network? {advice}") from exc
     if hashlib.sha256(data).hexdigest() != sha:
         raise DatasetUnavailableError(f"the download of {url} does not match its pinned sha256; {advice}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=cached.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, cached)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(cached, lambda tmp: tmp.write_bytes(data))
     log.info("downloaded %s to %s", url, cached)
     return cached
 
