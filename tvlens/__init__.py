@@ -36,3 +36,4 @@ from tvlens.steer import steer as steer
 from tvlens.steer import steering as steering
 from tvlens.vector import TaskVector as TaskVector
 from tvlens.ltv import paper_scenarios as paper_scenarios
+from tvlens.baselines import vanilla_tv as vanilla_tv
