@@ -37,3 +37,6 @@ from tvlens.steer import steering as steering
 from tvlens.vector import TaskVector as TaskVector
 from tvlens.ltv import paper_scenarios as paper_scenarios
 from tvlens.baselines import vanilla_tv as vanilla_tv
+from tvlens.baselines import AIEResult as AIEResult
+from tvlens.baselines import function_vector as function_vector
+from tvlens.baselines import head_aie as head_aie
