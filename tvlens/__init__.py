@@ -40,3 +40,7 @@ from tvlens.baselines import vanilla_tv as vanilla_tv
 from tvlens.baselines import AIEResult as AIEResult
 from tvlens.baselines import function_vector as function_vector
 from tvlens.baselines import head_aie as head_aie
+from tvlens.baselines import SweepResult as SweepResult
+from tvlens.baselines import sweep as sweep
+from tvlens.baselines import CompareResult as CompareResult
+from tvlens.baselines import compare as compare

@@ -4,3 +4,7 @@ from tvlens.baselines.vanilla import vanilla_tv as vanilla_tv
 from tvlens.baselines.function_vector import AIEResult as AIEResult
 from tvlens.baselines.function_vector import function_vector as function_vector
 from tvlens.baselines.function_vector import head_aie as head_aie
+from tvlens.baselines.sweep import SweepResult as SweepResult
+from tvlens.baselines.sweep import sweep as sweep
+from tvlens.baselines.compare import CompareResult as CompareResult
+from tvlens.baselines.compare import compare as compare
