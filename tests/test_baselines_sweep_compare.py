@@ -53,6 +53,8 @@ def test_compare_fills_the_papers_table(toy_model):
     assert p["per_task"]["toy/antonym"]["ltv"]["baseline"] == p["methods"]["ltv"]["baseline"]  # one task: average = the task
     assert res.accuracy("ltv", "baseline") > res.accuracy("vanilla_tv", "baseline")
     assert len(res.plot().data) == 3 and len(res.to_frame()) == 3 * 6 * 2
+    df = res.to_frame()
+    assert ((df.ci_low <= df.accuracy + 1e-12) & (df.accuracy <= df.ci_high + 1e-12)).all()
 
 
 def test_sweep_and_compare_bad_inputs(toy_model):
