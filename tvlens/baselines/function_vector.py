@@ -14,7 +14,8 @@ Context:
 
     The patching is batched: the corrupted batch is replicated once per head of a chunk and each
     replica patches its own head (:class:`tvlens.interventions.SetHeadPerRow`), so a model with
-    L x H heads needs about ``L * H / heads_per_pass`` forward passes, not L * H.
+    L x H heads needs about ``L * H / heads_per_pass`` forward passes, not L * H; and a chunk of
+    layer-l heads resumes from the cached residual stream before layer l.
     ``hook_z`` and ``W_O`` are per *query* head, so grouped-query attention models work unchanged.
 
 The AIE is returned beside the vector: ``tv.function_vector(..., return_aie=True)`` gives
@@ -115,24 +116,38 @@ def _p_gold(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
 
 def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]], *,
                 heads_per_pass: int | None = None) -> Float[torch.Tensor, " head"]:
-    """AIE of each of ``heads`` on ``batch`` (corrupted prompts), many heads per forward pass."""
+    """AIE of each of ``heads`` on ``batch`` (corrupted prompts), many heads per forward pass.
+
+    Heads are grouped by layer: the corrupted run's residual stream before layer ``l`` is cached
+    once, and a chunk of layer-``l`` heads resumes from it (``start_at_layer=l``), each replica of
+    the batch patching its own head, so the layers below ``l`` are not recomputed.
+    """
     n = len(batch)
     per = heads_per_pass or max(1, MAX_ROWS // n)
+    span1 = Span(batch.first_index, batch.last_index)
+    layers = sorted({layer for layer, _ in heads})
     with torch.no_grad():
-        base = _p_gold(last_token_logits(model, batch, batch_size=n), batch.answer_ids)  # [n]
-        out = []
-        for i in range(0, len(heads), per):
-            chunk = heads[i : i + per]
-            c = len(chunk)
-            hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c * n, 2]: replica j = head j
-            values = mean_z[hl[:, 0], hl[:, 1]]  # [c * n, d_head]
-            span = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
-            with intervene(model, SetHeadPerRow(hl, values), span=span):
-                logits = model(batch.tokens.repeat(c, 1), attention_mask=batch.attention_mask.repeat(c, 1))  # [c*n, pos, vocab]
-            last = logits[torch.arange(c * n), batch.last_index.repeat(c)]
-            p = _p_gold(last, batch.answer_ids.repeat(c)).reshape(c, n)  # [head, prompt]
-            out.append((p - base[None].to(p.device)).mean(1).cpu())
-    return torch.cat(out)
+        with cache(model, [f"blocks.{layer}.hook_resid_pre" for layer in layers], span=span1) as acts:
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        base = _p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)  # [n]
+        result: dict[tuple[int, int], float] = {}
+        for layer in layers:
+            mine = [hd for hd in heads if hd[0] == layer]
+            resid = acts[f"blocks.{layer}.hook_resid_pre"]  # [n, pos, d_model]
+            for i in range(0, len(mine), per):
+                chunk = mine[i : i + per]
+                c = len(chunk)
+                hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c * n, 2]: replica j = head j
+                values = mean_z[hl[:, 0], hl[:, 1]]  # [c * n, d_head]
+                span = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
+                with intervene(model, SetHeadPerRow(hl, values), span=span):
+                    logits = model(resid.repeat(c, 1, 1), start_at_layer=layer,
+                                   attention_mask=batch.attention_mask.repeat(c, 1).to(resid.device))  # [c*n, pos, vocab]
+                last = logits[torch.arange(c * n), batch.last_index.repeat(c)]
+                p = _p_gold(last, batch.answer_ids.repeat(c)).reshape(c, n)  # [head, prompt]
+                for hd, v in zip(chunk, (p - base[None].to(p.device)).mean(1).tolist()):
+                    result[hd] = v
+    return torch.tensor([result[hd] for hd in heads])
 
 
 def aie_loop(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]]) -> Float[torch.Tensor, " head"]:
