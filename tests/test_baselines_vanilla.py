@@ -63,3 +63,37 @@ def test_vanilla_tv_bad_inputs(tiny_model):
         tv.vanilla_tv(tiny_model, "toy/antonym", layer=1, shots=0)
     with pytest.raises(tv.errors.TvlensError, match="layer"):
         tv.vanilla_tv(tiny_model, "toy/antonym", layer=7)
+
+
+@pytest.mark.parametrize("operation", ["replace", "add"])
+def test_per_prompt_mode_equals_a_hand_computation(tiny_model, operation):
+    """Hendel's per-prompt evaluation: query i steered by the vector of its own demonstrations."""
+    import random
+
+    splits = tv.make_splits(tv.tasks.get("toy/antonym"))
+    res = tv.vanilla_tv_per_prompt(tiny_model, splits.task, layer=1, shots=2, operation=operation, n_dummy=2, splits=splits)
+    icl = tv.make_prompts(splits, "test", k=2)
+    rng = random.Random("tvlens-hendel-dummies-toy/antonym-0")
+    dummies = [rng.sample(splits.train, 2) for _ in icl.queries]
+    zs = tv.make_prompts(splits, "test", k=0)
+    name = "blocks.1.hook_resid_pre"
+    for i in (0, len(zs) - 1):
+        hs = []
+        for q in dummies[i]:
+            _, c = tiny_model.run_with_cache(tiny_model.to_tokens(splits.task.prompt_text(q, icl.demos[i])), names_filter=name)
+            h = c[name][0, -1]
+            if operation == "add":
+                _, c0 = tiny_model.run_with_cache(tiny_model.to_tokens(splits.task.prompt_text(q)), names_filter=name)
+                h = h - c0[name][0, -1]
+            hs.append(h)
+        v = torch.stack(hs).mean(0)
+
+        def hook(act, hook):
+            act[:, -1] = v if operation == "replace" else act[:, -1] + v
+            return act
+
+        with torch.no_grad():
+            logits = tiny_model.run_with_hooks(tiny_model.to_tokens(zs.texts[i]), fwd_hooks=[(name, hook)])
+        assert torch.allclose(logits[0, -1].log_softmax(-1)[res.gold[i]], res.gold_logprob[i], atol=1e-4)
+    assert res.n == len(zs) and "per-prompt" in res.label
+    assert_no_hooks_left(tiny_model)

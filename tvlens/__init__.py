@@ -44,3 +44,4 @@ from tvlens.baselines import SweepResult as SweepResult
 from tvlens.baselines import sweep as sweep
 from tvlens.baselines import CompareResult as CompareResult
 from tvlens.baselines import compare as compare
+from tvlens.baselines import vanilla_tv_per_prompt as vanilla_tv_per_prompt

@@ -207,6 +207,32 @@ class AblateHeads(Edit):
 
 
 @dataclass(frozen=True, eq=False)
+class AddPerRow(Edit):
+    """Row ``b`` of the batch gets ``values[b]`` added at (``operation="replace"``: written over) ``site``."""
+
+    site: Site
+    values: Float[torch.Tensor, "batch d_model"]
+    operation: Literal["add", "replace"] = "add"
+    out_of_range: OutOfRange = "error"
+
+    def __post_init__(self) -> None:
+        if self.operation not in ("add", "replace"):
+            raise ConfigError(f"operation must be 'add' or 'replace', got {self.operation!r}")
+
+    def hook_names(self, model) -> tuple[str, ...]:
+        return (self.site.hook_name,)
+
+    def apply(self, name, act: Float[torch.Tensor, "batch pos d_model"], pos):
+        if len(self.values) != act.shape[0]:
+            raise ConfigError(f"AddPerRow has {len(self.values)} rows but the forward call has {act.shape[0]}")
+        _, row, col = pos.local([self.site.position], self.out_of_range)
+        if not len(row):
+            return None
+        vals = self.values[row].to(device=act.device, dtype=act.dtype)
+        return act.index_put((row.to(act.device), col.to(act.device)), vals, accumulate=self.operation == "add")
+
+
+@dataclass(frozen=True, eq=False)
 class SetHeadPerRow(Edit):
     """Row ``b``'s ``attn.hook_z`` of head ``heads[b]`` = (layer, head) set to ``values[b]`` at ``position``.
 

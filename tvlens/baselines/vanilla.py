@@ -11,6 +11,9 @@ Context:
     - ``operation="add"`` (the LTV paper's): the vector is mean(h_ICL - h_zero-shot) over the
       same queries; applying it is ADDED to the zero-shot state.
 
+    Hendel's own evaluation, where each test prompt is steered by the vector of its own
+    demonstrations (averaged over a few dummy queries), is :func:`vanilla_tv_per_prompt`.
+
     Sites follow tvlens's convention: layer ``l`` is ``blocks.{l}.hook_resid_pre`` (the input of
     block ``l``; Hendel's "layer l" is the output of block l, i.e. our ``l + 1``).
 
@@ -37,7 +40,7 @@ from tvlens.sites import OutOfRange, Site, check_sites, resolve_columns, site_gr
 from tvlens.tasks._task import Task
 from tvlens.vector import TaskVector
 
-__all__ = ["residual_at_sites", "vanilla_tv"]
+__all__ = ["residual_at_sites", "vanilla_tv", "vanilla_tv_per_prompt"]
 
 
 def residual_at_sites(
@@ -125,3 +128,55 @@ def vanilla_tv(
         meta={"shots": 0, "source_shots": shots, "n_prompts": len(icl_ps), "seed": seed, "split_seed": splits.seed,
               "operation": operation},
     )
+
+
+@no_type_check  # checks its arguments
+def vanilla_tv_per_prompt(
+    model,
+    task: Task | str,
+    *,
+    layer: int | None = None,
+    shots: int = 5,
+    operation: Literal["add", "replace"] = "replace",
+    n_dummy: int = 2,
+    splits: TaskSplits | None = None,
+    seed: int = 0,
+    split: str = "test",
+):
+    """Hendel's evaluation: each query steered by the vector of *its own* demonstrations.
+
+    For query i with demonstrations D_i (those of its ``shots``-shot prompt), the vector is the
+    last-token residual at ``blocks.{layer}.hook_resid_pre`` of ``n_dummy`` prompts "D_i + a dummy
+    query" (train queries), averaged; with ``"add"`` minus the same dummies' zero-shot state. It is
+    applied to query i's zero-shot prompt (default ``"replace"``, Hendel's). Returns the
+    :class:`~tvlens.EvalResult` of the ``split`` queries (one vector per prompt, so no TaskVector).
+    """
+    import random
+
+    from tvlens._hooks import AddPerRow
+    from tvlens.evaluate import evaluate
+    from tvlens.tasks import get as get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    if operation not in ("add", "replace"):
+        raise ConfigError(f"operation must be 'add' or 'replace' (Hendel's), got {operation!r}")
+    if isinstance(n_dummy, bool) or not isinstance(n_dummy, int) or n_dummy < 1:
+        raise ConfigError(f"n_dummy must be an integer >= 1 (dummy queries per prompt), got {n_dummy!r}")
+    layer = model.cfg.n_layers // 2 if layer is None else layer
+    site = Site(layer, -1)
+    check_sites([site], model.cfg.n_layers)
+    splits = splits or make_splits(task, seed=seed)
+    icl = make_prompts(splits, split, k=shots, seed=seed)
+    rng = random.Random(f"tvlens-hendel-dummies-{task.name}-{seed}")
+    dummies = [rng.sample(splits.train, min(n_dummy, len(splits.train))) for _ in icl.queries]
+    nd = len(dummies[0])
+    queries = tuple(q for ds in dummies for q in ds)
+    demos = tuple(d for d in icl.demos for _ in range(nd))
+    dummy_ps = PromptSet(task, "train", shots, queries, demos, seed)
+    h = residual_at_sites(model, dummy_ps, [site])[:, 0].reshape(len(icl), nd, -1).mean(1)  # [query, d_model]
+    if operation == "add":
+        zs_dummy = PromptSet(task, "train", 0, queries, tuple(() for _ in queries), seed)
+        h = h - residual_at_sites(model, zs_dummy, [site])[:, 0].reshape(len(icl), nd, -1).mean(1)
+    zs = make_prompts(splits, split, k=0, seed=seed)
+    return evaluate(model, zs, intervention=AddPerRow(site, h, operation), batch_size=len(zs),
+                    label=f"vanilla_tv per-prompt ({operation}, L{layer})")
