@@ -287,8 +287,13 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **res.payload(),
                "seconds": round(time.perf_counter() - t0, 2)}
     table = res.table()
-    text = (f"model: {args.model}; dataset-average accuracy over {len(res.tasks)} tasks (test queries; 95% Wilson CIs in --json)\n"
-            + table.to_string(float_format=lambda x: f"{x:.3f}"))
+    from tvlens.baselines.sweep import LABELS
+
+    head = f"{'':<11}" + "".join(f" {s:>18}" for s in res.scenarios)
+    rows = [f"{LABELS[m]:<11}" + "".join(f" {res.accuracy(m, s):.3f} {_ci(res.ci95(m, s))}".rjust(19) for s in res.scenarios)
+            for m in res.methods]
+    text = (f"model: {args.model}; dataset-average accuracy over {len(res.tasks)} tasks "
+            "(test queries; 95% interval: mean of per-task Wilson bounds)\n" + "\n".join([head, "-" * len(head), *rows]))
     if args.html:
         from tvlens.cli._html import write_page
 
