@@ -114,6 +114,17 @@ def _p_gold(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(-1)[torch.arange(len(gold)), gold]
 
 
+def _final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
+    """The model's head on last-token residuals only (the unembedding of every column would cost
+    rows x positions x d_vocab floats: gigabytes for a 50k vocabulary)."""
+    x = resid[:, None]  # [batch, 1, d_model]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]], *,
                 heads_per_pass: int | None = None) -> Float[torch.Tensor, " head"]:
     """AIE of each of ``heads`` on ``batch`` (corrupted prompts), many heads per forward pass.
@@ -141,9 +152,9 @@ def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tup
                 values = mean_z[hl[:, 0], hl[:, 1]]  # [c * n, d_head]
                 span = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
                 with intervene(model, SetHeadPerRow(hl, values), span=span):
-                    logits = model(resid.repeat(c, 1, 1), start_at_layer=layer,
-                                   attention_mask=batch.attention_mask.repeat(c, 1).to(resid.device))  # [c*n, pos, vocab]
-                last = logits[torch.arange(c * n), batch.last_index.repeat(c)]
+                    out = model(resid.repeat(c, 1, 1), start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
+                                attention_mask=batch.attention_mask.repeat(c, 1).to(resid.device))  # [c*n, pos, d_model]
+                last = _final_logits(model, out[torch.arange(c * n), batch.last_index.repeat(c)])  # [c*n, vocab]
                 p = _p_gold(last, batch.answer_ids.repeat(c)).reshape(c, n)  # [head, prompt]
                 for hd, v in zip(chunk, (p - base[None].to(p.device)).mean(1).tolist()):
                     result[hd] = v
