@@ -72,3 +72,22 @@ def test_sweep_and_compare_bad_inputs(toy_model):
         tv.compare(toy_model, ["toy/antonym"], scenarios="mine")
     with pytest.raises(tv.errors.ConfigError, match="tasks is empty"):
         tv.compare(toy_model, [])
+
+
+def test_compare_marks_an_undefined_fv_as_nan(tiny_model):
+    """A random model answers no clean prompt: the FV cells are NaN with the reason, Vanilla TV still filled."""
+    from tvlens.ltv._scenarios import paper_scenarios
+
+    res = tv.compare(tiny_model, ["toy/antonym"], scenarios={"baseline": paper_scenarios(2)["1_mid_last"]},
+                     methods=("vanilla_tv", "fv"), fv_shots=3)
+    assert math.isnan(res.accuracy("fv", "baseline")) and math.isnan(res.ci95("fv", "baseline")[0])
+    assert not math.isnan(res.accuracy("vanilla_tv", "baseline"))
+    assert "none of the" in res.meta["fv_undefined"]["toy/antonym"]
+    assert res.to_frame().query("method == 'fv'").accuracy.isna().all()
+
+
+def test_sweep_marks_an_undefined_fv_as_nan(tiny_model):
+    res = tv.sweep(tiny_model, "toy/antonym", methods=("vanilla", "fv"), layers=[1], fv_shots=3, icl_shots=2)
+    assert math.isnan(res.at("fv", 1)) and not math.isnan(res.at("vanilla", 1))
+    assert "none of the" in res.meta["fv_undefined"] and res.payload()["methods_ci95"]["fv"][0][0] != res.payload()["methods_ci95"]["fv"][0][0]
+    repr(res), res.plot()

@@ -9,7 +9,9 @@ How the baselines are applied where the paper's scenarios go beyond one site (ME
       trained on 8-shot prompts) are added to 8-shot ICL test prompts.
     - Positions a short prompt lacks (toy zero-shot prompts are 3 tokens: -5, -4 and 4) are
       clipped to the prompt (``out_of_range="clip"``) for every method alike.
-    No cell is left undefined. The dataset average is the mean of per-task accuracies (the
+    No cell is left undefined on the embedded model. Where a model answers none of a task's clean
+    FV prompts the FV is undefined: its cells are NaN (``null`` in JSON), the reason is in
+    ``meta["fv_undefined"]``, and the FV's dataset average is NaN too. The dataset average is the mean of per-task accuracies (the
     paper's); its 95% interval is the mean of the per-task Wilson bounds, which always contains
     the average and is conservative (wider than an interval for the average of independent
     estimates); a Wilson interval of the pooled counts would not, because the tasks' test sets
@@ -18,6 +20,8 @@ How the baselines are applied where the paper's scenarios go beyond one site (ME
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,9 +31,11 @@ from jaxtyping import Int
 from tvlens._result import Result
 from tvlens._validate import no_type_check
 from tvlens.baselines.sweep import LABELS, canonical_methods
-from tvlens.errors import ConfigError
+from tvlens.errors import ConfigError, PromptError
 from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._scenarios import Scenario, paper_scenarios
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PAPER_NAMES", "CompareResult", "compare", "paper_table_scenarios"]
 
@@ -65,15 +71,20 @@ class CompareResult(Result):
     def accuracy(self, method: str, scenario: str, task: str | None = None) -> float:
         """Accuracy of one cell: a task's, or the dataset average (mean over tasks) when ``task`` is None."""
         i, j = self.methods.index(method), self.scenarios.index(scenario)
-        acc = self.correct[i, j].double() / self.n_test.double()
+        c = self.correct[i, j].double()
+        acc = torch.where(c < 0, torch.nan, c / self.n_test.double())  # -1: the method was undefined (no FV)
         return float(acc.mean()) if task is None else float(acc[self.tasks.index(task)])
 
     def ci95(self, method: str, scenario: str, task: str | None = None) -> tuple[float, float]:
         i, j = self.methods.index(method), self.scenarios.index(scenario)
         if task is None:  # the mean of the per-task Wilson bounds: contains the mean accuracy, conservative
+            if bool((self.correct[i, j] < 0).any()):
+                return math.nan, math.nan
             bounds = [_ci(int(c), int(n)) for c, n in zip(self.correct[i, j], self.n_test)]
             return sum(b[0] for b in bounds) / len(bounds), sum(b[1] for b in bounds) / len(bounds)
         t = self.tasks.index(task)
+        if int(self.correct[i, j, t]) < 0:
+            return math.nan, math.nan
         return _ci(int(self.correct[i, j, t]), int(self.n_test[t]))
 
     def table(self, task: str | None = None):
@@ -164,6 +175,7 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
     names = tuple(scenarios)
     correct = torch.zeros(len(methods), len(names), len(tasks), dtype=torch.long)
     n_test, zs, icl = (torch.zeros(len(tasks), dtype=torch.long) for _ in range(3))
+    fv_missing: dict[str, str] = {}
     bar = tqdm(total=len(tasks) * len(names) * len(methods), desc="compare", disable=None, leave=False)
     try:
         for t, task in enumerate(tasks):
@@ -172,7 +184,13 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
             n_test[t] = len(base)
             zs[t] = evaluate(model, base).correct
             icl[t] = evaluate(model, make_prompts(splits, "test", k=8, seed=seed)).correct
-            aie = head_aie(model, task, shots=fv_shots, splits=splits, seed=seed) if "fv" in methods else None
+            aie = None
+            if "fv" in methods:
+                try:
+                    aie = head_aie(model, task, shots=fv_shots, splits=splits, seed=seed)
+                except PromptError as e:  # no clean prompt answered correctly: the FV is undefined for this task
+                    fv_missing[task.name] = str(e)
+                    log.warning("no function vector for %s: %s", task.name, e)
             for j, name in enumerate(names):
                 sc = scenarios[name]
                 test = make_prompts(splits, "test", k=sc.shots, seed=seed)
@@ -183,6 +201,10 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
                     elif m == "vanilla_tv":
                         v = vanilla_tv(model, task, sites=sc.sites, shots=vanilla_shots, splits=splits, seed=seed,
                                        out_of_range=out_of_range)
+                    elif aie is None:
+                        correct[i, j, t] = -1  # undefined: accuracy NaN, and so the dataset average
+                        bar.update()
+                        continue
                     else:
                         v = function_vector(model, task, sites=sc.sites, top_k=k, aie=aie, seed=seed, out_of_range=out_of_range)
                     correct[i, j, t] = _correct(model, test, v)
@@ -192,6 +214,7 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
     meta = {"vanilla_shots": vanilla_shots, "vanilla_operation": "add", "fv_shots": fv_shots, "top_k": k,
             "ltv_config": ltv_config.to_dict(), "seed": seed, "out_of_range": out_of_range,
             "sites": {n: [str(s) for s in scenarios[n].sites] for n in names},
-            "baseline_sites": "vanilla_tv extracted at each scenario site; fv (one vector) added at every scenario site"}
+            "baseline_sites": "vanilla_tv extracted at each scenario site; fv (one vector) added at every scenario site",
+            "fv_undefined": fv_missing}
     return CompareResult(tuple(t.name for t in tasks), names, methods, correct, n_test, zs, icl,
                          tuple(scenarios[n].description for n in names), meta)

@@ -2,7 +2,8 @@
 
 For each layer a fresh single-site vector (last token) of each method is made on ``task`` and
 evaluated on the zero-shot test queries; zero-shot and ``icl_shots``-shot ICL accuracies on the
-same queries are the reference lines. Method names: ``"ltv"``, ``"vanilla_tv"`` (alias
+same queries are the reference lines. Where the model answers none of the FV's clean prompts,
+the FV row is NaN and ``meta["fv_undefined"]`` says why. Method names: ``"ltv"``, ``"vanilla_tv"`` (alias
 ``"vanilla"``) and ``"fv"``; the FV's head AIE is computed once (it does not depend on the layer).
 
 >>> import tvlens as tv
@@ -14,6 +15,7 @@ same queries are the reference lines. Method names: ``"ltv"``, ``"vanilla_tv"`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +24,7 @@ from jaxtyping import Int
 
 from tvlens._result import Result
 from tvlens._validate import no_type_check
-from tvlens.errors import ConfigError
+from tvlens.errors import ConfigError, PromptError
 from tvlens.ltv._config import LTVConfig
 from tvlens.prompts import TaskSplits
 from tvlens.tasks._task import Task
@@ -47,6 +49,8 @@ def canonical_methods(methods: Sequence[str]) -> tuple[str, ...]:
 def _ci(correct: int, n: int) -> tuple[float, float]:
     from tvlens.stats import wilson_interval
 
+    if int(correct) < 0:  # -1 marks an undefined cell (no FV: no clean prompt answered correctly)
+        return math.nan, math.nan
     return wilson_interval(int(correct), int(n))
 
 
@@ -67,7 +71,8 @@ class SweepResult(Result):
     @property
     def accuracy(self) -> torch.Tensor:
         """[method, layer] accuracies."""
-        return self.correct.float() / self.n_test
+        c = self.correct.float()
+        return torch.where(c < 0, torch.nan, c / self.n_test)  # NaN: undefined (see meta["fv_undefined"])
 
     @property
     def zero_shot(self) -> float:
@@ -89,7 +94,7 @@ class SweepResult(Result):
             for j, layer in enumerate(self.layers):
                 c = int(self.correct[i, j])
                 lo, hi = _ci(c, self.n_test)
-                rows.append({"method": m, "layer": layer, "accuracy": c / self.n_test, "ci_low": lo, "ci_high": hi, "n": self.n_test})
+                rows.append({"method": m, "layer": layer, "accuracy": c / self.n_test if c >= 0 else math.nan, "ci_low": lo, "ci_high": hi, "n": self.n_test})
         for name, c in (("zero_shot", self.zero_shot_correct), (f"icl_{self.icl_shots}shot", self.icl_correct)):
             lo, hi = _ci(c, self.n_test)
             rows.append({"method": name, "layer": None, "accuracy": c / self.n_test, "ci_low": lo, "ci_high": hi, "n": self.n_test})
@@ -115,7 +120,7 @@ class SweepResult(Result):
     def payload(self) -> dict:
         """The JSON shape of ``tvlens sweep --json``."""
         return {"task": self.task, "layers": list(self.layers), "n_test": self.n_test,
-                "methods": {m: [int(c) / self.n_test for c in self.correct[i]] for i, m in enumerate(self.methods)},
+                "methods": {m: [int(c) / self.n_test if c >= 0 else math.nan for c in self.correct[i]] for i, m in enumerate(self.methods)},
                 "methods_ci95": {m: [list(_ci(int(c), self.n_test)) for c in self.correct[i]] for i, m in enumerate(self.methods)},
                 "zero_shot": self.zero_shot, "zero_shot_ci95": list(_ci(self.zero_shot_correct, self.n_test)),
                 "icl": self.icl, "icl_ci95": list(_ci(self.icl_correct, self.n_test)), "icl_shots": self.icl_shots,
@@ -158,7 +163,12 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
     test = make_prompts(splits, "test", k=0, seed=seed)
     zs = evaluate(model, test).correct
     icl = evaluate(model, make_prompts(splits, "test", k=icl_shots, seed=seed)).correct
-    aie = head_aie(model, task, shots=fv_shots, splits=splits, seed=seed) if "fv" in methods else None
+    aie, fv_undefined = None, ""
+    if "fv" in methods:
+        try:
+            aie = head_aie(model, task, shots=fv_shots, splits=splits, seed=seed)
+        except PromptError as e:  # no clean prompt answered correctly: the FV is undefined (NaN cells)
+            fv_undefined = str(e)
     k = min(top_k, model.cfg.n_layers * model.cfg.n_heads)
     correct = torch.zeros(len(methods), len(layers), dtype=torch.long)
     bar = tqdm(total=len(methods) * len(layers), desc=f"sweep {task.name}", disable=None, leave=False)
@@ -169,6 +179,10 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
                     v = train_ltv(model, task, layers=[layer], config=ltv_config, splits=splits, progress=False).vector
                 elif m == "vanilla_tv":
                     v = vanilla_tv(model, task, layer=layer, shots=vanilla_shots, operation=vanilla_operation, splits=splits, seed=seed)
+                elif aie is None:
+                    correct[i, j] = -1
+                    bar.update()
+                    continue
                 else:
                     v = function_vector(model, task, layer=layer, top_k=k, aie=aie, seed=seed)
                 correct[i, j] = _correct(model, test, v)
@@ -177,6 +191,8 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
         bar.close()
     meta = {"vanilla_shots": vanilla_shots, "vanilla_operation": vanilla_operation, "fv_shots": fv_shots, "top_k": k,
             "ltv_config": ltv_config.to_dict(), "seed": seed, "position": -1}
+    if fv_undefined:
+        meta["fv_undefined"] = fv_undefined
     if aie is not None:
         meta["fv_top_heads"] = [list(t) for t in aie.top(k)]
     return SweepResult(task.name, layers, methods, correct, len(test), zs, icl, icl_shots, meta)
