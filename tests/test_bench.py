@@ -15,3 +15,13 @@ def test_bench_entry_shape(tiny_model):
     assert {"name", "baseline_s", "fast_s", "ratio", "batch"} <= set(d)
     assert d["baseline_s"] > 0 and d["fast_s"] > 0 and d["ratio"] == d["baseline_s"] / d["fast_s"]
     json.dumps(d)
+
+
+def test_bench_fv_aie_entry(tiny_model):
+    from tvlens.bench import bench_fv_aie
+
+    batch = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=2, n=4).tokenize(tiny_model)
+    d = bench_fv_aie("tiny_aie", tiny_model, batch, heads_per_pass=3, min_seconds=0.0).as_dict()
+    assert d["heads"] == 4 and d["prompts"] == 4 and d["ratio"] == d["baseline_s"] / d["fast_s"]
+    assert d["max_abs_diff"] < 1e-5  # the batched AIE is the loop's
+    json.dumps(d)

@@ -300,3 +300,24 @@ def test_a_forward_split_at_a_layer_is_steered_like_a_whole_one(tiny_model):
         other = tiny_model(mid[:2], start_at_layer=1, attention_mask=b.attention_mask[:2])  # another call, other rows
     torch.testing.assert_close(split, whole)
     torch.testing.assert_close(other, whole[:2])
+
+
+def test_set_head_per_row_patches_one_head_per_row_and_leaves_no_hook(tiny_model):
+    """Row b's head heads[b] gets values[b] at the last token; other rows and heads are untouched."""
+    from tvlens.interventions import SetHeadPerRow, cache, intervene
+
+    toks = tiny_model.to_tokens(["kevi -> tiso", "kevi -> tiso"])
+    heads = torch.tensor([[1, 0], [-1, 0]])  # row 0: layer 1 head 0; row 1: no patch
+    values = torch.full((2, tiny_model.cfg.d_head), 5.0)
+    with intervene(tiny_model, SetHeadPerRow(heads, values)), cache(tiny_model, "blocks.1.attn.hook_z") as acts:
+        tiny_model(toks)
+    z = acts["blocks.1.attn.hook_z"]  # [batch, pos, head, d_head]
+    assert torch.all(z[0, -1, 0] == 5.0) and not torch.all(z[1, -1, 0] == 5.0)
+    assert not torch.all(z[0, -2, 0] == 5.0) and not torch.all(z[0, -1, 1] == 5.0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with intervene(tiny_model, SetHeadPerRow(heads, values)):
+            raise RuntimeError("boom")
+    with pytest.raises(tv.errors.ConfigError, match="rows"):
+        with intervene(tiny_model, SetHeadPerRow(heads, values)):
+            tiny_model(toks[:1])
+    assert_no_hooks_left(tiny_model)

@@ -36,3 +36,12 @@ from tvlens.steer import steer as steer
 from tvlens.steer import steering as steering
 from tvlens.vector import TaskVector as TaskVector
 from tvlens.ltv import paper_scenarios as paper_scenarios
+from tvlens.baselines import vanilla_tv as vanilla_tv
+from tvlens.baselines import AIEResult as AIEResult
+from tvlens.baselines import function_vector as function_vector
+from tvlens.baselines import head_aie as head_aie
+from tvlens.baselines import SweepResult as SweepResult
+from tvlens.baselines import sweep as sweep
+from tvlens.baselines import CompareResult as CompareResult
+from tvlens.baselines import compare as compare
+from tvlens.baselines import vanilla_tv_per_prompt as vanilla_tv_per_prompt

@@ -207,6 +207,66 @@ class AblateHeads(Edit):
 
 
 @dataclass(frozen=True, eq=False)
+class AddPerRow(Edit):
+    """Row ``b`` of the batch gets ``values[b]`` added at (``operation="replace"``: written over) ``site``."""
+
+    site: Site
+    values: Float[torch.Tensor, "batch d_model"]
+    operation: Literal["add", "replace"] = "add"
+    out_of_range: OutOfRange = "error"
+
+    def __post_init__(self) -> None:
+        if self.operation not in ("add", "replace"):
+            raise ConfigError(f"operation must be 'add' or 'replace', got {self.operation!r}")
+
+    def hook_names(self, model) -> tuple[str, ...]:
+        return (self.site.hook_name,)
+
+    def apply(self, name, act: Float[torch.Tensor, "batch pos d_model"], pos):
+        if len(self.values) != act.shape[0]:
+            raise ConfigError(f"AddPerRow has {len(self.values)} rows but the forward call has {act.shape[0]}")
+        _, row, col = pos.local([self.site.position], self.out_of_range)
+        if not len(row):
+            return None
+        vals = self.values[row].to(device=act.device, dtype=act.dtype)
+        return act.index_put((row.to(act.device), col.to(act.device)), vals, accumulate=self.operation == "add")
+
+
+@dataclass(frozen=True, eq=False)
+class SetHeadPerRow(Edit):
+    """Row ``b``'s ``attn.hook_z`` of head ``heads[b]`` = (layer, head) set to ``values[b]`` at ``position``.
+
+    Many single-head patches in one forward pass: replicate a batch once per head and give each
+    replica its own head (rows with layer -1 are left alone). Vectorised (one ``index_put`` per layer).
+    """
+
+    heads: Int[torch.Tensor, "batch 2"]  # (layer, head) per row; layer -1 = no patch
+    values: Float[torch.Tensor, "batch d_head"]
+    position: int = -1
+    out_of_range: OutOfRange = "error"
+
+    def hook_names(self, model) -> tuple[str, ...]:
+        layers = sorted({int(x) for x in self.heads[:, 0].tolist() if x >= 0})
+        bad = [x for x in layers if x >= model.cfg.n_layers] + [int(h) for h in self.heads[:, 1].tolist() if h >= model.cfg.n_heads]
+        if bad:
+            raise ConfigError(f"heads outside this model's {model.cfg.n_layers} layers x {model.cfg.n_heads} heads: {bad}")
+        return tuple(f"blocks.{layer}.attn.hook_z" for layer in layers)
+
+    def apply(self, name, z: Float[torch.Tensor, "batch pos head d_head"], pos):
+        if len(self.heads) != z.shape[0]:
+            raise ConfigError(f"SetHeadPerRow has {len(self.heads)} rows but the forward call has {z.shape[0]}")
+        layer = int(name.split(".")[1])
+        _, row, col = pos.local([self.position], self.out_of_range)
+        keep = self.heads[row, 0] == layer
+        row, col = row[keep], col[keep]
+        if not len(row):
+            return None
+        head = self.heads[row, 1]
+        dev = z.device
+        return z.index_put((row.to(dev), col.to(dev), head.to(dev)), self.values[row].to(device=dev, dtype=z.dtype))
+
+
+@dataclass(frozen=True, eq=False)
 class PatchFrom(Edit):
     """Activations of another run (``source``, from :func:`cache`) written into this run.
 

@@ -77,6 +77,27 @@ def bench_ltv_step(name: str, model, tb: TargetBatch, sites: tuple[Site, ...], *
     return BenchResult(name, baseline, quick, details)
 
 
+def bench_fv_aie(name: str, model, batch, *, heads_per_pass: int | None = None, min_seconds: float = 2.0) -> BenchResult:
+    """Seconds for the AIE of every head on ``batch``: one forward per head vs many heads per forward.
+
+    Both compute the same numbers (checked here: the largest difference is reported).
+    """
+    from tvlens.baselines.function_vector import aie_batched, aie_loop
+
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(0)
+    mean_z = torch.randn(cfg.n_layers, cfg.n_heads, cfg.d_head, generator=g)
+    heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    loop = _time_per_call(lambda: aie_loop(model, batch, mean_z, heads), min_calls=1, min_seconds=min_seconds)
+    fast = _time_per_call(lambda: aie_batched(model, batch, mean_z, heads, heads_per_pass=heads_per_pass), min_calls=1,
+                          min_seconds=min_seconds)
+    diff = float((aie_loop(model, batch, mean_z, heads) - aie_batched(model, batch, mean_z, heads, heads_per_pass=heads_per_pass)).abs().max())
+    details = {"heads": len(heads), "prompts": len(batch), "prompt_tokens": int(batch.tokens.shape[1]),
+               "heads_per_pass": heads_per_pass, "max_abs_diff": diff, "threads": torch.get_num_threads()}
+    log.info("%s: loop %.4f s, batched %.4f s", name, loop, fast)
+    return BenchResult(name, loop, fast, details)
+
+
 def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -94,7 +115,7 @@ def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
 
 
 def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
-    """The LTV step benchmarks of issue #3: toy zero-shot, toy 8-shot, GPT-2-shaped 128 tokens."""
+    """The LTV step benchmarks of issue #3 (toy zero-shot, toy 8-shot, GPT-2-shaped 128 tokens) and the FV AIE."""
     import tvlens as tv
 
     min_s = 0.5 if quick else 2.0
@@ -108,4 +129,7 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     batch = 8 if quick else LTVConfig().batch_size  # the default training batch
     big, tb = _gpt2_shape_batch(batch=2 * batch, n_tokens=128)  # prepared pool of 2 x batch prompts
     results.append(bench_ltv_step("ltv_step_gpt2_shape_128", big, tb, (Site(6, -1),), batch=batch, min_seconds=min_s))
+    # FV head AIE on the toy model: 25 corrupted 8-shot prompts (Todd et al.'s count), every head
+    fv_batch = tv.make_prompts(splits, "train", k=8, n=25).tokenize(model)
+    results.append(bench_fv_aie("fv_aie_toy_8shot_all_heads", model, fv_batch, min_seconds=min_s))
     return results

@@ -39,18 +39,23 @@ def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list
 
 def _table(rows: list[dict], shots: list[int]) -> str:
     ltv = all("ltv" in r for r in rows)
+    base = [k for k in ("vanilla_tv", "fv") if all(k in r for r in rows)]
+    cell = lambda v: f" {v:>7.3f}" if v is not None else f" {'-':>7}"  # noqa: E731
     layer = ltv and any(len(r.get("ltv_layers", ())) > 1 for r in rows)
     head = (f"{'task':<20} {'kind':<15} {'0-shot':>7}" + "".join(f" {str(k) + '-shot':>7}" for k in shots)
-            + (f" {'LTV':>7}" if ltv else "") + (f" {'layer':>5}" if layer else ""))
+            + (f" {'LTV':>7}" if ltv else "") + "".join(f" {n:>7}" for n in (["VanTV", "FV"][("vanilla_tv", "fv").index(k)] for k in base))
+            + (f" {'layer':>5}" if layer else ""))
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['task']:<20} {r['kind']:<15} {r['zero_shot']:>7.3f}" + "".join(f" {r['icl'][str(k)]:>7.3f}" for k in shots)
-                     + (f" {r['ltv']:>7.3f}" if ltv else "") + (f" {r['ltv_layer']:>5}" if layer else ""))
+                     + (f" {r['ltv']:>7.3f}" if ltv else "") + "".join(cell(r[k]) for k in base)
+                     + (f" {r['ltv_layer']:>5}" if layer else ""))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     lines.append("-" * len(head))
     lines.append(f"{'mean':<20} {'':<15} {mean([r['zero_shot'] for r in rows]):>7.3f}"
                  + "".join(f" {mean([r['icl'][str(k)] for r in rows]):>7.3f}" for k in shots)
-                 + (f" {mean([r['ltv'] for r in rows]):>7.3f}" if ltv else ""))
+                 + (f" {mean([r['ltv'] for r in rows]):>7.3f}" if ltv else "")
+                 + "".join(cell(mean([r[k] for r in rows]) if all(r[k] is not None for r in rows) else None) for k in base))
     return "\n".join(lines)
 
 
@@ -84,11 +89,29 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
                        ltv_layer=best["layer"])
             if len(layers) > 1:
                 row["ltv_layers"] = per_layer
+    if not args.no_baselines:  # cheaply: one layer (the LTV's, else the first --layer), last token
+        fv_shots = 8 if toy else 10
+        for row in rows:
+            splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
+            test_prompts = tv.make_prompts(splits, "test", k=0, seed=args.seed)
+            layer = row.get("ltv_layer", layers[0])
+            vectors = {"vanilla_tv": lambda: tv.vanilla_tv(model, splits.task, layer=layer, splits=splits, seed=args.seed),
+                       "fv": lambda: tv.function_vector(model, splits.task, layer=layer, shots=fv_shots, splits=splits, seed=args.seed)}
+            for key, make in vectors.items():
+                try:
+                    res = tv.evaluate(model, test_prompts, intervention=tv.steering(model, make()))
+                except tv.errors.PromptError as e:  # e.g. no clean prompt answered correctly: no FV for this task
+                    row[key], row[f"{key}_ci95"], row[f"{key}_error"] = None, None, str(e)
+                    continue
+                row[key], row[f"{key}_ci95"], row[f"{key}_layer"] = res.accuracy, list(res.ci95), layer
     payload = {
         "model": args.model,
         "fingerprint": tv.fingerprint(model),
         "metric": "full-vocabulary argmax accuracy on held-out test queries",
         "ltv_site": None if args.no_ltv else (f"L{layers[0]}@-1" if len(layers) == 1 else f"best of L{layers}@-1 by validation"),
+        "baselines": None if args.no_baselines else {
+            "site": "the LTV's layer (else the first --layer), last token", "vanilla_tv": "add, 5-shot ICL prompts",
+            "fv": f"top-10 heads by AIE, {8 if toy else 10}-shot clean prompts"},
         "seed": args.seed,
         "shots": shots,
         "tasks": rows,
@@ -199,3 +222,84 @@ def cmd_bench(args: argparse.Namespace) -> tuple[dict, str]:
     rows = [r.as_dict() for r in run_benchmarks(quick=args.quick)]
     text = "\n".join(f"{r['name']:<28} baseline {r['baseline_s'] * 1e3:9.2f} ms  fast {r['fast_s'] * 1e3:8.2f} ms  ratio {r['ratio']:7.1f}x" for r in rows)
     return {"benchmarks": rows}, text
+
+
+def _fv_shots(args: argparse.Namespace) -> int:
+    # the embedded model was trained on prompts of at most 8 demonstrations (10-shot prompts are out of
+    # its distribution); Todd et al.'s 10 elsewhere
+    return args.fv_shots or (8 if args.model == "toy" else 10)
+
+
+def _sweep_text(res, payload: dict) -> str:
+    from tvlens.baselines.sweep import LABELS
+
+    head = f"{'layer':>5}" + "".join(f" {LABELS[m]:>18}" for m in res.methods)
+    lines = [f"{res.task}: accuracy of a single-site vector (last token) on {res.n_test} zero-shot test queries, 95% CI in brackets",
+             head, "-" * len(head)]
+    for j, layer in enumerate(res.layers):
+        lines.append(f"{layer:>5}" + "".join(
+            f" {payload['methods'][m][j]:.2f} {_ci(tuple(payload['methods_ci95'][m][j]))}".rjust(19) for m in res.methods))
+    lines.append(f"zero-shot {res.zero_shot:.3f} {_ci(tuple(payload['zero_shot_ci95']))}   "
+                 f"{res.icl_shots}-shot ICL {res.icl:.3f} {_ci(tuple(payload['icl_ci95']))}")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
+    import tvlens as tv
+
+    from tvlens.cli._main import check_output
+
+    if args.html:
+        check_output(args.html, True, "--html")
+    t0 = time.perf_counter()
+    model = tv.load_model(args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model)
+    res = tv.sweep(model, task, methods=args.methods, layers=args.layers, fv_shots=_fv_shots(args),
+                   vanilla_shots=args.vanilla_shots, top_k=args.top_k, seed=args.seed,
+                   ltv_config=tv.LTVConfig(seed=args.seed))
+    payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **res.payload(),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    text = _sweep_text(res, payload)
+    if args.html:
+        from tvlens.cli._html import write_page
+
+        frame = res.to_frame()
+        path = write_page(args.html, f"tvlens sweep: {res.task} on {args.model}", [("Accuracy per layer", res.plot(), frame)])
+        payload["html"] = str(path)
+        text += f"\nwrote {path}"
+    return payload, text
+
+
+def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
+    import tvlens as tv
+
+    from tvlens.cli._main import check_output
+
+    if args.html:
+        check_output(args.html, True, "--html")
+    t0 = time.perf_counter()
+    model = tv.load_model(args.model)
+    toy = args.model == "toy"
+    names = args.tasks or (tv.tasks.toy_task_names() if toy else list(REAL_MODEL_DEMO_TASKS))
+    tasks = [tv.tasks.resolve(n, model_name=args.model) for n in names]
+    res = tv.compare(model, tasks, fv_shots=_fv_shots(args), vanilla_shots=args.vanilla_shots, top_k=args.top_k,
+                     seed=args.seed, ltv_config=tv.LTVConfig(seed=args.seed))
+    payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **res.payload(),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    table = res.table()
+    from tvlens.baselines.sweep import LABELS
+
+    head = f"{'':<11}" + "".join(f" {s:>18}" for s in res.scenarios)
+    rows = [f"{LABELS[m]:<11}" + "".join(f" {res.accuracy(m, s):.3f} {_ci(res.ci95(m, s))}".rjust(19) for s in res.scenarios)
+            for m in res.methods]
+    text = (f"model: {args.model}; dataset-average accuracy over {len(res.tasks)} tasks "
+            "(test queries; 95% interval: mean of per-task Wilson bounds)\n" + "\n".join([head, "-" * len(head), *rows]))
+    if args.html:
+        from tvlens.cli._html import write_page
+
+        sections = [("Dataset average (paper's Table 1 layout)", res.plot(), table)]
+        sections += [(f"Task {t}", None, res.table(t)) for t in res.tasks]
+        path = write_page(args.html, f"tvlens compare on {args.model}", sections)
+        payload["html"] = str(path)
+        text += f"\nwrote {path}"
+    return payload, text

@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="LTV layer(s); with several, each task keeps the layer of best validation accuracy "
                          "(default: the middle layer)")
     sp.add_argument("--no-ltv", action="store_true", help="skip training a learned task vector per task")
+    sp.add_argument("--no-baselines", action="store_true",
+                    help="skip the Vanilla TV and FV columns (made at one layer: the LTV's, else the first --layer)")
 
     sp = cmd("toy-train", c.cmd_toy_train, "retrain the embedded model from scratch (deterministic)")
     sp.add_argument("--out", default="tvlens-toy-checkpoint", help="output directory (default: ./tvlens-toy-checkpoint)")
@@ -151,9 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--allow-other-model", action="store_true", help="apply a vector made on another model of the same shape")
 
+    sp = cmd("sweep", c.cmd_sweep, "accuracy of LTV, Vanilla TV and FV vectors at every layer (the paper's Figure 2)")
+    sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
+    sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    sp.add_argument("--layers", type=int, nargs="+", default=None, help="layers (default: every layer)")
+    sp.add_argument("--methods", nargs="+", default=["ltv", "vanilla_tv", "fv"], help="any of ltv vanilla_tv fv")
+    _baseline_options(sp)
+
+    sp = cmd("compare", c.cmd_compare, "Vanilla TV, FV and LTV under the paper's six scenarios (its Table 1)")
+    sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
+    sp.add_argument("--tasks", nargs="+", default=None,
+                    help="task names (default: every toy task on toy; capitalize antonym capital otherwise)")
+    _baseline_options(sp)
+
     sp = cmd("bench", c.cmd_bench, "speed benchmarks (ratios measured in one run)")
     sp.add_argument("--quick", action="store_true", help="shorter timing windows")
     return p
+
+
+def _baseline_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--fv-shots", type=int, default=None,
+                    help="demonstrations of the FV's clean prompts (default: 8 on toy, trained on <= 8; 10 otherwise)")
+    sp.add_argument("--vanilla-shots", type=int, default=5, help="demonstrations of the Vanilla TV's ICL prompts (default 5)")
+    sp.add_argument("--top-k", type=int, default=10, help="heads summed into the FV (default 10)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the splits, demonstrations and LTV config")
+    sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page (plots and tables)")
 
 
 def main(argv: list[str] | None = None) -> int:

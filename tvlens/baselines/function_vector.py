@@ -1,0 +1,268 @@
+"""Function vectors (Todd et al. 2024): the summed output of the attention heads that carry the task.
+
+Context:
+    1. Clean prompts: ``shots``-shot ICL prompts (train queries) that the model answers correctly;
+       the mean of every head's ``attn.hook_z`` (its output before ``W_O``) at the last token over
+       them is ``mean_z`` [layer, head, d_head].
+    2. Corrupted prompts: the same demonstrations with their labels shuffled.
+    3. The indirect effect of head (l, h) on a corrupted prompt is p(gold first token) with that
+       head's last-token z set to ``mean_z[l, h]`` minus p(gold) unpatched; the AIE is its mean
+       over corrupted prompts (:func:`head_aie`, an :class:`AIEResult` [layer, head]).
+    4. FV = sum over the ``top_k`` heads by AIE of ``mean_z[l, h] @ W_O[l, h]``, ADDED at the
+       injection site (``blocks.{layer}.hook_resid_pre``, last token; Todd add at a block's output,
+       i.e. our ``layer + 1``).
+
+    The patching is batched: the corrupted batch is replicated once per head of a chunk and each
+    replica patches its own head (:class:`tvlens.interventions.SetHeadPerRow`), so a model with
+    L x H heads needs about ``L * H / heads_per_pass`` forward passes, not L * H; and a chunk of
+    layer-l heads resumes from the cached residual stream before layer l.
+    ``hook_z`` and ``W_O`` are per *query* head, so grouped-query attention models work unchanged.
+
+The AIE is returned beside the vector: ``tv.function_vector(..., return_aie=True)`` gives
+``(vector, aie)``; ``tv.function_vector(..., aie=aie)`` reuses an AIE (it does not depend on the
+injection layer, so a layer sweep computes it once).
+
+>>> import tvlens as tv
+>>> model = tv.load_model("toy")
+>>> fv, aie = tv.function_vector(model, "toy/antonym", layer=2, top_k=4, shots=8, return_aie=True)
+>>> fv.method, aie.aie.shape == (model.cfg.n_layers, model.cfg.n_heads)
+('fv', True)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+
+from tvlens._hooks import SetHeadPerRow, Span, ablate_heads, cache, intervene
+from tvlens._result import Result
+from tvlens._validate import no_type_check
+from tvlens.errors import ConfigError, PromptError
+from tvlens.evaluate import last_token_logits
+from tvlens.prompts import PromptBatch, PromptSet, TaskSplits, make_prompts, make_splits
+from tvlens.sites import Site, check_sites, site_grid
+from tvlens.tasks._task import Example, Task
+from tvlens.vector import TaskVector
+
+__all__ = ["AIEResult", "function_vector", "head_aie"]
+
+MAX_ROWS = 512  # default cap on rows per patched forward pass (corrupted prompts x heads in a chunk)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class AIEResult(Result):
+    """Average indirect effect of every attention head on p(gold) in corrupted ICL prompts."""
+
+    task: str
+    aie: Float[torch.Tensor, "layer head"]  # mean over corrupted prompts of p(gold | head patched) - p(gold)
+    mean_z: Float[torch.Tensor, "layer head d_head"]  # mean last-token hook_z over correct clean prompts
+    p_corrupt: float  # mean p(gold) on the corrupted prompts, unpatched
+    clean_accuracy: float  # accuracy of the model on the clean prompts (those correct are used)
+    n_clean: int  # correct clean prompts averaged into mean_z
+    n_corrupt: int  # corrupted prompts averaged into the AIE
+    shots: int  # demonstrations per prompt
+
+    def top(self, k: int = 10) -> list[tuple[int, int, float]]:
+        """The ``k`` heads of largest AIE, as (layer, head, aie), largest first."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.aie.numel():
+            raise ConfigError(f"k must be an integer in 1..{self.aie.numel()} (the model's heads), got {k!r}")
+        vals, idx = self.aie.flatten().topk(k)
+        n_heads = self.aie.shape[1]
+        return [(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(vals, idx)]
+
+    def to_frame(self):
+        """One row per head: layer, head, aie, rank (1 = largest AIE)."""
+        import pandas as pd
+
+        n_layers, n_heads = self.aie.shape
+        flat = self.aie.flatten()
+        rank = torch.empty_like(flat, dtype=torch.long)
+        rank[flat.argsort(descending=True)] = torch.arange(1, len(flat) + 1)
+        return pd.DataFrame({"layer": [i // n_heads for i in range(len(flat))], "head": [i % n_heads for i in range(len(flat))],
+                             "aie": flat.tolist(), "rank": rank.tolist()})
+
+    def plot(self):
+        """Heatmap of the AIE, layers down, heads across."""
+        import plotly.express as px
+
+        return px.imshow(self.aie.numpy(), labels={"x": "head", "y": "layer", "color": "AIE"}, color_continuous_scale="RdBu",
+                         color_continuous_midpoint=0.0, aspect="auto",
+                         title=f"{self.task}: average indirect effect per head (n={self.n_corrupt} corrupted prompts)")
+
+    def __repr__(self) -> str:
+        (layer, head, v), = self.top(1)
+        return (f"AIEResult({self.task!r}, {tuple(self.aie.shape)} heads, n_clean={self.n_clean}, n_corrupt={self.n_corrupt}, "
+                f"top L{layer}H{head}={v:.3f})")
+
+
+def _shuffled_labels(prompts: PromptSet, seed: int) -> PromptSet:
+    """The same demonstrations and queries, each prompt's demonstration labels shuffled among them."""
+    rng = random.Random(f"tvlens-fv-corrupt-{prompts.task.name}-{seed}")
+    demos = []
+    for ds in prompts.demos:
+        outs = [d.output for d in ds]
+        rng.shuffle(outs)
+        demos.append(tuple(Example(d.fields, o) for d, o in zip(ds, outs)))
+    return PromptSet(prompts.task, prompts.split, prompts.k, prompts.queries, tuple(demos), prompts.seed)
+
+
+def _p_gold(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    return logits.float().softmax(-1)[torch.arange(len(gold)), gold]
+
+
+def _final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
+    """The model's head on last-token residuals only (the unembedding of every column would cost
+    rows x positions x d_vocab floats: gigabytes for a 50k vocabulary)."""
+    x = resid[:, None]  # [batch, 1, d_model]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]], *,
+                heads_per_pass: int | None = None) -> Float[torch.Tensor, " head"]:
+    """AIE of each of ``heads`` on ``batch`` (corrupted prompts), many heads per forward pass.
+
+    Heads are grouped by layer: the corrupted run's residual stream before layer ``l`` is cached
+    once, and a chunk of layer-``l`` heads resumes from it (``start_at_layer=l``), each replica of
+    the batch patching its own head, so the layers below ``l`` are not recomputed.
+    """
+    n = len(batch)
+    per = heads_per_pass or max(1, MAX_ROWS // n)
+    span1 = Span(batch.first_index, batch.last_index)
+    layers = sorted({layer for layer, _ in heads})
+    with torch.no_grad():
+        with cache(model, [f"blocks.{layer}.hook_resid_pre" for layer in layers], span=span1) as acts:
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        base = _p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)  # [n]
+        result: dict[tuple[int, int], float] = {}
+        for layer in layers:
+            mine = [hd for hd in heads if hd[0] == layer]
+            resid = acts[f"blocks.{layer}.hook_resid_pre"]  # [n, pos, d_model]
+            for i in range(0, len(mine), per):
+                chunk = mine[i : i + per]
+                c = len(chunk)
+                hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c * n, 2]: replica j = head j
+                values = mean_z[hl[:, 0], hl[:, 1]]  # [c * n, d_head]
+                span = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
+                with intervene(model, SetHeadPerRow(hl, values), span=span):
+                    out = model(resid.repeat(c, 1, 1), start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
+                                attention_mask=batch.attention_mask.repeat(c, 1).to(resid.device))  # [c*n, pos, d_model]
+                last = _final_logits(model, out[torch.arange(c * n), batch.last_index.repeat(c)])  # [c*n, vocab]
+                p = _p_gold(last, batch.answer_ids.repeat(c)).reshape(c, n)  # [head, prompt]
+                for hd, v in zip(chunk, (p - base[None].to(p.device)).mean(1).tolist()):
+                    result[hd] = v
+    return torch.tensor([result[hd] for hd in heads])
+
+
+def aie_loop(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]]) -> Float[torch.Tensor, " head"]:
+    """The reference: one patched forward pass per head (mean ablation of that head at the last token)."""
+    n = len(batch)
+    with torch.no_grad():
+        base = _p_gold(last_token_logits(model, batch, batch_size=n), batch.answer_ids)
+        out = []
+        span = Span(batch.first_index, batch.last_index)
+        for layer, head in heads:
+            with ablate_heads(model, [(layer, head)], how="mean", means={layer: mean_z[layer]}, positions=[-1], span=span):
+                logits = model(batch.tokens, attention_mask=batch.attention_mask)
+            p = _p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)
+            out.append(float((p - base).mean()))
+    return torch.tensor(out)
+
+
+def _clean_and_corrupted(model, task: Task, splits: TaskSplits, shots: int, n_clean: int, n_corrupt: int, seed: int):
+    clean = make_prompts(splits, "train", k=shots, seed=seed)
+    batch = clean.tokenize(model)
+    pred = last_token_logits(model, batch).argmax(-1)
+    correct = (pred == batch.answer_ids).nonzero().flatten().tolist()
+    if not correct:
+        raise PromptError(f"the model answers none of the {len(clean)} {shots}-shot prompts of {task.name!r} correctly, so "
+                          "there are no clean prompts for function-vector head means; try other shots= or another task")
+    acc = len(correct) / len(clean)
+    good = clean.subset(correct[:n_clean])
+    return good, _shuffled_labels(good.subset(list(range(min(n_corrupt, len(good))))), seed), acc
+
+
+@no_type_check  # checks its arguments
+def head_aie(model, task: Task | str, *, shots: int = 10, n_clean: int = 100, n_corrupt: int = 25,
+             splits: TaskSplits | None = None, seed: int = 0, heads_per_pass: int | None = None,
+             batch_size: int = 64) -> AIEResult:
+    """The AIE of every attention head on ``task`` (Todd et al.'s causal mediation analysis)."""
+    from tvlens.tasks import get as get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    for name, v in (("shots", shots), ("n_clean", n_clean), ("n_corrupt", n_corrupt)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "shots" else 1):
+            raise ConfigError(f"{name} must be an integer >= {2 if name == 'shots' else 1}, got {v!r}")
+    if heads_per_pass is not None and (isinstance(heads_per_pass, bool) or not isinstance(heads_per_pass, int) or heads_per_pass < 1):
+        raise ConfigError(f"heads_per_pass must be a positive integer or None, got {heads_per_pass!r}")
+    splits = splits or make_splits(task, seed=seed)
+    clean, corrupt, acc = _clean_and_corrupted(model, task, splits, shots, n_clean, n_corrupt, seed)
+    cfg = model.cfg
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)]
+    cb = clean.tokenize(model)
+    total = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head)
+    with torch.no_grad():
+        for sub in cb.split(batch_size):
+            with cache(model, names, span=Span(sub.first_index, sub.last_index)) as acts:
+                model(sub.tokens, attention_mask=sub.attention_mask)
+            rows = torch.arange(len(sub))
+            z = torch.stack([acts[n][rows, sub.last_index.to(acts[n].device)].float().cpu() for n in names], 1)  # [b, layer, head, d_head]
+            total += z.sum(0)
+    mean_z = total / len(cb)
+    heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    xb = corrupt.tokenize(model)
+    aie = aie_batched(model, xb, mean_z.to(cfg.device), heads, heads_per_pass=heads_per_pass)
+    with torch.no_grad():
+        p_corrupt = float(_p_gold(last_token_logits(model, xb), xb.answer_ids).mean())
+    return AIEResult(task.name, aie.reshape(cfg.n_layers, cfg.n_heads), mean_z, p_corrupt, acc, len(clean), len(corrupt), shots)
+
+
+def fv_from_heads(model, mean_z: torch.Tensor, heads: list[tuple[int, int]]) -> Float[torch.Tensor, " d_model"]:
+    """sum over ``heads`` of ``mean_z[l, h] @ W_O[l, h]`` (W_O is per query head, also under GQA)."""
+    idx = torch.tensor(heads, dtype=torch.long)
+    z = mean_z[idx[:, 0], idx[:, 1]].float()  # [k, d_head]
+    w_o = model.W_O[idx[:, 0], idx[:, 1]].detach().float().cpu()  # [k, d_head, d_model]
+    return torch.einsum("kd,kdm->m", z.cpu(), w_o)  # [d_model]
+
+
+@no_type_check  # checks its arguments
+def function_vector(model, task: Task | str, *, layer: int | Iterable[int] | None = None, positions: Iterable[int] | int = (-1,),
+                    sites: Iterable[Site] | None = None, top_k: int = 10, aie: AIEResult | None = None,
+                    return_aie: bool = False, shots: int = 10, n_clean: int = 100, n_corrupt: int = 25,
+                    splits: TaskSplits | None = None, seed: int = 0, heads_per_pass: int | None = None,
+                    out_of_range: str = "error") -> TaskVector | tuple[TaskVector, AIEResult]:
+    """The function vector of ``task``, added at ``sites`` (default: layer ``layer`` or L/2, last token).
+
+    Several sites (e.g. a scenario's) all get the same vector. ``return_aie=True`` returns
+    ``(vector, aie)``; pass ``aie=`` to reuse one.
+    """
+    from tvlens._fingerprint import fingerprint
+    from tvlens.tasks import get as get_task
+
+    task = get_task(task) if isinstance(task, str) else task
+    if aie is None:
+        aie = head_aie(model, task, shots=shots, n_clean=n_clean, n_corrupt=n_corrupt, splits=splits, seed=seed,
+                       heads_per_pass=heads_per_pass)
+    elif not isinstance(aie, AIEResult) or tuple(aie.aie.shape) != (model.cfg.n_layers, model.cfg.n_heads):
+        raise ConfigError("aie must be an AIEResult of this model (from tv.head_aie or function_vector(..., return_aie=True))")
+    elif aie.task != task.name:
+        raise ConfigError(f"aie was computed on task {aie.task!r}, not {task.name!r}")
+    top = aie.top(top_k)
+    fv = fv_from_heads(model, aie.mean_z, [(layer_, h) for layer_, h, _ in top])
+    if sites is None:
+        sites = site_grid(model.cfg.n_layers // 2 if layer is None else layer, positions)
+    sites = tuple(sites)
+    check_sites(sites, model.cfg.n_layers)
+    vector = TaskVector(values=fv[None].expand(len(sites), -1).clone(), sites=sites, task=task.name,
+                        model_fingerprint=fingerprint(model), d_model=model.cfg.d_model, n_layers=model.cfg.n_layers,
+                        operation="add", method="fv", out_of_range=out_of_range,
+                        meta={"shots": 0, "source_shots": aie.shots, "top_heads": [list(t) for t in top], "n_clean": aie.n_clean,
+                              "n_corrupt": aie.n_corrupt, "seed": seed})
+    return (vector, aie) if return_aie else vector
