@@ -98,7 +98,9 @@ class SweepResult(Result):
         for name, c in (("zero_shot", self.zero_shot_correct), (f"icl_{self.icl_shots}shot", self.icl_correct)):
             lo, hi = _ci(c, self.n_test)
             rows.append({"method": name, "layer": None, "accuracy": c / self.n_test, "ci_low": lo, "ci_high": hi, "n": self.n_test})
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        df["layer"] = df["layer"].astype("Int64")  # integers, blank for the reference lines
+        return df
 
     def plot(self):
         """Accuracy vs layer per method (95% Wilson bands as error bars), zero-shot and ICL as lines."""
@@ -114,7 +116,8 @@ class SweepResult(Result):
         fig.add_hline(y=self.zero_shot, line_dash="dot", annotation_text="zero-shot")
         fig.add_hline(y=self.icl, line_dash="dash", annotation_text=f"{self.icl_shots}-shot ICL")
         fig.update_layout(title=f"{self.task}: accuracy of a single-site vector (last token) per layer (n={self.n_test})",
-                          xaxis_title="layer (blocks.{l}.hook_resid_pre)", yaxis_title="accuracy", yaxis_range=[0, 1.05])
+                          xaxis_title="layer (blocks.{l}.hook_resid_pre)", yaxis_title="accuracy", yaxis_range=[0, 1.05],
+                          xaxis={"tickmode": "array", "tickvals": list(self.layers)})
         return fig
 
     def payload(self) -> dict:
