@@ -89,7 +89,8 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
                        ltv_layer=best["layer"])
             if len(layers) > 1:
                 row["ltv_layers"] = per_layer
-    if not args.no_baselines:  # cheaply: one layer (the LTV's, else the first --layer), last token
+    baselines = toy if args.baselines is None else args.baselines
+    if baselines:  # cheaply: one layer (the LTV's, else the first --layer), last token
         fv_shots = 8 if toy else 10
         for row in rows:
             splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
@@ -109,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
         "fingerprint": tv.fingerprint(model),
         "metric": "full-vocabulary argmax accuracy on held-out test queries",
         "ltv_site": None if args.no_ltv else (f"L{layers[0]}@-1" if len(layers) == 1 else f"best of L{layers}@-1 by validation"),
-        "baselines": None if args.no_baselines else {
+        "baselines": None if not baselines else {
             "site": "the LTV's layer (else the first --layer), last token", "vanilla_tv": "add, 5-shot ICL prompts",
             "fv": f"top-10 heads by AIE, {8 if toy else 10}-shot clean prompts"},
         "seed": args.seed,
