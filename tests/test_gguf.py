@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import tvlens as tv
+from tvlens._io import CACHE_ENV, cache_dir, sha256_file
 import tvlens._gguf as ggufmod
 from tvlens.errors import ModelLoadError
 
@@ -21,7 +22,7 @@ SEQ = torch.tensor([[0, 2, 5, 7, 9, 3, 12, 13], [0, 13, 14, 15, 11, 4, 4, 2]])
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(ggufmod.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -42,7 +43,7 @@ def test_gguf_file_matches_the_model_it_was_written_from(tiny_llama_gguf, privat
     assert model.tokenizer is not None
     assert model.to_tokens("ab a").tolist() == [[0, 13, 15]]  # BOS once, then the merges "ab" and " a"
     (entry,) = (private_cache / "gguf").iterdir()
-    assert entry.name == ggufmod._sha256(path)
+    assert entry.name == sha256_file(path)
 
 
 def test_folder_holding_one_gguf(tiny_llama_gguf, tmp_path):
@@ -93,11 +94,11 @@ def test_corrupt_cache_entry_is_rebuilt(tiny_llama_gguf, private_cache, damage, 
 
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
-    monkeypatch.setenv(ggufmod.CACHE_ENV, str(tmp_path / "x"))
-    assert ggufmod.cache_dir() == tmp_path / "x"
-    monkeypatch.delenv(ggufmod.CACHE_ENV)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "x"))
+    assert cache_dir() == tmp_path / "x"
+    monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert ggufmod.cache_dir() == tmp_path / "xdg" / "tvlens"
+    assert cache_dir() == tmp_path / "xdg" / "tvlens"
 
 
 # --- errors -------------------------------------------------------------------------------------

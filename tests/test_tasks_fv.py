@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import tvlens as tv
+from tvlens._io import sha256_file
 import tvlens.tasks._fv as fv
 from tvlens.errors import DatasetUnavailableError
 
@@ -84,7 +85,7 @@ def test_download_is_verified_and_cached(monkeypatch, tmp_path):
     assert fv.fv_file("country-capital") == path and len(calls) == 1  # second call: the cache
     path.write_text("[]")  # a damaged cache entry is fetched again, not trusted
     fv.fv_file("country-capital")
-    assert len(calls) == 2 and fv._sha256(path) == fv.FV_FILES["country-capital"][0]
+    assert len(calls) == 2 and sha256_file(path) == fv.FV_FILES["country-capital"][0]
 
 
 def test_tampered_download_is_refused(monkeypatch, tmp_path):

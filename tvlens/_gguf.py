@@ -7,7 +7,7 @@ turns one into a ``HookedTransformer`` in three steps:
    architecture and TransformerLens can convert it, so a hopeless file fails in seconds;
 2. dequantise to fp32 with transformers (``from_pretrained(folder, gguf_file=name)``) and write
    the weights (safetensors), a complete ``config.json`` and the GGUF's tokenizer into a cache
-   entry keyed by the GGUF's sha256 (:func:`cache_dir`, moved by ``$TVLENS_CACHE_DIR``), as one
+   entry keyed by the GGUF's sha256 (:func:`tvlens._io.cache_dir`, moved by ``$TVLENS_CACHE_DIR``), as one
    atomic directory write (:func:`tvlens._io.atomic_write_dir`);
 3. load that entry as a local Hugging Face folder (:func:`tvlens._models.load_model`).
 
@@ -18,7 +18,6 @@ package, found without importing the package.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -28,11 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tvlens._io import cache_dir, sha256_file
 from tvlens.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "TVLENS_CACHE_DIR"  # moves the cache (default: $XDG_CACHE_HOME/tvlens or ~/.cache/tvlens)
 GGUF_MAGIC = b"GGUF"
 _MANIFEST = "tvlens_gguf.json"
 _FORMAT = 1  # bump when the layout of a cache entry changes
@@ -62,16 +61,6 @@ NAMED_GGUF: dict[str, NamedGGUF] = {
         ),
     )
 }
-
-
-def cache_dir() -> Path:
-    """Where tvlens caches converted models: ``$TVLENS_CACHE_DIR``, else ``$XDG_CACHE_HOME/tvlens``,
-    else ``~/.cache/tvlens``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tvlens"
 
 
 def named_gguf_path(name: str) -> Path:
@@ -115,7 +104,7 @@ def gguf_to_hf_dir(path: str | os.PathLike) -> Path:
     src = Path(path).expanduser().resolve()
     _require_gguf_package()
     _check_magic(src)
-    digest = _sha256(src)
+    digest = sha256_file(src)
     entry = cache_dir() / "gguf" / digest
     if _entry_is_valid(entry, digest):
         log.info("using the cached conversion of %s (%s)", src.name, entry)
@@ -188,14 +177,6 @@ def _check_magic(path: Path) -> None:
         )
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _entry_is_valid(entry: Path, digest: str) -> bool:
     manifest = entry / _MANIFEST
     if not manifest.is_file():
@@ -206,7 +187,7 @@ def _entry_is_valid(entry: Path, digest: str) -> bool:
             return False
         for name, want in info["files"].items():
             f = entry / name
-            if not f.is_file() or f.stat().st_size != want["size"] or _sha256(f) != want["sha256"]:
+            if not f.is_file() or f.stat().st_size != want["size"] or sha256_file(f) != want["sha256"]:
                 return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -267,6 +248,6 @@ def _write_entry(src: Path, digest: str, arch: str, folder: Path) -> None:
     hf_cfg["torch_dtype"] = "float32"
     (folder / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     tokenizer.save_pretrained(str(folder))
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+    files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.iterdir()) if p.is_file()}
     manifest = {"format": _FORMAT, "gguf": src.name, "gguf_sha256": digest, "architecture": arch, "files": files}
     (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -18,6 +18,7 @@ Context:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -202,3 +203,27 @@ def atomic_write_dir(path: str | os.PathLike, fill: Callable[[Path], object]) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+# --- the user cache and file checksums ---------------------------------------------------------
+
+CACHE_ENV = "TVLENS_CACHE_DIR"  # moves the cache (default: $XDG_CACHE_HOME/tvlens or ~/.cache/tvlens)
+
+
+def cache_dir() -> Path:
+    """Where tvlens caches converted models and downloads: ``$TVLENS_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/tvlens``, else ``~/.cache/tvlens``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tvlens"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

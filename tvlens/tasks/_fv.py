@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tvlens._io import atomic_write
+from tvlens._io import atomic_write, cache_dir, sha256_file
 from tvlens.errors import DatasetUnavailableError
 from tvlens.tasks._registry import register
 from tvlens.tasks._task import Task
@@ -48,8 +48,6 @@ def fv_task(name: str) -> Task:
 
 def fv_file(name: str) -> Path:
     """A verified local copy of the function-vectors file ``name`` (downloaded once if needed)."""
-    from tvlens._gguf import cache_dir
-
     if name not in FV_FILES:
         raise DatasetUnavailableError(f"no function-vectors file {name!r}; tvlens pins {sorted(FV_FILES)}")
     sha, _, _ = FV_FILES[name]
@@ -59,7 +57,7 @@ def fv_file(name: str) -> Path:
         path = Path(local).expanduser() / filename
         if not path.is_file():
             raise DatasetUnavailableError(f"${FV_DIR_ENV} is {local!r}, which has no {filename}; unset it or add the file")
-        if _sha256(path) != sha:
+        if sha256_file(path) != sha:
             raise DatasetUnavailableError(
                 f"{path} is not the pinned {filename} (sha256 differs from commit {FV_COMMIT[:7]}); use the file of "
                 f"that commit, or load your version with tv.tasks.load_function_vectors_json({str(path)!r})"
@@ -67,7 +65,7 @@ def fv_file(name: str) -> Path:
         return path
     cached = cache_dir() / "function_vectors" / FV_COMMIT[:12] / filename
     if cached.is_file():
-        if _sha256(cached) == sha:
+        if sha256_file(cached) == sha:
             return cached
         log.warning("cached %s does not match its checksum; downloading it again", cached)
     url = FV_URL.format(commit=FV_COMMIT, file=filename)
@@ -85,10 +83,6 @@ def fv_file(name: str) -> Path:
     atomic_write(cached, lambda tmp: tmp.write_bytes(data))
     log.info("downloaded %s to %s", url, cached)
     return cached
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _register_all() -> None:
