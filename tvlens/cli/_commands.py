@@ -73,11 +73,13 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
     names = [tv.tasks.resolve(n, model_name=args.model).name for n in names]
     rows = _icl_rows(model, names, shots, args.seed)
     layers = args.layer or [model.cfg.n_layers // 2]
-    if not args.no_ltv:
-        config = tv.LTVConfig(seed=args.seed)
-        for row in rows:
-            splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
-            test_prompts = tv.make_prompts(splits, "test", k=0, seed=args.seed)
+    config = tv.LTVConfig(seed=args.seed)
+    baselines = toy if args.baselines is None else args.baselines
+    fv_shots = 8 if toy else 10
+    for row in rows:
+        splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
+        test_prompts = tv.make_prompts(splits, "test", k=0, seed=args.seed)
+        if not args.no_ltv:
             per_layer = []
             for layer in layers:
                 res = tv.train_ltv(model, splits.task, layers=[layer], positions=[-1], config=config, splits=splits, progress=False)
@@ -89,12 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
                        ltv_layer=best["layer"])
             if len(layers) > 1:
                 row["ltv_layers"] = per_layer
-    baselines = toy if args.baselines is None else args.baselines
-    if baselines:  # cheaply: one layer (the LTV's, else the first --layer), last token
-        fv_shots = 8 if toy else 10
-        for row in rows:
-            splits = tv.make_splits(tv.tasks.get(row["task"]), seed=args.seed)
-            test_prompts = tv.make_prompts(splits, "test", k=0, seed=args.seed)
+        if baselines:  # cheaply: one layer (the LTV's, else the first --layer), last token
             layer = row.get("ltv_layer", layers[0])
             vectors = {"vanilla_tv": lambda: tv.vanilla_tv(model, splits.task, layer=layer, splits=splits, seed=args.seed),
                        "fv": lambda: tv.function_vector(model, splits.task, layer=layer, shots=fv_shots, splits=splits, seed=args.seed)}
