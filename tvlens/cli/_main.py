@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="task names (default: every toy task on toy; capitalize antonym capital otherwise)")
     _baseline_options(sp)
 
+    from tvlens.cli import _analyze
+
+    _analyze.register(sub, _Parser)
+
     sp = cmd("bench", c.cmd_bench, "speed benchmarks (ratios measured in one run)")
     sp.add_argument("--quick", action="store_true", help="shorter timing windows")
     return p

@@ -1,0 +1,17 @@
+"""Mechanistic analyses of a task vector: which heads carry it (OV products, saliency, ablation,
+attention sinks, circuit queries), how it becomes an answer (logit lens, linear propagation,
+rotation vs stretch), and how vectors relate (geometry, transfer, composition).
+
+Each analysis is a function returning a frozen result with ``.to_frame()`` and ``.plot()``.
+"""
+
+# --- heads: OV products, saliency, ablation, sinks ---
+
+
+# --- circuit queries ---
+
+
+# --- logit lens, linear propagation ---
+
+
+# --- geometry, transfer, composition ---
