@@ -194,7 +194,7 @@ function tvlShow(layer, head) {
     {title: {text: "Attention of L" + layer + "H" + head + " on an example prompt (vector added)"},
      yaxis: {autorange: "reversed", title: {text: "query position"}}, xaxis: {title: {text: "key position"}},
      height: 440, margin: {l: 120, b: 120}});
-  const toks = d.decoded[i], vals = d.decoded_values[layer][head];
+  const toks = d.decoded[i], vals = d.decoded_values[layer][head].slice(0, toks.length);
   Plotly.react("tvl-decoded", [{type: "bar", orientation: "h", x: vals.slice().reverse(),
       y: toks.map((t, j) => (j + 1) + ". " + tvlEsc(JSON.stringify(t))).reverse(), marker: {color: "seagreen"},
       hovertemplate: "%{y}: %{x:.3f}<extra></extra>"}],
