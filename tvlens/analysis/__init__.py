@@ -6,7 +6,13 @@ Each analysis is a function returning a frozen result with ``.to_frame()`` and `
 """
 
 # --- heads: OV products, saliency, ablation, sinks ---
-
+from tvlens.analysis.ov import OVProducts as OVProducts
+from tvlens.analysis.ov import OVReconstruction as OVReconstruction
+from tvlens.analysis.ov import ov_products as ov_products
+from tvlens.analysis.ov import ov_reconstruction as ov_reconstruction
+from tvlens.analysis.saliency import HeadSaliency as HeadSaliency
+from tvlens.analysis.saliency import head_saliency as head_saliency
+from tvlens.analysis.saliency import spearman as spearman
 
 # --- circuit queries ---
 
