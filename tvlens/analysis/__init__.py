@@ -15,6 +15,9 @@ from tvlens.analysis.saliency import head_saliency as head_saliency
 from tvlens.analysis.saliency import spearman as spearman
 
 # --- circuit queries ---
+from tvlens.analysis.circuit import Circuit as Circuit
+from tvlens.analysis.circuit import HeadDetail as HeadDetail
+from tvlens.analysis.circuit import circuit as circuit
 
 
 # --- logit lens, linear propagation ---
