@@ -13,6 +13,10 @@ from tvlens.analysis.ov import ov_reconstruction as ov_reconstruction
 from tvlens.analysis.saliency import HeadSaliency as HeadSaliency
 from tvlens.analysis.saliency import head_saliency as head_saliency
 from tvlens.analysis.saliency import spearman as spearman
+from tvlens.analysis.ablation import AblationResult as AblationResult
+from tvlens.analysis.ablation import head_ablation as head_ablation
+from tvlens.analysis.sinks import SinkResult as SinkResult
+from tvlens.analysis.sinks import attention_sinks as attention_sinks
 
 # --- circuit queries ---
 from tvlens.analysis.circuit import Circuit as Circuit
