@@ -253,13 +253,13 @@ class Circuit:
             check_choice("circuit.dashboard", "kinds", kind, ("zero", "mean", "path"))
         ablation = pd.DataFrame([self._ablation_row(self.ablate(k)) for k in kinds]) if kinds else None
         s = self.sinks()
-        sinks = s.curve_frame() if hasattr(s, "curve_frame") else None
+        sinks = pd.DataFrame({"offset": range(s.profile.shape[-1]), "key": s.key_profile.tolist(), "random": s.random_profile.tolist()})
         tokens, pats = self.example_patterns()
         toks, vals = self.decoded()
         rec = self.reconstruction()
         notes = (f"task {self.task.name}, {len(self.prompts)} zero-shot queries; vector {self.vector.method} at "
                  f"{', '.join(map(str, self.vector.sites))} (norm {float(self.vector.values.norm()):.3g})",
-                 f"key heads: top {self.fraction:.0%} by saliency ({len(self.key_heads())} heads); "
+                 f"key heads: top {self.fraction:.0%} by saliency ({len(self.key_heads())} of the {int(self.saliency().scores.isfinite().sum())} heads from layer {self.layer} on); "
                  f"Spearman(saliency, exact ablation effect) = {self.spearman():.3f}",
                  f"OV reconstruction: LTV {rec.ltv:.3f}, zero-shot {rec.zero_shot:.3f}, "
                  f"variant A (sum of products) {rec.variant_a:.3f}, variant B (sum + vector) {rec.variant_b:.3f}")

@@ -55,7 +55,7 @@ def cmd_analyze_heads(args: argparse.Namespace) -> tuple[dict, str]:
     frame = c.heads()
     abl = {k: c._ablation_row(c.ablate(k)) for k in dict.fromkeys(args.ablation)}
     rec = c.reconstruction()
-    sinks = frame.groupby("key")[["sink_mass", "final_mass"]].mean()
+    sinks = frame[frame["layer"] >= c.layer].groupby("key")[["sink_mass", "final_mass"]].mean()  # heads that read θ
     key_layers = [layer for layer, _ in c.key_heads()]
     payload = {
         "model": args.model, "fingerprint": tv.fingerprint(model), "task": task.name, "n_queries": len(c.prompts),
@@ -64,13 +64,13 @@ def cmd_analyze_heads(args: argparse.Namespace) -> tuple[dict, str]:
         "heads": [{"layer": int(r.layer), "head": int(r.head), "saliency": float(r.saliency), "rank": int(r.rank),
                    "exact_effect": float(r.exact_effect), "ov_norm": float(r.ov_norm), "ov_alignment": float(r.ov_alignment),
                    "label_proj": float(r.label_proj), "sink_mass": float(r.sink_mass), "final_mass": float(r.final_mass),
-                   "key": bool(r.key)} for r in frame.itertuples()],
+                   "key": bool(r.key)} for r in frame.itertuples() if r.layer >= c.layer],  # the heads that read θ
         "spearman_saliency_vs_exact": c.spearman(),
         "ablation": abl[args.ablation[0]], "ablations": abl,
         "ov_reconstruction": {"ltv": float(rec.ltv), "zero_shot": float(rec.zero_shot), "variant_a": float(rec.variant_a),
                               "variant_b": float(rec.variant_b), **_extra(rec)},
-        "sinks": {"key_sink_mass": float(sinks.loc[True, "sink_mass"]), "other_sink_mass": float(sinks.loc[False, "sink_mass"]),
-                  "key_final_mass": float(sinks.loc[True, "final_mass"]), "other_final_mass": float(sinks.loc[False, "final_mass"])},
+        "sinks": {**c.sinks().group_mass(),  # key heads vs the random sets' heads
+                  "other_sink": float(sinks.loc[False, "sink_mass"]), "other_final": float(sinks.loc[False, "final_mass"])},
         "key_layer_histogram": [key_layers.count(i) for i in range(model.cfg.n_layers)],
         "injection_layer": c.layer,
     }
@@ -107,7 +107,8 @@ def _text(p: dict) -> str:
     lines.append(f"OV reconstruction: LTV {r['ltv']:.3f}, zero-shot {r['zero_shot']:.3f}, "
                  f"A (sum of products) {r['variant_a']:.3f}, B (sum + vector) {r['variant_b']:.3f}")
     s = p["sinks"]
-    lines.append(f"attention from the last token: key heads sink {s['key_sink_mass']:.3f} / final {s['key_final_mass']:.3f}, "
-                 f"other heads sink {s['other_sink_mass']:.3f} / final {s['other_final_mass']:.3f}")
+    lines.append(f"attention from the last token to the first token (sink) / to the vector's position: key heads "
+                 f"{s['key_sink']:.3f} / {s['key_final']:.3f}, random heads {s['random_sink']:.3f} / {s['random_final']:.3f}, "
+                 f"all other heads from layer {p['injection_layer']} on {s['other_sink']:.3f} / {s['other_final']:.3f}")
     lines.append(f"key heads per layer (vector at layer {p['injection_layer']}): {p['key_layer_histogram']}")
     return "\n".join(lines)

@@ -164,7 +164,8 @@ def _sink_fig(frame, data: DashboardData):
     for col, color in (("key", "crimson"), ("random", "gray")):
         fig.add_trace(go.Scatter(x=labels, y=frame[col].tolist(), mode="lines+markers", name=f"{col} heads",
                                  line={"color": color}), row=1, col=1)
-    fig.update_xaxes(title_text="position (from the end; the first token is the sink)", autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title_text="position, counted back from the last token (prompts aligned at the end)",
+                     autorange="reversed", row=1, col=1)
     fig.update_yaxes(title_text="attention", row=1, col=1)
     n_layers = data.shape[0]
     key_layers = data.heads.loc[data.heads["key"].astype(bool), "layer"].tolist() if "key" in data.heads else []
@@ -194,12 +195,12 @@ function tvlShow(layer, head) {
     {title: {text: "Attention of L" + layer + "H" + head + " on an example prompt (vector added)"},
      yaxis: {autorange: "reversed", title: {text: "query position"}}, xaxis: {title: {text: "key position"}},
      height: 440, margin: {l: 120, b: 120}});
-  const toks = d.decoded[i], vals = d.decoded_values[layer][head].slice(0, toks.length);
+  const toks = d.decoded[i].slice(0, 10), vals = d.decoded_values[layer][head].slice(0, toks.length);
   Plotly.react("tvl-decoded", [{type: "bar", orientation: "h", x: vals.slice().reverse(),
       y: toks.map((t, j) => (j + 1) + ". " + tvlEsc(JSON.stringify(t))).reverse(), marker: {color: "seagreen"},
       hovertemplate: "%{y}: %{x:.3f}<extra></extra>"}],
-    {title: {text: "Top tokens of its OV output (direct logit)"}, xaxis: {title: {text: "logit"}}, height: 440,
-     margin: {l: 150}});
+    {title: {text: toks.length ? "Top tokens of its OV output (direct logit)" : "No OV product: this head comes before the vector"},
+     xaxis: {title: {text: "logit"}}, yaxis: {dtick: 1, automargin: true}, height: 440, margin: {l: 150}});
 }
 """
 
@@ -236,7 +237,7 @@ def render_dashboard(data: DashboardData) -> str:
     if data.sinks is not None and len(data.sinks):
         parts += ["<h2>Attention sinks and where the key heads are</h2>",
                   _sink_fig(data.sinks, data).to_html(full_html=False, include_plotlyjs=False)]
-    table = frame.sort_values("saliency", ascending=False).head(20)
+    table = frame[frame["saliency"].notna()].sort_values("saliency", ascending=False).head(20)
     parts += ["<h2>The 20 most salient heads</h2>", table.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes)
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
