@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 
 from tvlens._result import Result
-from tvlens._validate import check_choice, check_float, check_int
+from tvlens._validate import check_choice, check_float, check_int, no_type_check
 from tvlens.analysis._inputs import check_heads, check_vector, resolve_prompts, steer_edit
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptSet
@@ -85,6 +85,7 @@ class Circuit:
     heads (the paper's top 10%); ``seed`` seeds the random head sets of the ablations and sinks.
     """
 
+    @no_type_check  # checks its arguments
     def __init__(self, model, vector: TaskVector, task=None, *, prompts: PromptSet | None = None, n: int | None = None,
                  fraction: float = 0.1, n_random: int = 5, seed: int = 0, example: int = 0):
         check_vector(model, vector)
@@ -137,6 +138,7 @@ class Circuit:
         return self._once("sinks", lambda: attention_sinks(self.model, self.vector, key_heads=self.key_heads(), prompts=self.prompts,
                                                            n_random=self.n_random, seed=self.seed))
 
+    @no_type_check  # checks its arguments, with messages that name the fix
     def ablate(self, kind: AblationKind = "zero", *, heads=None, n_random: int | None = None, seed: int | None = None):
         """Accuracy with ``heads`` (the key heads by default) ablated vs random head sets of the same size."""
         from tvlens.analysis.ablation import head_ablation
@@ -293,6 +295,7 @@ class Circuit:
         return head + self.query().head(10).to_html(index=False, float_format=lambda x: f"{x:.4g}")
 
 
+@no_type_check  # Circuit checks the arguments
 def circuit(model, vector: TaskVector, task=None, *, prompts: PromptSet | None = None, n: int | None = None,
             fraction: float = 0.1, n_random: int = 5, seed: int = 0, example: int = 0) -> Circuit:
     """A :class:`Circuit`: the head analyses of ``vector`` on ``task`` (or ``prompts``), computed lazily, cached."""
