@@ -164,7 +164,8 @@ class Circuit:
 
     def heads(self, *, exact: bool = True, sinks: bool = True):
         """One row per head of the model: layer, head, saliency, rank, exact_effect, ov_norm, ov_alignment
-        (cosine of the OV product to θ), label_proj, attention_to_vector, sink_mass, final_mass, key.
+        (cosine of the OV product to θ), label_proj, sink_mass (attention from the last token to the
+        first), final_mass (to θ's positions), key.
 
         Heads before the vector's layer do not read it: their saliency, rank, exact effect and OV
         columns are NaN. ``exact=False`` / ``sinks=False`` leave those columns out (not computed)."""
@@ -184,7 +185,7 @@ class Circuit:
         cols = {"saliency": sal.scores, "rank": rank,
                 "exact_effect": self.exact().scores if exact else None,
                 "ov_norm": torch.where(valid, ov.ov_norm, nan), "ov_alignment": torch.where(valid, ov.cos_theta, nan),
-                "label_proj": ov.label_proj, "attention_to_vector": ov.attention}
+                "label_proj": ov.label_proj}
         if sinks:
             s = self.sinks()
             cols.update(sink_mass=s.sink_mass, final_mass=s.final_mass)
