@@ -27,7 +27,7 @@ ln1 scales, optionally weighted by each head's attention from N to N; controls: 
 >>> import torch, tvlens as tv
 >>> from tvlens.analysis import ov_products
 >>> model = tv.load_model("toy")
->>> v = tv.TaskVector(torch.randn(1, model.cfg.d_model), (tv.Site(2, -1),))
+>>> v = tv.TaskVector(torch.randn(1, model.cfg.d_model), (tv.Site(2, -1),), model_fingerprint=tv.fingerprint(model))
 >>> ov_products(model, v).products.shape == (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model)
 True
 """
