@@ -137,3 +137,20 @@ def test_bad_inputs_are_typed_errors(model, prompts):
         ov_products(model, two)
     with pytest.raises(ConfigError, match="task"):
         ov_reconstruction(model, v)
+
+
+@pytest.mark.real_model
+def test_real_model_products_match_the_attention_output_change(smollm2):
+    # SmolLM2: folded RMSNorm (RMSPre), 9 query heads sharing 3 value heads; θ at layer 15, one capitalize query
+    one = tv.make_prompts(tv.make_splits(tv.tasks.get("capitalize")), "test", n=1)
+    v = vec(smollm2, 15, scale=2.0)
+    ov = ov_products(smollm2, v, ln="actual", prompts=one, layers=[15, 16])
+    want = attn_out_change(smollm2, v, one, 15)
+    assert want.norm() > 1e-2
+    torch.testing.assert_close(ov.weighted()[15].sum(0), want, atol=2e-3, rtol=1e-3)
+    group = smollm2.cfg.n_heads // smollm2.cfg.n_key_value_heads
+    w_v = smollm2.blocks[16].attn._W_V.detach()
+    raw = ov_products(smollm2, v, layers=[16]).products[16]
+    for h in (0, group, 2 * group + 1):
+        torch.testing.assert_close(raw[h], ov.theta @ w_v[h // group] @ smollm2.blocks[16].attn.W_O[h].detach(), atol=1e-3, rtol=1e-4)
+    assert_no_hooks_left(smollm2)
