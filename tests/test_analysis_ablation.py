@@ -73,6 +73,30 @@ def test_path_patching_a_whole_layer_gives_its_output_without_theta(model, promp
     assert_no_hooks_left(model)
 
 
+@pytest.mark.parametrize("kind", ["zero", "path"])
+def test_resumed_runs_equal_full_runs(model, prompts, kind):
+    # head_ablation resumes every run from the stream before the first ablated head or site:
+    # the same p(gold) as full forward passes with the same edits (heads before and after θ's layer)
+    v = vec(model, 1)
+    heads = [(0, 1), (2, 0)]
+    res = head_ablation(model, v, prompts, heads, kind=kind, n_random=0, batch_size=4)  # two sub-batches
+    batch = prompts.tokenize(model)
+    span = iv.Span(batch.first_index, batch.last_index)
+    rows = torch.arange(len(batch))
+    clean = clean_z(model, batch, [0, 2])
+    probs = {}
+    with torch.no_grad():
+        for name, edits in (("none", []), ("key", ablation_edits(heads, kind, clean=clean))):
+            with iv.intervene(model, iv.AddAt(v.sites, v.values), *edits, span=span):
+                logits = model(batch.tokens, attention_mask=batch.attention_mask)[rows, batch.last_index]
+            probs[name] = float(logits.softmax(-1)[rows, batch.answer_ids].mean())
+        zs = model(batch.tokens, attention_mask=batch.attention_mask)[rows, batch.last_index]
+    assert res.p_none == pytest.approx(probs["none"], rel=1e-5) and res.p_key == pytest.approx(probs["key"], rel=1e-5)
+    assert res.p_key != pytest.approx(res.p_none, rel=1e-6)
+    assert res.zero_shot == float((zs.argmax(-1) == batch.answer_ids).float().mean())
+    assert_no_hooks_left(model)
+
+
 def reference_accuracy(model, vector, prompts, edit):
     return tv.evaluate(model, prompts, intervention=[iv.AddAt(vector.sites, vector.values), edit]).accuracy
 
