@@ -33,7 +33,7 @@ from tvlens._hooks import AblateHeads, Activations, Cache, Edit, PatchFrom, inte
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_int, no_type_check
 from tvlens.analysis._inputs import (Head, check_heads, check_vector, final_logits, heads_from, injection, pool_heads,
-                                     random_head_sets, resolve_prompts, run_last, span_of, steer_edit)
+                                     random_head_sets, resid_before, resolve_prompts, run_last, sites_from, span_of, steer_edit)
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
 
@@ -148,6 +148,10 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
         names = [f"blocks.{lay}.attn.hook_z" for lay in used]
         _, acts = run_last(model, batch, [steer] if means_from == "steered" else [], batch_size=batch_size, names=names)
         means = {lay: acts[f"blocks.{lay}.attn.hook_z"].mean(0) for lay in used}  # [head, d_head]
+    # the blocks before the first ablated head or site are the same in every run: computed once
+    first = min([layer, *used])
+    steered = (first, resid_before(model, batch, first, [steer], batch_size=batch_size))
+    tail = sites_from(vector, first)
     sources: dict[int, Activations] = {}  # path patching: each sub-batch's run without θ, computed once
 
     def edits_for(hs):
@@ -158,21 +162,21 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
                 if where not in sources:
                     sources[where] = clean_z(model, sub, used)
                 clean = sources[where]
-            return [steer, *ablation_edits(hs, kind, means=means, clean=clean, positions=positions)]
+            return [*tail, *ablation_edits(hs, kind, means=means, clean=clean, positions=positions)]
         return make
 
     gold = batch.answer_ids
 
-    def measure(es) -> tuple[float, float]:
-        resid, _ = run_last(model, batch, es, batch_size=batch_size)
+    def measure(es, start=steered) -> tuple[float, float]:
+        resid, _ = run_last(model, batch, es, batch_size=batch_size, start=start)
         with torch.no_grad():
             logits = final_logits(model, resid).float()
         g = gold.to(logits.device)
         p = logits.softmax(-1)[torch.arange(len(g)), g]
         return float((logits.argmax(-1) == g).float().mean()), float(p.mean())
 
-    zero_shot, _ = measure([])
-    none, p_none = measure([steer])
+    zero_shot, _ = measure([], start=None)
+    none, p_none = measure(tail)
     acc_key, p_key = measure(edits_for(key))
     rand = [measure(edits_for(hs)) for hs in sets]
     accs = [a for a, _ in rand]

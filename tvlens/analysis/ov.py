@@ -27,7 +27,7 @@ ln1 scales, optionally weighted by each head's attention from N to N; controls: 
 >>> import torch, tvlens as tv
 >>> from tvlens.analysis import ov_products
 >>> model = tv.load_model("toy")
->>> v = tv.TaskVector(torch.randn(1, model.cfg.d_model), (tv.Site(2, -1),))
+>>> v = tv.TaskVector(torch.randn(1, model.cfg.d_model), (tv.Site(2, -1),), model_fingerprint=tv.fingerprint(model))
 >>> ov_products(model, v).products.shape == (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model)
 True
 """
@@ -79,9 +79,9 @@ class OVProducts(Result):
 
     def weighted(self) -> Float[torch.Tensor, "layer head d_model"]:
         """Products weighted by each head's attention from N to θ's position (its actual write, frozen patterns)."""
-        if bool(self.attention.isnan().any()):
+        if bool(self.attention[self.valid].isnan().any()):
             raise ConfigError("attention weights need prompts: ov_products(model, vector, prompts=...) or task=...")
-        return self.products * self.attention[..., None]
+        return self.products * self.attention.nan_to_num(0.0)[..., None]  # rows before the injection layer stay zero
 
     def decoded(self, layer: int, head: int, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` tokens whose unembedding the head's product raises most, with their logits."""

@@ -62,6 +62,7 @@ class HeadSaliency(Result):
         h = self.scores.shape[1]
         return [(int(i) // h, int(i) % h) for i in idx]
 
+    @no_type_check  # checks its argument
     def top(self, fraction: float = 0.1) -> list[tuple[int, int]]:
         """The highest-scoring ``fraction`` of the scored heads (at least one), highest first."""
         check_float("HeadSaliency.top", "fraction", fraction, min=0, max=1, min_exclusive=True)
@@ -79,6 +80,7 @@ class HeadSaliency(Result):
                              "score": [float(self.scores[r]) for r in rows], "rank": [rank[r] for r in rows],
                              "attribution": [float(self.attribution[r]) for r in rows]})
 
+    @no_type_check
     def query(self, layer: int | None = None, min_score: float | None = None):
         """Rows of :meth:`to_frame` of one ``layer`` and/or with ``score >= min_score``, highest first."""
         df = self.to_frame()
