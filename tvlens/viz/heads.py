@@ -130,12 +130,18 @@ def _heatmap(data: DashboardData):
         fig.add_trace(go.Scatter(x=key["head"].tolist(), y=key["layer"].tolist(), mode="markers", name="key head",
                                  marker={"symbol": "square-open", "size": 14, "color": "red", "line": {"width": 2}},
                                  hoverinfo="skip"))
+    first = 0
     if data.injection_layer is not None:
-        fig.add_hline(y=data.injection_layer - 0.5, line={"color": "white", "dash": "dash"},
-                      annotation_text=f"vector added at layer {data.injection_layer}", annotation_font_color="white")
+        # earlier layers do not read the vector (blank rows): show one of them, below the dashed line
+        first = max(0, data.injection_layer - 1)
+        fig.add_hline(y=data.injection_layer - 0.5, line={"color": "black", "dash": "dash"},
+                      annotation_text=f"vector added at layer {data.injection_layer}", annotation_position="bottom left",
+                      annotation_font_color="black")
+    rows = shape[0] - first
     fig.update_layout(title="Saliency |a · dp(gold)/da| per head (click a head)", xaxis_title="head",
-                      yaxis_title="layer", height=max(420, 22 * shape[0] + 160), showlegend=False,
-                      xaxis={"dtick": 1}, yaxis={"dtick": 1 if shape[0] <= 32 else 2})
+                      yaxis_title="layer", height=max(420, 24 * rows + 180), showlegend=False,
+                      xaxis={"dtick": 1, "range": [-0.5, shape[1] - 0.5]},
+                      yaxis={"dtick": 1 if rows <= 32 else 2, "range": [first - 0.5, shape[0] - 0.5]})
     return fig
 
 
