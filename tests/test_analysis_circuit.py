@@ -166,3 +166,24 @@ def test_toy_saliency_tracks_exact_ablation(toy_model, tmp_path):
     page = c.dashboard(tmp_path / "heads.html", kinds=("zero",))
     assert page.path.is_file() and "plotly_click" in page.html
     assert_no_hooks_left(toy_model)
+
+
+@pytest.mark.real_model
+def test_real_model_dashboard_data(smollm2):
+    """SmolLM2 (RMSPre, rotary, 9 query heads on 3 key-value heads): the whole circuit, end to end."""
+    model = smollm2
+    g = torch.Generator().manual_seed(0)
+    values = 100.0 * torch.nn.functional.normalize(torch.randn(1, model.cfg.d_model, generator=g), dim=-1)
+    v = tv.TaskVector(values, (tv.Site(27, -1),), task="capitalize", d_model=model.cfg.d_model,
+                      n_layers=model.cfg.n_layers, model_fingerprint=tv.fingerprint(model))
+    c = tv.circuit(model, v, "capitalize", n=4, n_random=2)
+    data = c.dashboard_data(kinds=("path",))
+    n_tok = len(data.tokens)
+    assert data.patterns.shape == (30, 9, n_tok, n_tok)
+    assert torch.allclose(data.patterns.sum(-1), torch.ones(30, 9, n_tok), atol=1e-4)
+    frame = data.heads
+    assert len(frame) == 270 and frame.loc[frame.layer < 27, "saliency"].isna().all()
+    assert frame.loc[frame.layer >= 27, ["saliency", "exact_effect", "ov_norm", "sink_mass"]].notna().all().all()
+    assert frame["key"].sum() == 3 and math.isfinite(c.spearman())  # 10% of the 27 heads of layers 27-29
+    assert len(data.decoded[27 * 9]) > 0 and data.decoded[0] == ()
+    assert_no_hooks_left(model)
