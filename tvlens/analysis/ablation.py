@@ -139,7 +139,7 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
         pool = ([(a, b) for a, b in heads._order()] if isinstance(heads, HeadSaliency) else pool_heads(model, layer))
     pool = check_heads(model, pool, "pool")
     sets = random_head_sets(pool, len(key), n_random, seed, exclude=key)
-    ps = resolve_prompts(task, prompts, n=n)
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
     batch = ps.tokenize(model)
     steer = steer_edit(vector)
     used = sorted({lay for hs in [key, *sets] for lay, _ in hs})

@@ -14,7 +14,7 @@ The LayerNorm treatment (``ln=``):
     (``center`` only for LayerNorm, not RMSNorm; ``w`` is ln1's weight, already folded into
     ``W_V`` when the model was loaded with ``fold_ln``; the bias cancels).
     ``"folded"``: ``s = 1``, the product of the weights alone (as TransformerLens holds them).
-    ``"actual"``: ``s`` = ln1's actual scale at N in the run with θ injected, averaged as ``1/s``
+    ``"actual"``: ``s`` = ln1's actual scale at θ's position (N by default) in the run with θ, averaged as ``1/s``
     over the prompts (needs ``prompts`` or ``task``). Earlier layers' rows are zero and flagged
     (``valid``).
 
@@ -154,13 +154,17 @@ def unscaled_products(model, theta: torch.Tensor, layers: list[int]) -> Float[to
 
 
 def _steered_stats(model, vector: TaskVector, prompts, layers: list[int], batch_size: int):
-    """Per prompt and layer: 1/ln1 scale at N [b, layer], attention from N to N [b, layer, head]."""
+    """Per prompt and layer, in the run with θ: 1/ln1 scale at θ's column [b, layer], and each head's
+    attention from the last token N to θ's column [b, layer, head] (a position a prompt lacks is clipped)."""
+    from tvlens.sites import resolve_columns
+
     batch = prompts.tokenize(model)
+    col = resolve_columns(vector.sites[0].position, batch.last_index, batch.first_index, "clip")  # [b]
     names = [f"blocks.{lay}.ln1.hook_scale" for lay in layers] + [f"blocks.{lay}.attn.hook_pattern" for lay in layers]
-    _, acts = run_last(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names)
+    _, acts = run_last(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names, at=col)
     inv = torch.stack([1.0 / acts[f"blocks.{lay}.ln1.hook_scale"][:, 0] for lay in layers], 1)  # [b, layer]
     rows = torch.arange(len(batch))
-    att = torch.stack([acts[f"blocks.{lay}.attn.hook_pattern"][rows, :, batch.last_index] for lay in layers], 1)  # [b, layer, head]
+    att = torch.stack([acts[f"blocks.{lay}.attn.hook_pattern"][rows, :, col] for lay in layers], 1)  # [b, layer, head]
     return batch, inv, att
 
 
@@ -192,7 +196,7 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
     idx = torch.tensor(todo)
     raw = unscaled_products(model, theta, todo)  # [layer', head, d_model]
     if have:
-        ps = resolve_prompts(task, prompts, n=n)
+        ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
         batch, inv_b, att_b = _steered_stats(model, vector, ps, todo, batch_size)
         att[idx] = att_b.mean(0).cpu()
         inv[idx] = inv_b.mean(0).cpu() if ln == "actual" else 1.0
@@ -261,7 +265,7 @@ def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, ln:
     layer, theta = single_layer_theta(vector)
     if len(vector.sites) != 1 or vector.sites[0].position != -1:
         raise ConfigError("OV reconstruction needs a vector with one site at the last position (Site(layer, -1))")
-    ps = resolve_prompts(task, prompts, n=n)
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
     cfg = model.cfg
     layers = list(range(layer, cfg.n_layers))
     raw = unscaled_products(model, theta, layers)  # [layer', head, d_model]

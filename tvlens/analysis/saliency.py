@@ -199,7 +199,7 @@ def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: L
     todo = list(range(first, cfg.n_layers)) if layers is None else sorted({int(x) for x in layers})
     if not todo or any(not 0 <= x < cfg.n_layers for x in todo):
         raise ConfigError(f"layers must lie in 0..{cfg.n_layers - 1}, got {layers}")
-    ps = resolve_prompts(task, prompts, n=n)
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
     batch = ps.tokenize(model)
     scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     signed = scores.clone()
