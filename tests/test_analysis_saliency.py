@@ -9,7 +9,7 @@ import tvlens as tv
 from tests.conftest import assert_no_hooks_left, make_tiny_model
 from tvlens import interventions as iv
 from tvlens.analysis import HeadSaliency, head_saliency, spearman
-from tvlens.analysis._inputs import final_logits, p_gold
+from tvlens.analysis._inputs import p_gold
 from tvlens.analysis.saliency import exact_drops, grad_attribution
 from tvlens.errors import ConfigError
 
