@@ -64,9 +64,9 @@ class OVProducts(Result):
     valid: Bool[torch.Tensor, " layer"]  # layers whose products were computed (>= l and in layers=)
     attention: Float[torch.Tensor, "layer head"]  # mean attention from N to the injected position (run with θ); nan without prompts
     label_proj: Float[torch.Tensor, "layer head"]  # logit lens: mean gold-token logit minus mean logit; nan without prompts
-    top_ids: Int[torch.Tensor, "layer head k"]  # top tokens of products @ W_U (ln_final weight, no scale)
-    top_logits: Float[torch.Tensor, "layer head k"]
-    top_tokens: tuple  # top_tokens[l][h] = the decoded strings of top_ids[l, h]
+    top_ids: Int[torch.Tensor, "layer head k"]  # top tokens of products @ W_U (ln_final weight, no scale); 0 where not valid
+    top_logits: Float[torch.Tensor, "layer head k"]  # nan where not valid
+    top_tokens: tuple  # top_tokens[l][h] = the decoded strings of top_ids[l, h] (empty where not valid)
     task: str = ""
 
     @property
@@ -205,13 +205,18 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
         inv[idx] = 1.0
         task_name = vector.task
     products[idx] = raw * inv[idx][:, None, None]
-    logits = _unembed_dirs(model, products.reshape(-1, cfg.d_model)).reshape(cfg.n_layers, cfg.n_heads, -1)  # [layer, head, vocab]
+    # logit lens of the computed layers only (L x H x d_vocab floats would be large for big models)
+    logits = _unembed_dirs(model, products[idx].reshape(-1, cfg.d_model)).reshape(len(todo), cfg.n_heads, -1)  # [layer', head, vocab]
     if have:
         gold = batch.answer_ids.to(logits.device)
-        proj[idx] = (logits[idx][..., gold].mean(-1) - logits[idx].mean(-1)).cpu()
-    top_logits, top_ids = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1)
+        proj[idx] = (logits[..., gold].mean(-1) - logits.mean(-1)).cpu()
+    k = min(TOP_K, logits.shape[-1])
+    top_logits = torch.full((cfg.n_layers, cfg.n_heads, k), float("nan"))
+    top_ids = torch.zeros(cfg.n_layers, cfg.n_heads, k, dtype=torch.long)
+    top_logits[idx], top_ids[idx] = (t.cpu() for t in logits.topk(k, dim=-1))
     dec = model.tokenizer.decode if model.tokenizer is not None else str
-    tokens = tuple(tuple(tuple(dec([int(t)]) for t in top_ids[lay, h]) for h in range(cfg.n_heads)) for lay in range(cfg.n_layers))
+    tokens = tuple(tuple((tuple(dec([int(t)]) for t in top_ids[lay, h]) if lay in todo else ()) for h in range(cfg.n_heads))
+                   for lay in range(cfg.n_layers))
     valid = torch.zeros(cfg.n_layers, dtype=torch.bool)
     valid[idx] = True
     return OVProducts(products, theta.cpu(), layer, ln, inv, valid, att, proj, top_ids.cpu(), top_logits.cpu(), tokens, task_name)
