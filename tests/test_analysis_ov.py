@@ -64,6 +64,15 @@ def test_products_sum_to_attention_output_change_with_frozen_patterns(model, pro
     assert_no_hooks_left(model)
 
 
+def test_theta_before_the_last_token(model, prompts):
+    # θ at position -2: the heads' attention from N to N-1 and the ln1 scale at N-1 weigh the products
+    theta = 3.0 * torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(9))
+    v = tv.TaskVector(theta, (tv.Site(1, -2),), model_fingerprint=tv.fingerprint(model))
+    one = prompts.subset([0])
+    ov = ov_products(model, v, ln="actual", prompts=one)
+    torch.testing.assert_close(ov.weighted()[1].sum(0), attn_out_change(model, v, one, 1), atol=1e-4, rtol=1e-4)
+
+
 def test_gqa_heads_use_their_groups_value_weights(toy_tokenizer):
     model = make_tiny_model(toy_tokenizer, seed=1, **ARCHS["gqa_rms"])
     ov = ov_products(model, vec(model, 0))

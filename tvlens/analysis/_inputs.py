@@ -30,8 +30,16 @@ Head = tuple[int, int]
 
 @no_type_check  # checks its arguments
 def resolve_prompts(task=None, prompts: PromptSet | None = None, *, n: int | None = None, split: str = "test",
-                    k: int = 0, seed: int = 0) -> PromptSet:
-    """``prompts`` as given, or ``k``-shot prompts of ``task``'s ``split`` queries (the first ``n``)."""
+                    k: int = 0, seed: int = 0, batch_size: int = 1) -> PromptSet:
+    """``prompts`` as given, or ``k``-shot prompts of ``task``'s ``split`` queries (the first ``n``).
+
+    Also checks the options every analysis shares (``n``, ``batch_size``).
+    """
+    from tvlens._validate import check_int
+
+    if n is not None:
+        check_int("", "n", n, min=1)
+    check_int("", "batch_size", batch_size, min=1)
     from tvlens.tasks import get as get_task
     from tvlens.tasks._task import Task
 
@@ -98,13 +106,15 @@ def span_of(batch: PromptBatch) -> Span:
 
 def run_last(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[Edit]] | Sequence[Edit] = (), *,
              batch_size: int = 64, names: Sequence[str] = (),
-             start: tuple[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             start: tuple[int, torch.Tensor] | None = None,
+             at: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Final residual at each prompt's last token [batch, d_model] (no grad), with ``edits``.
 
     ``edits`` may be a function of the sub-batch. ``names``: hook points whose activation at each
     prompt's last token is also returned (``{name: [batch, ...]}``). ``start=(layer, resid)``
     resumes from a cached residual stream before ``layer`` ([batch, pos, d_model], see
-    :func:`resid_before`) instead of running the earlier blocks again.
+    :func:`resid_before`) instead of running the earlier blocks again. ``at``: each row's column
+    to read ``names`` at instead of its last token (attention patterns: still the last token's row).
     """
     from tvlens._hooks import Cache
 
@@ -122,11 +132,12 @@ def run_last(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[
                                   attention_mask=sub.attention_mask.to(x.device))
             rows = torch.arange(len(sub))
             out.append(resid[rows, sub.last_index.to(resid.device)].float())
+            cols = sub.last_index if at is None else at[i * batch_size : i * batch_size + len(sub)]
             for n in names:
                 act = store.store[n]
-                last = sub.last_index.to(act.device)
                 # hook_pattern is [b, head, query, key]: keep the last query's row; others [b, pos, ...]
-                caught[n].append(act[rows, :, last].float() if n.endswith("hook_pattern") else act[rows, last].float())
+                caught[n].append(act[rows, :, sub.last_index.to(act.device)].float() if n.endswith("hook_pattern")
+                                 else act[rows, cols.to(act.device)].float())
     return torch.cat(out), {n: torch.cat(v) for n, v in caught.items()}
 
 
@@ -179,7 +190,7 @@ def heads_from(model, heads, fraction: float = 0.1) -> tuple[Head, ...]:
     from tvlens.analysis.saliency import HeadSaliency
 
     if isinstance(heads, HeadSaliency):
-        return tuple(heads.top(fraction))
+        return tuple(heads.top(fraction))  # top() checks the fraction
     return check_heads(model, heads)
 
 

@@ -14,7 +14,7 @@ The LayerNorm treatment (``ln=``):
     (``center`` only for LayerNorm, not RMSNorm; ``w`` is ln1's weight, already folded into
     ``W_V`` when the model was loaded with ``fold_ln``; the bias cancels).
     ``"folded"``: ``s = 1``, the product of the weights alone (as TransformerLens holds them).
-    ``"actual"``: ``s`` = ln1's actual scale at N in the run with θ injected, averaged as ``1/s``
+    ``"actual"``: ``s`` = ln1's actual scale at θ's position (N by default) in the run with θ, averaged as ``1/s``
     over the prompts (needs ``prompts`` or ``task``). Earlier layers' rows are zero and flagged
     (``valid``).
 
@@ -64,9 +64,9 @@ class OVProducts(Result):
     valid: Bool[torch.Tensor, " layer"]  # layers whose products were computed (>= l and in layers=)
     attention: Float[torch.Tensor, "layer head"]  # mean attention from N to the injected position (run with θ); nan without prompts
     label_proj: Float[torch.Tensor, "layer head"]  # logit lens: mean gold-token logit minus mean logit; nan without prompts
-    top_ids: Int[torch.Tensor, "layer head k"]  # top tokens of products @ W_U (ln_final weight, no scale)
-    top_logits: Float[torch.Tensor, "layer head k"]
-    top_tokens: tuple  # top_tokens[l][h] = the decoded strings of top_ids[l, h]
+    top_ids: Int[torch.Tensor, "layer head k"]  # top tokens of products @ W_U (ln_final weight, no scale); 0 where not valid
+    top_logits: Float[torch.Tensor, "layer head k"]  # nan where not valid
+    top_tokens: tuple  # top_tokens[l][h] = the decoded strings of top_ids[l, h] (empty where not valid)
     task: str = ""
 
     @property
@@ -154,13 +154,17 @@ def unscaled_products(model, theta: torch.Tensor, layers: list[int]) -> Float[to
 
 
 def _steered_stats(model, vector: TaskVector, prompts, layers: list[int], batch_size: int):
-    """Per prompt and layer: 1/ln1 scale at N [b, layer], attention from N to N [b, layer, head]."""
+    """Per prompt and layer, in the run with θ: 1/ln1 scale at θ's column [b, layer], and each head's
+    attention from the last token N to θ's column [b, layer, head] (a position a prompt lacks is clipped)."""
+    from tvlens.sites import resolve_columns
+
     batch = prompts.tokenize(model)
+    col = resolve_columns(vector.sites[0].position, batch.last_index, batch.first_index, "clip")  # [b]
     names = [f"blocks.{lay}.ln1.hook_scale" for lay in layers] + [f"blocks.{lay}.attn.hook_pattern" for lay in layers]
-    _, acts = run_last(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names)
+    _, acts = run_last(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names, at=col)
     inv = torch.stack([1.0 / acts[f"blocks.{lay}.ln1.hook_scale"][:, 0] for lay in layers], 1)  # [b, layer]
     rows = torch.arange(len(batch))
-    att = torch.stack([acts[f"blocks.{lay}.attn.hook_pattern"][rows, :, batch.last_index] for lay in layers], 1)  # [b, layer, head]
+    att = torch.stack([acts[f"blocks.{lay}.attn.hook_pattern"][rows, :, col] for lay in layers], 1)  # [b, layer, head]
     return batch, inv, att
 
 
@@ -192,7 +196,7 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
     idx = torch.tensor(todo)
     raw = unscaled_products(model, theta, todo)  # [layer', head, d_model]
     if have:
-        ps = resolve_prompts(task, prompts, n=n)
+        ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
         batch, inv_b, att_b = _steered_stats(model, vector, ps, todo, batch_size)
         att[idx] = att_b.mean(0).cpu()
         inv[idx] = inv_b.mean(0).cpu() if ln == "actual" else 1.0
@@ -201,13 +205,18 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
         inv[idx] = 1.0
         task_name = vector.task
     products[idx] = raw * inv[idx][:, None, None]
-    logits = _unembed_dirs(model, products.reshape(-1, cfg.d_model)).reshape(cfg.n_layers, cfg.n_heads, -1)  # [layer, head, vocab]
+    # logit lens of the computed layers only (L x H x d_vocab floats would be large for big models)
+    logits = _unembed_dirs(model, products[idx].reshape(-1, cfg.d_model)).reshape(len(todo), cfg.n_heads, -1)  # [layer', head, vocab]
     if have:
         gold = batch.answer_ids.to(logits.device)
-        proj[idx] = (logits[idx][..., gold].mean(-1) - logits[idx].mean(-1)).cpu()
-    top_logits, top_ids = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1)
+        proj[idx] = (logits[..., gold].mean(-1) - logits.mean(-1)).cpu()
+    k = min(TOP_K, logits.shape[-1])
+    top_logits = torch.full((cfg.n_layers, cfg.n_heads, k), float("nan"))
+    top_ids = torch.zeros(cfg.n_layers, cfg.n_heads, k, dtype=torch.long)
+    top_logits[idx], top_ids[idx] = (t.cpu() for t in logits.topk(k, dim=-1))
     dec = model.tokenizer.decode if model.tokenizer is not None else str
-    tokens = tuple(tuple(tuple(dec([int(t)]) for t in top_ids[lay, h]) for h in range(cfg.n_heads)) for lay in range(cfg.n_layers))
+    tokens = tuple(tuple((tuple(dec([int(t)]) for t in top_ids[lay, h]) if lay in todo else ()) for h in range(cfg.n_heads))
+                   for lay in range(cfg.n_layers))
     valid = torch.zeros(cfg.n_layers, dtype=torch.bool)
     valid[idx] = True
     return OVProducts(products, theta.cpu(), layer, ln, inv, valid, att, proj, top_ids.cpu(), top_logits.cpu(), tokens, task_name)
@@ -261,7 +270,7 @@ def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, ln:
     layer, theta = single_layer_theta(vector)
     if len(vector.sites) != 1 or vector.sites[0].position != -1:
         raise ConfigError("OV reconstruction needs a vector with one site at the last position (Site(layer, -1))")
-    ps = resolve_prompts(task, prompts, n=n)
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
     cfg = model.cfg
     layers = list(range(layer, cfg.n_layers))
     raw = unscaled_products(model, theta, layers)  # [layer', head, d_model]

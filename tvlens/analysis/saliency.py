@@ -55,7 +55,8 @@ class HeadSaliency(Result):
     n: int  # queries averaged over
     p_gold: float  # mean p(gold first token) with θ injected
 
-    def _order(self) -> list[tuple[int, int]]:
+    def ranked(self) -> list[tuple[int, int]]:
+        """Every scored head, highest score first."""
         flat = self.scores.flatten()
         ok = ~flat.isnan()
         idx = torch.arange(len(flat))[ok][flat[ok].argsort(descending=True, stable=True)]
@@ -66,14 +67,14 @@ class HeadSaliency(Result):
     def top(self, fraction: float = 0.1) -> list[tuple[int, int]]:
         """The highest-scoring ``fraction`` of the scored heads (at least one), highest first."""
         check_float("HeadSaliency.top", "fraction", fraction, min=0, max=1, min_exclusive=True)
-        order = self._order()
+        order = self.ranked()
         return order[: max(1, round(fraction * len(order)))]
 
     def to_frame(self):
         """One row per scored head: layer, head, score, rank (1 = highest), attribution."""
         import pandas as pd
 
-        order = self._order()
+        order = self.ranked()
         rank = {hd: i + 1 for i, hd in enumerate(order)}
         rows = sorted(order)
         return pd.DataFrame({"layer": [r[0] for r in rows], "head": [r[1] for r in rows],
@@ -199,7 +200,7 @@ def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: L
     todo = list(range(first, cfg.n_layers)) if layers is None else sorted({int(x) for x in layers})
     if not todo or any(not 0 <= x < cfg.n_layers for x in todo):
         raise ConfigError(f"layers must lie in 0..{cfg.n_layers - 1}, got {layers}")
-    ps = resolve_prompts(task, prompts, n=n)
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
     batch = ps.tokenize(model)
     scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     signed = scores.clone()
