@@ -15,3 +15,10 @@ Each analysis is a function returning a frozen result with ``.to_frame()`` and `
 
 
 # --- geometry, transfer, composition ---
+from tvlens.analysis.geometry import CosineMatrix as CosineMatrix
+from tvlens.analysis.geometry import Composition as Composition
+from tvlens.analysis.geometry import Transfer as Transfer
+from tvlens.analysis.geometry import composition as composition
+from tvlens.analysis.geometry import train_vectors as train_vectors
+from tvlens.analysis.geometry import transfer_matrix as transfer_matrix
+from tvlens.analysis.geometry import vector_cosines as vector_cosines
