@@ -103,7 +103,7 @@ def train_vectors(model, tasks: Sequence[Task | str], *, seeds: Sequence[int] = 
         raise ConfigError("seeds must name at least one seed, e.g. seeds=(0, 1, 2)")
     out = []
     tasks = [_task(model, t) for t in tasks]
-    for task in tqdm(tasks, desc="ltv per task x seed", leave=False):
+    for task in tqdm(tasks, desc="ltv per task x seed", disable=None, leave=False):
         splits = make_splits(task, seed=split_seed)
         for s in seeds:
             res = train_ltv(model, task, layers=layer, config=dataclasses.replace(config, seed=int(s)), splits=splits, progress=False)
@@ -311,7 +311,7 @@ def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence
         raise ConfigError("tasks is empty; name at least one task to evaluate the vectors on")
     correct = torch.zeros(len(vectors), len(tasks), dtype=torch.long)
     ns, zs = [], []
-    for j, task in enumerate(tqdm(tasks, desc="transfer", leave=False)):
+    for j, task in enumerate(tqdm(tasks, desc="transfer", disable=None, leave=False)):
         ps = make_prompts(make_splits(task, seed=seed), "test", k=0, seed=seed, n=n)
         ns.append(len(ps))
         zs.append(_eval_correct(model, ps, None, batch_size=batch_size))
