@@ -85,11 +85,14 @@ def _ci(correct: int, n: int) -> tuple[float, float]:
 
 @no_type_check
 def train_vectors(model, tasks: Sequence[Task | str], *, seeds: Sequence[int] = (0, 1, 2), layer: int | None = None,
-                  config=None, split_seed: int = 0) -> list[TaskVector]:
+                  config=None, split_seed: int = 0, vary_splits: bool = False) -> list[TaskVector]:
     """One LTV per (task, seed) at ``layer`` (default: the middle layer), last position.
 
     The seed varies the LTV's initialisation and query order (``LTVConfig.seed``); the splits stay
-    those of ``split_seed``, so every seed sees the same training queries.
+    those of ``split_seed``, so every seed sees the same training queries, unless ``vary_splits``:
+    then seed ``s`` also draws its own splits (``make_splits(task, seed=split_seed + s)``), so the
+    vectors of one task differ in their training queries too. (Their training queries then overlap
+    other seeds' test queries: evaluate such vectors on their own task only with their own splits.)
     """
     import dataclasses
 
@@ -104,8 +107,8 @@ def train_vectors(model, tasks: Sequence[Task | str], *, seeds: Sequence[int] = 
     out = []
     tasks = [_task(model, t) for t in tasks]
     for task in tqdm(tasks, desc="ltv per task x seed", disable=None, leave=False):
-        splits = make_splits(task, seed=split_seed)
         for s in seeds:
+            splits = make_splits(task, seed=split_seed + int(s) if vary_splits else split_seed)
             res = train_ltv(model, task, layers=layer, config=dataclasses.replace(config, seed=int(s)), splits=splits, progress=False)
             out.append(res.vector)
     return out

@@ -17,6 +17,8 @@ def add_parser(add) -> None:
     sp.add_argument("--tasks", nargs="+", default=None,
                     help=f"tasks (default on toy: {' '.join(TOY_TASKS)}; otherwise: {' '.join(REAL_TASKS)})")
     sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="LTV seeds per task (default 0 1 2)")
+    sp.add_argument("--vary-splits", action="store_true",
+                    help="each seed also draws its own train/val/test split (default: one split, seeds vary init and order)")
     sp.add_argument("--layer", type=int, default=None, help="layer of every LTV, last position (default: the middle layer)")
     sp.add_argument("--vectors", nargs="+", default=None, help="task-vector files to use instead of training (same sites)")
     sp.add_argument("--composed", default=None,
@@ -29,7 +31,7 @@ def add_parser(add) -> None:
 
 
 def run_geometry(model, model_name: str, *, tasks=None, seeds=(0, 1, 2), layer=None, vectors=None, composed=None,
-                 parts=None, scales=(1.0, 0.5), seed: int = 0) -> dict:
+                 parts=None, scales=(1.0, 0.5), seed: int = 0, vary_splits: bool = False) -> dict:
     """The three results (``cosines``, ``transfer``, ``composition`` or None) and the vectors."""
     import tvlens as tv
     from tvlens.analysis import composition, train_vectors, transfer_matrix, vector_cosines
@@ -40,7 +42,8 @@ def run_geometry(model, model_name: str, *, tasks=None, seeds=(0, 1, 2), layer=N
     layer = model.cfg.n_layers // 2 if layer is None else layer
     if vectors is None:
         tasks = list(tasks or (TOY_TASKS if toy else REAL_TASKS))
-        vectors = train_vectors(model, tasks, seeds=seeds, layer=layer, config=tv.LTVConfig(), split_seed=seed)
+        vectors = train_vectors(model, tasks, seeds=seeds, layer=layer, config=tv.LTVConfig(), split_seed=seed,
+                                vary_splits=vary_splits)
     composed = composed or (TOY_COMPOSED if toy else REAL_COMPOSED)
     comp = None
     if composed != "none":
@@ -99,7 +102,7 @@ def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
     model = tv.load_model(args.model)
     vectors = [tv.TaskVector.load(p) for p in args.vectors] if args.vectors else None
     res = run_geometry(model, args.model, tasks=args.tasks, seeds=tuple(args.seeds), layer=args.layer, vectors=vectors,
-                       composed=args.composed, parts=args.parts, scales=tuple(args.scales), seed=args.seed)
+                       composed=args.composed, parts=args.parts, scales=tuple(args.scales), seed=args.seed, vary_splits=args.vary_splits)
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **payload_of(res)}
     text = text_of(res)
     if args.html:
