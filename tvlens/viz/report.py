@@ -16,9 +16,9 @@ Context:
 
 >>> import tvlens as tv
 >>> from tvlens.viz.report import build_report
->>> rep = build_report(tv.load_model("toy"), "toy/antonym", sections=["icl", "geometry"], progress=False)
+>>> rep = build_report(tv.load_model("toy"), "toy/antonym", sections=["icl", "ltv"], progress=False)
 >>> [s.key for s in rep.sections], all(s.ok for s in rep.sections)
-(['icl', 'geometry'], True)
+(['icl', 'ltv'], True)
 """
 
 from __future__ import annotations
