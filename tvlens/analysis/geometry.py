@@ -429,17 +429,22 @@ def composition(model, vec_a: TaskVector, vec_b: TaskVector, composed_task: Task
 
 
 def _answers_of(model, prompts, task_name: str):
-    """First answer token of ``task_name`` for each query's input; None unless that task answers every one."""
+    """First answer token of ``task_name`` for each query's input; None unless that task answers every one
+    (from its examples, or from its rule in ``tvlens.tasks._composed.RULES``, e.g. capitalize)."""
     import dataclasses
 
     from tvlens.errors import TvlensError
     from tvlens.prompts import PromptSet
+    from tvlens.tasks._composed import RULES
 
     try:
         other = _task(model, task_name)
     except TvlensError:
         return None
     table = {e.fields: e.output for e in other.examples}
+    rule = RULES.get(other.name)
+    if rule is not None and len(prompts.queries[0].fields) == 1:
+        table.update({q.fields: rule(q.fields[0][1]) for q in prompts.queries if q.fields not in table})
     if not all(q.fields in table for q in prompts.queries):
         return None
     queries = tuple(dataclasses.replace(q, output=table[q.fields]) for q in prompts.queries)

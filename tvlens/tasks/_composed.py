@@ -69,6 +69,13 @@ def _register_all() -> None:
         register(name, (lambda name=name, base=base, desc=desc: _capitalized(name, base, desc)), desc)
 
 
+# tasks whose answer is a rule on the input, defined for every word (not only the listed ones)
+RULES = {
+    "capitalize": lambda w: w[:1].upper() + w[1:],
+    "toy/capitalize": lambda w: w[:1].upper() + w[1:],
+}
+
+
 def parts(name: str) -> tuple[str, str] | None:
     """The two registry tasks a registered composed task is made of (first, then), else None."""
     if name in COMPOSED:
