@@ -170,7 +170,7 @@ def test_cli_geometry_json(capsys, tmp_path):
 
     html = tmp_path / "g.html"
     rc = main(["analyze", "geometry", "--tasks", "toy/antonym", "toy/capitalize", "--seeds", "0", "1", "--layer", "1",
-               "--json", "--html", str(html)])
+               "--json", "--html", str(html), "--save-vectors", str(tmp_path / "v")])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0, out
     assert out["layer"] == 1 and len(out["cosine"]["labels"]) == 4
@@ -178,3 +178,8 @@ def test_cli_geometry_json(capsys, tmp_path):
     assert len(out["transfer"]["accuracy"]) == 4 and html.is_file()
     page = html.read_text()
     assert page.count("<h2>") == 3 and not re.search(r"<script[^>]*\bsrc=", page)  # offline: nothing fetched
+    # the saved vectors give the same cosines again, without training
+    rc = main(["analyze", "geometry", "--vectors", *out["saved_vectors"], "--composed", "none", "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert rc == 0 and again["cosine"]["labels"] == out["cosine"]["labels"]
+    assert again["cosine"]["matrix"] == out["cosine"]["matrix"] and again["composition"] is None

@@ -27,6 +27,8 @@ def add_parser(add) -> None:
                     help="the two tasks whose seed-0 vectors are summed (default: the composed task's parts)")
     sp.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5], help="scales s of s*(a+b) (default 1 0.5)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits and test demonstrations")
+    sp.add_argument("--save-vectors", default=None, metavar="DIR",
+                    help="keep the trained LTVs as DIR/<task>_s<seed>_L<layer>.safetensors (for --vectors later)")
     sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page")
 
 
@@ -105,6 +107,19 @@ def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
                        composed=args.composed, parts=args.parts, scales=tuple(args.scales), seed=args.seed, vary_splits=args.vary_splits)
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **payload_of(res)}
     text = text_of(res)
+    if args.save_vectors and not args.vectors:
+        from pathlib import Path
+
+        from tvlens.analysis.geometry import _labels
+
+        out = Path(args.save_vectors)
+        out.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for label, v in zip(_labels(res["vectors"]), res["vectors"]):
+            task, _, seed = label.partition("#")
+            saved.append(str(v.save(out / f"{task.replace('/', '_')}_s{seed}_L{res['layer']}.safetensors")))
+        payload["saved_vectors"] = saved
+        text += f"\nsaved {len(saved)} vectors in {out}"
     if args.html:
         from tvlens.cli._html import write_page
 
