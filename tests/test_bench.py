@@ -25,3 +25,16 @@ def test_bench_fv_aie_entry(tiny_model):
     assert d["heads"] == 4 and d["prompts"] == 4 and d["ratio"] == d["baseline_s"] / d["fast_s"]
     assert d["max_abs_diff"] < 1e-5  # the batched AIE is the loop's
     json.dumps(d)
+
+
+def test_bench_saliency_entry(tiny_model):
+    import torch
+
+    from tvlens.bench import bench_saliency
+
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", n=4)
+    v = tv.TaskVector(torch.randn(1, tiny_model.cfg.d_model), (tv.Site(0, -1),), model_fingerprint=tv.fingerprint(tiny_model))
+    d = bench_saliency("tiny_saliency", tiny_model, v, ps, min_seconds=0.0).as_dict()
+    assert d["heads"] == tiny_model.cfg.n_layers * tiny_model.cfg.n_heads and d["prompts"] == 4
+    assert d["ratio"] == d["baseline_s"] / d["fast_s"] and -1 <= d["spearman"] <= 1
+    json.dumps(d)

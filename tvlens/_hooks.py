@@ -267,6 +267,44 @@ class SetHeadPerRow(Edit):
 
 
 @dataclass(frozen=True, eq=False)
+class AddToHeads(Edit):
+    """Row ``b`` gets ``values[b, i, h]`` added to ``blocks.{layers[i]}.attn.hook_z`` of head ``h`` at ``position``.
+
+    With ``values`` zeros that require grad, the gradient of a loss with respect to ``values`` is
+    its gradient with respect to every head's output at that position, from one backward pass
+    (first-order attribution); the forward pass is unchanged. Vectorised (one ``index_put`` per layer).
+    """
+
+    layers: tuple[int, ...]
+    values: Float[torch.Tensor, "batch layer head d_head"]
+    position: int = -1
+    out_of_range: OutOfRange = "error"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if self.values.ndim != 4 or self.values.shape[1] != len(self.layers):
+            raise ConfigError(f"values must be [batch, layer, head, d_head] with one layer entry per layer "
+                              f"({len(self.layers)}); got {tuple(self.values.shape)}")
+
+    def hook_names(self, model) -> tuple[str, ...]:
+        bad = [x for x in self.layers if not 0 <= x < model.cfg.n_layers]
+        if bad:
+            raise ConfigError(f"layers {bad} are outside this model's 0..{model.cfg.n_layers - 1}")
+        return tuple(f"blocks.{x}.attn.hook_z" for x in self.layers)
+
+    def apply(self, name, z: Float[torch.Tensor, "batch pos head d_head"], pos):
+        if len(self.values) != z.shape[0]:
+            raise ConfigError(f"AddToHeads has {len(self.values)} rows but the forward call has {z.shape[0]}")
+        i = self.layers.index(int(name.split(".")[1]))
+        _, row, col = pos.local([self.position], self.out_of_range)
+        if not len(row):
+            return None
+        dev = z.device
+        return z.index_put((row.to(dev), col.to(dev)), self.values[row.to(self.values.device), i].to(device=dev, dtype=z.dtype),
+                           accumulate=True)
+
+
+@dataclass(frozen=True, eq=False)
 class PatchFrom(Edit):
     """Activations of another run (``source``, from :func:`cache`) written into this run.
 

@@ -98,6 +98,23 @@ def bench_fv_aie(name: str, model, batch, *, heads_per_pass: int | None = None, 
     return BenchResult(name, loop, fast, details)
 
 
+def bench_saliency(name: str, model, vector, prompts, *, min_seconds: float = 2.0) -> BenchResult:
+    """Seconds for every head's saliency: exact (batched ablations) vs one forward + one backward pass.
+
+    ``ratio`` = exact / one-pass; ``spearman`` is the rank agreement of the two scores.
+    """
+    from tvlens.analysis.saliency import head_saliency, spearman
+
+    exact = _time_per_call(lambda: head_saliency(model, vector, prompts=prompts, mode="exact"), min_calls=1, min_seconds=min_seconds)
+    grad = _time_per_call(lambda: head_saliency(model, vector, prompts=prompts), min_calls=1, min_seconds=min_seconds)
+    rho = spearman(head_saliency(model, vector, prompts=prompts), head_saliency(model, vector, prompts=prompts, mode="exact"))
+    layer = min(s.layer for s in vector.sites)
+    details = {"heads": (model.cfg.n_layers - layer) * model.cfg.n_heads, "prompts": len(prompts), "injection_layer": layer,
+               "spearman": rho, "threads": torch.get_num_threads()}
+    log.info("%s: exact %.4f s, one-pass %.4f s", name, exact, grad)
+    return BenchResult(name, exact, grad, details)
+
+
 def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -115,7 +132,7 @@ def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
 
 
 def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
-    """The LTV step benchmarks of issue #3 (toy zero-shot, toy 8-shot, GPT-2-shaped 128 tokens) and the FV AIE."""
+    """The LTV step benchmarks of issue #3 (toy zero-shot, toy 8-shot, GPT-2-shaped 128 tokens), the FV AIE and head saliency."""
     import tvlens as tv
 
     min_s = 0.5 if quick else 2.0
@@ -132,4 +149,7 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     # FV head AIE on the toy model: 25 corrupted 8-shot prompts (Todd et al.'s count), every head
     fv_batch = tv.make_prompts(splits, "train", k=8, n=25).tokenize(model)
     results.append(bench_fv_aie("fv_aie_toy_8shot_all_heads", model, fv_batch, min_seconds=min_s))
+    # head saliency of the default LTV (every head of its layer and later) on the zero-shot test queries
+    vector = tv.train_ltv(model, "toy/antonym", progress=False).vector
+    results.append(bench_saliency("saliency_toy_exact_vs_one_pass", model, vector, tv.make_prompts(splits, "test"), min_seconds=min_s))
     return results

@@ -7,6 +7,7 @@ from tvlens._hooks import AblateHeads as AblateHeads
 from tvlens._hooks import Activations as Activations
 from tvlens._hooks import AddAt as AddAt
 from tvlens._hooks import AddPerRow as AddPerRow
+from tvlens._hooks import AddToHeads as AddToHeads
 from tvlens._hooks import Cache as Cache
 from tvlens._hooks import CallPositions as CallPositions
 from tvlens._hooks import Edit as Edit
@@ -20,5 +21,5 @@ from tvlens._hooks import intervene as intervene
 from tvlens._hooks import patch as patch
 from tvlens._hooks import replace as replace
 
-__all__ = ["AblateHeads", "Activations", "AddAt", "AddPerRow", "Cache", "CallPositions", "Edit", "PatchFrom", "SetHeadPerRow", "Span",
+__all__ = ["AblateHeads", "Activations", "AddAt", "AddPerRow", "AddToHeads", "Cache", "CallPositions", "Edit", "PatchFrom", "SetHeadPerRow", "Span",
            "ablate_heads", "add", "cache", "intervene", "patch", "replace"]

@@ -1,0 +1,199 @@
+"""Shared inputs of the analyses: a task or prompts -> a PromptSet; a vector -> its injection.
+
+Context:
+    Every analysis takes a model, a :class:`~tvlens.vector.TaskVector` and either a task (a
+    :class:`~tvlens.tasks.Task` or its name; zero-shot test queries are built from it) or a
+    ready :class:`~tvlens.prompts.PromptSet`. :func:`resolve_prompts` turns either into a
+    PromptSet; :func:`injection` names the vector's injection layer and positions;
+    :func:`run_last` runs the model on a tokenised batch in sub-batches with edits (built per
+    sub-batch, so edits that patch from a per-row source stay aligned) and returns the
+    final residual stream at each prompt's last token, from which :func:`final_logits` and
+    :func:`p_gold` follow.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+
+from tvlens._hooks import AddAt, Edit, Span, intervene
+from tvlens._validate import no_type_check
+from tvlens.errors import ConfigError
+from tvlens.prompts import PromptBatch, PromptSet, make_prompts, make_splits
+from tvlens.vector import TaskVector
+
+Head = tuple[int, int]
+
+
+@no_type_check  # checks its arguments
+def resolve_prompts(task=None, prompts: PromptSet | None = None, *, n: int | None = None, split: str = "test",
+                    k: int = 0, seed: int = 0, batch_size: int = 1) -> PromptSet:
+    """``prompts`` as given, or ``k``-shot prompts of ``task``'s ``split`` queries (the first ``n``).
+
+    Also checks the options every analysis shares (``n``, ``batch_size``).
+    """
+    from tvlens._validate import check_int
+
+    if n is not None:
+        check_int("", "n", n, min=1)
+    check_int("", "batch_size", batch_size, min=1)
+    from tvlens.tasks import get as get_task
+    from tvlens.tasks._task import Task
+
+    if prompts is not None:
+        if task is not None and not isinstance(task, (str, Task)) and not isinstance(task, PromptSet):
+            raise ConfigError(f"task must be a tv.tasks.Task or a task name, got {type(task).__name__}")
+        if not isinstance(prompts, PromptSet):
+            raise ConfigError(f"prompts must be a tv.PromptSet (tv.make_prompts(...)), got {type(prompts).__name__}")
+        return prompts if n is None else prompts.subset(slice(0, n))
+    if isinstance(task, PromptSet):  # passed positionally where a task was expected
+        return task if n is None else task.subset(slice(0, n))
+    if task is None:
+        raise ConfigError("give a task (tv.tasks.get(...) or its name) or prompts= (a tv.PromptSet of queries)")
+    if not isinstance(task, (str, Task)):
+        raise ConfigError(f"task must be a tv.tasks.Task or a task name, got {type(task).__name__}; or pass prompts=")
+    task = get_task(task) if isinstance(task, str) else task
+    return make_prompts(make_splits(task, seed=seed), split, k=k, seed=seed, n=n)
+
+
+def check_vector(model, vector: TaskVector) -> None:
+    if not isinstance(vector, TaskVector):
+        raise ConfigError(f"vector must be a tv.TaskVector (e.g. tv.train_ltv(...).vector), got {type(vector).__name__}")
+    vector.check_compatible(model, allow_other_fingerprint=True)
+
+
+def injection(vector: TaskVector) -> tuple[int, tuple[int, ...]]:
+    """(first injection layer, positions at that layer) of ``vector``."""
+    layer = min(s.layer for s in vector.sites)
+    return layer, tuple(s.position for s in vector.sites if s.layer == layer)
+
+
+def single_layer_theta(vector: TaskVector) -> tuple[int, Float[torch.Tensor, " d_model"]]:
+    """(layer, θ) of a vector whose sites all lie in one layer (θ = the sum of its rows, times scale)."""
+    layers = vector.layers
+    if len(layers) != 1:
+        raise ConfigError(f"this analysis needs a vector injected at one layer, got layers {list(layers)}; "
+                          "take one layer's sites: tv.TaskVector(values=v.values[i:i+1], sites=v.sites[i:i+1], ...)")
+    if vector.operation != "add":
+        raise ConfigError("this analysis needs an added vector (operation='add'); OV products of a replaced state are undefined")
+    return layers[0], (vector.values.float().sum(0) * vector.scale).detach()
+
+
+def steer_edit(vector: TaskVector) -> AddAt:
+    return AddAt(vector.sites, vector.values.detach(), vector.scale, vector.operation, vector.out_of_range)
+
+
+def final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
+    """The model's head (ln_final, unembedding, soft cap) on last-token residuals only."""
+    x = resid[:, None]  # [batch, 1, d_model]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def p_gold(logits: Float[torch.Tensor, "batch d_vocab"], gold: Int[torch.Tensor, " batch"]) -> Float[torch.Tensor, " batch"]:
+    return logits.float().softmax(-1)[torch.arange(len(gold)), gold.to(logits.device)]
+
+
+def span_of(batch: PromptBatch) -> Span:
+    return Span(batch.first_index, batch.last_index)
+
+
+def run_last(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[Edit]] | Sequence[Edit] = (), *,
+             batch_size: int = 64, names: Sequence[str] = (),
+             start: tuple[int, torch.Tensor] | None = None,
+             at: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Final residual at each prompt's last token [batch, d_model] (no grad), with ``edits``.
+
+    ``edits`` may be a function of the sub-batch. ``names``: hook points whose activation at each
+    prompt's last token is also returned (``{name: [batch, ...]}``). ``start=(layer, resid)``
+    resumes from a cached residual stream before ``layer`` ([batch, pos, d_model], see
+    :func:`resid_before`) instead of running the earlier blocks again. ``at``: each row's column
+    to read ``names`` at instead of its last token (attention patterns: still the last token's row).
+    """
+    from tvlens._hooks import Cache
+
+    out, caught = [], {n: [] for n in names}
+    with torch.no_grad():
+        for i, sub in enumerate(batch.split(batch_size)):
+            es = list(edits(sub) if callable(edits) else edits)
+            store = Cache(tuple(names))
+            with intervene(model, *es, store, span=span_of(sub)):
+                if start is None:
+                    resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
+                else:
+                    x = start[1][i * batch_size : i * batch_size + len(sub)]
+                    resid = model(x, start_at_layer=start[0], stop_at_layer=model.cfg.n_layers,
+                                  attention_mask=sub.attention_mask.to(x.device))
+            rows = torch.arange(len(sub))
+            out.append(resid[rows, sub.last_index.to(resid.device)].float())
+            cols = sub.last_index if at is None else at[i * batch_size : i * batch_size + len(sub)]
+            for n in names:
+                act = store.store[n]
+                # hook_pattern is [b, head, query, key]: keep the last query's row; others [b, pos, ...]
+                caught[n].append(act[rows, :, sub.last_index.to(act.device)].float() if n.endswith("hook_pattern")
+                                 else act[rows, cols.to(act.device)].float())
+    return torch.cat(out), {n: torch.cat(v) for n, v in caught.items()}
+
+
+def resid_before(model, batch: PromptBatch, layer: int, edits: Sequence[Edit] = (), *,
+                 batch_size: int = 64) -> Float[torch.Tensor, "batch pos d_model"]:
+    """The residual stream before block ``layer`` (``edits`` at earlier hooks applied), for :func:`run_last`'s ``start``."""
+    out = []
+    with torch.no_grad():
+        for sub in batch.split(batch_size):
+            with intervene(model, *edits, span=span_of(sub)):
+                out.append(model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=layer))  # [b, pos, d_model]
+    return torch.cat(out)
+
+
+def sites_from(vector: TaskVector, layer: int) -> list[Edit]:
+    """The vector's edit restricted to its sites at ``layer`` and later (for a run resumed before ``layer``)."""
+    keep = [i for i, s in enumerate(vector.sites) if s.layer >= layer]
+    if not keep:
+        return []
+    return [AddAt(tuple(vector.sites[i] for i in keep), vector.values[keep].detach(), vector.scale, vector.operation,
+                  vector.out_of_range)]
+
+
+def check_heads(model, heads, what: str = "heads") -> tuple[Head, ...]:
+    """``heads`` as a tuple of (layer, head) pairs inside the model."""
+    try:
+        out = tuple((int(layer), int(h)) for layer, h in heads)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be (layer, head) pairs, e.g. [(3, 1), (5, 0)] or a HeadSaliency's .top(0.1)") from None
+    cfg = model.cfg
+    bad = [hd for hd in out if not (0 <= hd[0] < cfg.n_layers and 0 <= hd[1] < cfg.n_heads)]
+    if bad:
+        raise ConfigError(f"{what} {bad} are outside this model's {cfg.n_layers} layers x {cfg.n_heads} heads")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{what} lists a head twice: {sorted(out)}; give each head once")
+    return out
+
+
+def random_head_sets(pool: Sequence[Head], size: int, n: int, seed: int, exclude: Sequence[Head] = ()) -> list[tuple[Head, ...]]:
+    """``n`` random sets of ``size`` heads drawn from ``pool`` (seeded; ``exclude`` left out when possible)."""
+    rng = random.Random(f"tvlens-random-heads-{seed}")
+    rest = [h for h in pool if h not in set(exclude)]
+    if len(rest) < size:
+        rest = list(pool)
+    return [tuple(sorted(rng.sample(rest, size))) for _ in range(n)]
+
+
+def heads_from(model, heads, fraction: float = 0.1) -> tuple[Head, ...]:
+    """A HeadSaliency (its top ``fraction``) or explicit (layer, head) pairs."""
+    from tvlens.analysis.saliency import HeadSaliency
+
+    if isinstance(heads, HeadSaliency):
+        return tuple(heads.top(fraction))  # top() checks the fraction
+    return check_heads(model, heads)
+
+
+def pool_heads(model, layer: int) -> tuple[Head, ...]:
+    """Every head of layers >= ``layer`` (the heads that can read a vector injected there)."""
+    return tuple((l_, h) for l_ in range(layer, model.cfg.n_layers) for h in range(model.cfg.n_heads))

@@ -1,0 +1,185 @@
+"""Key-head ablation: accuracy with θ injected when chosen heads are ablated, vs random head sets.
+
+Context:
+    Three kinds, each on the heads' outputs (``attn.hook_z``, before ``W_O``) at the last token
+    (``positions=(-1,)``; ``None`` = every position):
+    ``"zero"``: set to zero. ``"mean"``: set to its mean over the evaluated prompts
+    (``means_from="steered"``: in the run with θ, the default; ``"zero_shot"``: without θ).
+    ``"path"`` (path patching): replaced by the same prompt's output in the run WITHOUT θ, so
+    only θ's path through that head is removed (θ still reaches every other head and the MLPs).
+    Random sets have the size of the key set and are drawn (seeded) from ``pool`` (default: the
+    heads a HeadSaliency scored, or every head of the injection layer and later), without the
+    key heads when the pool allows. Paper (Llama3.1-8B): 83 -> 51 key vs 78 random.
+
+>>> import tvlens as tv
+>>> from tvlens.analysis import head_ablation, head_saliency
+>>> model = tv.load_model("toy")
+>>> v = tv.train_ltv(model, "toy/antonym", progress=False).vector
+>>> res = head_ablation(model, v, "toy/antonym", head_saliency(model, v, "toy/antonym"), kind="path", n_random=2)
+>>> 0.0 <= res.key <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from tvlens._hooks import AblateHeads, Activations, Cache, Edit, PatchFrom, intervene
+from tvlens._result import Result
+from tvlens._validate import check_choice, check_int, no_type_check
+from tvlens.analysis._inputs import (Head, check_heads, check_vector, final_logits, heads_from, injection, pool_heads,
+                                     random_head_sets, resid_before, resolve_prompts, run_last, sites_from, span_of, steer_edit)
+from tvlens.prompts import PromptBatch
+from tvlens.vector import TaskVector
+
+__all__ = ["AblationResult", "ablation_edits", "head_ablation"]
+
+Kind = Literal["zero", "mean", "path"]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class AblationResult(Result):
+    """Accuracy (θ injected) with no head, the key heads, and random head sets ablated."""
+
+    task: str
+    kind: str  # "zero", "mean" or "path"
+    heads: tuple  # the key heads, (layer, head) pairs
+    none: float  # accuracy with θ, nothing ablated
+    key: float  # accuracy with θ, key heads ablated
+    random: list  # accuracy with θ, each random set ablated
+    random_mean: float
+    random_std: float  # sample standard deviation over the random sets (0 for one set)
+    random_heads: tuple  # the random sets
+    zero_shot: float  # accuracy without θ
+    p_none: float  # mean p(gold first token) with θ
+    p_key: float
+    p_random: list
+    n: int  # prompts
+    layer: int  # the vector's injection layer
+    positions: tuple | None  # ablated positions (None = all)
+
+    def to_frame(self):
+        """One row per condition: condition, accuracy, p_gold, heads."""
+        import pandas as pd
+
+        rows = [("zero_shot", self.zero_shot, float("nan"), ""), ("none", self.none, self.p_none, ""),
+                ("key", self.key, self.p_key, _names(self.heads))]
+        rows += [(f"random_{i}", a, p, _names(hs)) for i, (a, p, hs) in enumerate(zip(self.random, self.p_random, self.random_heads))]
+        return pd.DataFrame(rows, columns=["condition", "accuracy", "p_gold", "heads"])
+
+    def plot(self):
+        """Bars: zero-shot, θ, θ with key heads ablated, θ with random heads ablated (mean ± std)."""
+        import plotly.graph_objects as go
+
+        x = ["zero-shot", "θ", f"θ, {len(self.heads)} key heads ablated", f"θ, random {len(self.heads)} (n={len(self.random)})"]
+        y = [self.zero_shot, self.none, self.key, self.random_mean]
+        fig = go.Figure(go.Bar(x=x, y=y, error_y={"type": "data", "array": [0, 0, 0, self.random_std]},
+                               marker_color=["#999", "#1f77b4", "#d62728", "#2ca02c"]))
+        fig.update_layout(title=f"{self.kind} ablation, {self.task} θ@L{self.layer} (n={self.n})", yaxis_range=[0, 1],
+                          yaxis_title="accuracy")
+        return fig
+
+    def __repr__(self) -> str:
+        return (f"AblationResult({self.kind}, {self.task!r}, {len(self.heads)} heads: none={self.none:.2f} key={self.key:.2f} "
+                f"random={self.random_mean:.2f}±{self.random_std:.2f}, zero_shot={self.zero_shot:.2f})")
+
+
+def _names(heads) -> str:
+    return " ".join(f"L{a}H{b}" for a, b in heads)
+
+
+def ablation_edits(heads: Sequence[Head], kind: Kind, *, means: dict | None = None, clean: Activations | None = None,
+                   positions: Sequence[int] | None = (-1,)) -> list[Edit]:
+    """The edits that ablate ``heads``: zero / mean (``means[layer]`` [head, d_head]) / path (``clean``: cached
+    ``attn.hook_z`` of the same prompts without θ)."""
+    if not heads:
+        return []
+    pos = None if positions is None else tuple(positions)
+    if kind in ("zero", "mean"):
+        return [AblateHeads(tuple(heads), kind, means if kind == "mean" else None, pos)]
+    by_layer: dict[int, list[int]] = {}
+    for lay, h in heads:
+        by_layer.setdefault(lay, []).append(h)
+    return [PatchFrom(clean, (f"blocks.{lay}.attn.hook_z",), pos, tuple(hs)) for lay, hs in sorted(by_layer.items())]
+
+
+def clean_z(model, sub: PromptBatch, layers: Sequence[int]) -> Activations:
+    """``attn.hook_z`` of ``layers`` on ``sub`` without θ (the source of path patching)."""
+    store = Cache(tuple(f"blocks.{lay}.attn.hook_z" for lay in layers))
+    with torch.no_grad(), intervene(model, store, span=span_of(sub)):
+        model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)
+    return store.store
+
+
+@no_type_check  # checks its arguments
+def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=None, kind: Kind = "zero", n_random: int = 5,
+                  seed: int = 0, fraction: float = 0.1, pool=None, positions: Sequence[int] | None = (-1,),
+                  means_from: Literal["steered", "zero_shot"] = "steered", n: int | None = None,
+                  batch_size: int = 64) -> AblationResult:
+    """Accuracy with ``heads`` (pairs, or a HeadSaliency's top ``fraction``) ablated vs ``n_random`` random sets."""
+    from tvlens.analysis.saliency import HeadSaliency
+
+    check_choice("head_ablation", "kind", kind, ("zero", "mean", "path"))
+    check_choice("head_ablation", "means_from", means_from, ("steered", "zero_shot"))
+    check_int("head_ablation", "n_random", n_random, min=0)
+    check_vector(model, vector)
+    if heads is None:
+        from tvlens.errors import ConfigError
+
+        raise ConfigError("give the heads to ablate: (layer, head) pairs or a HeadSaliency (head_saliency(...)), whose top "
+                          "fraction is taken")
+    layer, _ = injection(vector)
+    key = heads_from(model, heads, fraction)
+    if pool is None:
+        pool = ([(a, b) for a, b in heads._order()] if isinstance(heads, HeadSaliency) else pool_heads(model, layer))
+    pool = check_heads(model, pool, "pool")
+    sets = random_head_sets(pool, len(key), n_random, seed, exclude=key)
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    batch = ps.tokenize(model)
+    steer = steer_edit(vector)
+    used = sorted({lay for hs in [key, *sets] for lay, _ in hs})
+    means = None
+    if kind == "mean" and used:
+        names = [f"blocks.{lay}.attn.hook_z" for lay in used]
+        _, acts = run_last(model, batch, [steer] if means_from == "steered" else [], batch_size=batch_size, names=names)
+        means = {lay: acts[f"blocks.{lay}.attn.hook_z"].mean(0) for lay in used}  # [head, d_head]
+    # the blocks before the first ablated head or site are the same in every run: computed once
+    first = min([layer, *used])
+    steered = (first, resid_before(model, batch, first, [steer], batch_size=batch_size))
+    tail = sites_from(vector, first)
+    sources: dict[int, Activations] = {}  # path patching: each sub-batch's run without θ, computed once
+
+    def edits_for(hs):
+        def make(sub: PromptBatch):
+            clean = None
+            if kind == "path" and hs:
+                where = sub.tokens.data_ptr()  # sub-batches are views of one tensor: their address names them
+                if where not in sources:
+                    sources[where] = clean_z(model, sub, used)
+                clean = sources[where]
+            return [*tail, *ablation_edits(hs, kind, means=means, clean=clean, positions=positions)]
+        return make
+
+    gold = batch.answer_ids
+
+    def measure(es, start=steered) -> tuple[float, float]:
+        resid, _ = run_last(model, batch, es, batch_size=batch_size, start=start)
+        with torch.no_grad():
+            logits = final_logits(model, resid).float()
+        g = gold.to(logits.device)
+        p = logits.softmax(-1)[torch.arange(len(g)), g]
+        return float((logits.argmax(-1) == g).float().mean()), float(p.mean())
+
+    zero_shot, _ = measure([], start=None)
+    none, p_none = measure(tail)
+    acc_key, p_key = measure(edits_for(key))
+    rand = [measure(edits_for(hs)) for hs in sets]
+    accs = [a for a, _ in rand]
+    return AblationResult(ps.task.name, kind, tuple(key), none, acc_key, accs, statistics.fmean(accs) if accs else float("nan"),
+                          statistics.stdev(accs) if len(accs) > 1 else 0.0, tuple(sets), zero_shot, p_none, p_key,
+                          [p for _, p in rand], len(batch), layer, None if positions is None else tuple(positions))

@@ -1,0 +1,215 @@
+"""Key-head saliency: which heads' outputs at the last token matter for the answer with θ injected.
+
+Context:
+    ``mode="grad"`` (first-order attribution): with θ injected, every head's output at N
+    (``attn.hook_z``, before ``W_O``; ``z · dp/dz`` equals ``(z W_O) · dp/d(z W_O)``) is dotted
+    with the gradient of p(gold first token), from ONE forward and ONE backward pass for all
+    heads (a zero ``AddToHeads`` edit that requires grad). ``a · dp/da`` is the first-order
+    estimate of the drop in p(gold) when the head's output at N is zeroed.
+    ``mode="exact"``: that drop measured, head by head, batched: the steered run's residual
+    stream before layer l' is cached once, and a chunk of layer-l' heads resumes from it with
+    the batch replicated once per head, each replica zeroing its own head at N.
+    Either way ``scores[l, h]`` = mean over queries of ``|a · dp/da|`` (grad) or of ``|drop|``
+    (exact); ``attribution`` keeps the signed mean. Heads before the injection layer are not
+    scored by default (``layers=``): they cannot read θ.
+
+>>> import tvlens as tv
+>>> from tvlens.analysis import head_saliency
+>>> model = tv.load_model("toy")
+>>> v = tv.train_ltv(model, "toy/antonym", progress=False).vector
+>>> sal = head_saliency(model, v, "toy/antonym")
+>>> len(sal.top(0.1)) >= 1
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+
+from tvlens._hooks import AddAt, AddToHeads, Cache, SetHeadPerRow, Span, intervene
+from tvlens._result import Result
+from tvlens._validate import check_choice, check_float, no_type_check
+from tvlens.analysis._inputs import check_vector, final_logits, injection, p_gold, resolve_prompts, span_of, steer_edit
+from tvlens.errors import ConfigError
+from tvlens.prompts import PromptBatch
+from tvlens.vector import TaskVector
+
+__all__ = ["HeadSaliency", "head_saliency", "spearman"]
+
+MAX_ROWS = 512  # default cap on rows per forward pass of the exact mode (prompts x heads in a chunk)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class HeadSaliency(Result):
+    """``scores[l, h]``: how much head (l, h)'s output at the last token matters for p(gold), θ injected."""
+
+    scores: Float[torch.Tensor, "layer head"]  # mean |a . dp/da| (grad) or mean |drop in p(gold)| (exact); nan = not scored
+    attribution: Float[torch.Tensor, "layer head"]  # the signed mean (grad: a . dp/da; exact: p - p_ablated)
+    mode: str  # "grad" or "exact"
+    layer: int  # the vector's injection layer
+    task: str
+    n: int  # queries averaged over
+    p_gold: float  # mean p(gold first token) with θ injected
+
+    def _order(self) -> list[tuple[int, int]]:
+        flat = self.scores.flatten()
+        ok = ~flat.isnan()
+        idx = torch.arange(len(flat))[ok][flat[ok].argsort(descending=True, stable=True)]
+        h = self.scores.shape[1]
+        return [(int(i) // h, int(i) % h) for i in idx]
+
+    @no_type_check  # checks its argument
+    def top(self, fraction: float = 0.1) -> list[tuple[int, int]]:
+        """The highest-scoring ``fraction`` of the scored heads (at least one), highest first."""
+        check_float("HeadSaliency.top", "fraction", fraction, min=0, max=1, min_exclusive=True)
+        order = self._order()
+        return order[: max(1, round(fraction * len(order)))]
+
+    def to_frame(self):
+        """One row per scored head: layer, head, score, rank (1 = highest), attribution."""
+        import pandas as pd
+
+        order = self._order()
+        rank = {hd: i + 1 for i, hd in enumerate(order)}
+        rows = sorted(order)
+        return pd.DataFrame({"layer": [r[0] for r in rows], "head": [r[1] for r in rows],
+                             "score": [float(self.scores[r]) for r in rows], "rank": [rank[r] for r in rows],
+                             "attribution": [float(self.attribution[r]) for r in rows]})
+
+    @no_type_check
+    def query(self, layer: int | None = None, min_score: float | None = None):
+        """Rows of :meth:`to_frame` of one ``layer`` and/or with ``score >= min_score``, highest first."""
+        df = self.to_frame()
+        if layer is not None:
+            df = df[df["layer"] == layer]
+        if min_score is not None:
+            df = df[df["score"] >= min_score]
+        return df.sort_values("rank").reset_index(drop=True)
+
+    def plot(self):
+        """Heatmap of the scores (layers down, heads across)."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Heatmap(z=self.scores.numpy(), colorscale="Viridis", colorbar={"title": "saliency"},
+                                   hovertemplate="L%{y} H%{x}<br>score %{z:.3g}<extra></extra>"))
+        fig.update_layout(title=f"Head saliency ({self.mode}) of θ@L{self.layer}, {self.task}, n={self.n}",
+                          xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
+        return fig
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"L{a}H{b}" for a, b in self.top(0.1)[:5])
+        return f"HeadSaliency({self.mode}, {self.task!r} θ@L{self.layer}, n={self.n}, p_gold={self.p_gold:.3f}, top: {top})"
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two score tensors (or HeadSaliency), over entries finite in both."""
+    import pandas as pd
+
+    a = a.scores if isinstance(a, HeadSaliency) else torch.as_tensor(a)
+    b = b.scores if isinstance(b, HeadSaliency) else torch.as_tensor(b)
+    if a.shape != b.shape:
+        raise ConfigError(f"spearman needs scores of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.flatten().double(), b.flatten().double()
+    ok = a.isfinite() & b.isfinite()
+    if int(ok.sum()) < 2:
+        raise ConfigError("spearman needs at least two heads scored in both")
+    ra = pd.Series(a[ok].numpy()).rank()  # average ranks for ties
+    rb = pd.Series(b[ok].numpy()).rank()
+    return float(ra.corr(rb))  # Pearson correlation of the ranks
+
+
+def _tail(vector: TaskVector, after: int) -> list:
+    """The vector's edit restricted to sites after layer ``after`` (those before are in a cached stream)."""
+    keep = [i for i, s in enumerate(vector.sites) if s.layer > after]
+    if not keep:
+        return []
+    return [AddAt(tuple(vector.sites[i] for i in keep), vector.values[keep].detach(), vector.scale, vector.operation, vector.out_of_range)]
+
+
+def grad_attribution(model, vector: TaskVector, batch: PromptBatch, layers: list[int], *,
+                     batch_size: int = 32) -> tuple[Float[torch.Tensor, "batch layer head"], Float[torch.Tensor, " batch"]]:
+    """``a · dp(gold)/da`` of every head of ``layers`` at each prompt's last token, and p(gold), θ injected."""
+    cfg = model.cfg
+    names = tuple(f"blocks.{lay}.attn.hook_z" for lay in layers)
+    attrs, ps = [], []
+    for sub in batch.split(batch_size):
+        delta = torch.zeros(len(sub), len(layers), cfg.n_heads, cfg.d_head, device=cfg.device, requires_grad=True)
+        store = Cache(names)
+        with torch.enable_grad(), intervene(model, steer_edit(vector), store, AddToHeads(tuple(layers), delta), span=span_of(sub)):
+            resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=cfg.n_layers)  # [b, pos, d_model]
+            rows = torch.arange(len(sub))
+            p = p_gold(final_logits(model, resid[rows, sub.last_index.to(resid.device)]), sub.answer_ids)  # [b]
+            (grad,) = torch.autograd.grad(p.sum(), delta)  # rows are independent: row b's grad is dp_b/dz_b
+        z = torch.stack([store.store[n][rows, sub.last_index.to(store.store[n].device)] for n in names], 1)  # [b, layer, head, d_head]
+        attrs.append(torch.einsum("blhd,blhd->blh", z.float(), grad.float()).cpu())
+        ps.append(p.detach().cpu())
+    return torch.cat(attrs), torch.cat(ps)
+
+
+def exact_drops(model, vector: TaskVector, batch: PromptBatch, heads: list[tuple[int, int]], *,
+                heads_per_pass: int | None = None) -> tuple[Float[torch.Tensor, "batch head"], Float[torch.Tensor, " batch"]]:
+    """p(gold) with θ minus p(gold) with θ and head h's output at N zeroed, for each of ``heads``; and p(gold).
+
+    Many heads per forward pass: the batch is replicated once per head of a chunk; a chunk of
+    layer-l' heads resumes from the steered run's cached residual stream before l'.
+    """
+    cfg = model.cfg
+    n = len(batch)
+    per = heads_per_pass or max(1, MAX_ROWS // n)
+    layers = sorted({lay for lay, _ in heads})
+    span = span_of(batch)
+    rows = torch.arange(n)
+    with torch.no_grad():
+        store = Cache(tuple(f"blocks.{lay}.hook_resid_pre" for lay in layers))
+        with intervene(model, steer_edit(vector), store, span=span):  # the steer edit runs first: cached streams hold θ
+            resid = model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=cfg.n_layers)
+        base = p_gold(final_logits(model, resid[rows, batch.last_index.to(resid.device)]), batch.answer_ids).cpu()  # [n]
+        drops: dict[tuple[int, int], torch.Tensor] = {}
+        for lay in layers:
+            mine = [hd for hd in heads if hd[0] == lay]
+            cached = store.store[f"blocks.{lay}.hook_resid_pre"]  # [n, pos, d_model]
+            for i in range(0, len(mine), per):
+                chunk = mine[i : i + per]
+                c = len(chunk)
+                hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c*n, 2]: replica j zeroes head j
+                zero = torch.zeros(c * n, cfg.d_head)
+                rep = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
+                with intervene(model, *_tail(vector, lay), SetHeadPerRow(hl, zero), span=rep):
+                    out = model(cached.repeat(c, 1, 1), start_at_layer=lay, stop_at_layer=cfg.n_layers,
+                                attention_mask=batch.attention_mask.repeat(c, 1).to(cached.device))  # [c*n, pos, d_model]
+                last = out[torch.arange(c * n), batch.last_index.repeat(c).to(out.device)]
+                p = p_gold(final_logits(model, last), batch.answer_ids.repeat(c)).cpu().reshape(c, n)  # [head, prompt]
+                for hd, row in zip(chunk, base[None] - p):
+                    drops[hd] = row
+    return torch.stack([drops[hd] for hd in heads], 1), base
+
+
+@no_type_check  # checks its arguments
+def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: Literal["grad", "exact"] = "grad",
+                  layers=None, n: int | None = None, batch_size: int = 32, heads_per_pass: int | None = None) -> HeadSaliency:
+    """Saliency of every head of ``layers`` (default: the injection layer and later) for ``task``'s zero-shot queries."""
+    check_choice("head_saliency", "mode", mode, ("grad", "exact"))
+    check_vector(model, vector)
+    cfg = model.cfg
+    first, _ = injection(vector)
+    todo = list(range(first, cfg.n_layers)) if layers is None else sorted({int(x) for x in layers})
+    if not todo or any(not 0 <= x < cfg.n_layers for x in todo):
+        raise ConfigError(f"layers must lie in 0..{cfg.n_layers - 1}, got {layers}")
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    batch = ps.tokenize(model)
+    scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
+    signed = scores.clone()
+    idx = torch.tensor(todo)
+    if mode == "grad":
+        attr, p = grad_attribution(model, vector, batch, todo, batch_size=batch_size)  # [b, layer', head]
+        scores[idx], signed[idx] = attr.abs().mean(0), attr.mean(0)
+    else:
+        heads = [(lay, h) for lay in todo for h in range(cfg.n_heads)]
+        drop, p = exact_drops(model, vector, batch, heads, heads_per_pass=heads_per_pass)  # [b, head]
+        scores[idx] = drop.abs().mean(0).reshape(len(todo), cfg.n_heads)
+        signed[idx] = drop.mean(0).reshape(len(todo), cfg.n_heads)
+    return HeadSaliency(scores, signed, mode, first, ps.task.name, len(batch), float(p.mean()))
