@@ -85,13 +85,14 @@ class RotationStretch(Result):
                                  ("alignment_Qtheta", 2, "alignment(Qθ)"), ("cos_theta_Qtheta", 3, "cos(θ, Qθ)"),
                                  ("q_minus_i_rel", 3, "||Q − I||/√d")):
             fig.add_trace(go.Scatter(x=x, y=df[col].tolist(), mode="lines+markers", name=label), row=1, col=name)
-        for layer, text, dash in ((self.transition_layer, "transition", "dash"), (self.icl_layer, "ICL > zero-shot", "dot")):
+        for layer, dash in ((self.transition_layer, "dash"), (self.icl_layer, "dot")):
             if layer is not None:
                 for c in (1, 2, 3):
                     fig.add_vline(x=layer, line_dash=dash, line_color="gray", row=1, col=c)
-                fig.add_annotation(x=layer, y=1.05, xref="x3", yref="paper", text=text, showarrow=False)
         fig.update_xaxes(title_text="injection layer")
-        fig.update_layout(title=f"Linear propagation and rotation vs stretch: {self.task}", height=430)
+        fig.update_layout(title=f"Linear propagation and rotation vs stretch: {self.task}<br><sup>dashed: transition layer "
+                                f"{self.transition_layer}; dotted: ICL beats zero-shot (logit lens) from layer {self.icl_layer}</sup>",
+                          height=450)
         return fig
 
 
