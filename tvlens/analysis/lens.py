@@ -53,7 +53,7 @@ def _centres(model) -> bool:
     return model.cfg.normalization_type in ("LN", "LNPre")
 
 
-def readout_directions(model, token_ids: Int[torch.Tensor, " label"], *, definition: Definition = "span"
+def readout_directions(model, token_ids: Int[torch.Tensor, " label"], *, definition: str = "span"
                        ) -> Float[torch.Tensor, "d_model label"]:
     """The residual-stream direction each token's logit reads (see the module docstring)."""
     cols = model.W_U[:, token_ids].detach().float()  # [d_model, label]
@@ -73,7 +73,7 @@ def task_alignment(
     label_ids: Int[torch.Tensor, " label"] | Sequence[int],
     model,
     *,
-    definition: Definition = "span",
+    definition: str = "span",
 ) -> Float[torch.Tensor, "*batch"]:
     """Alignment of each state with the answer tokens' readout directions, in [0, 1].
 
@@ -220,7 +220,7 @@ def logit_lens(
     prompts: PromptSet | None = None,
     n: int | None = 200,
     seed: int = 0,
-    definition: Definition = "span",
+    definition: str = "span",
     batch_size: int = 32,
 ) -> LensResult:
     """Logit lens over every layer for zero-shot and k-shot ICL prompts and for each vector injected
