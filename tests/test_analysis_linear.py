@@ -154,3 +154,12 @@ def test_cli_analyze_linear_and_lens_json(capsys, tmp_path):
     assert lens["decoded"][0]["vector"] == "θ@L1" and len(lens["decoded"][0]["through_ln"]) == 10
     assert main(["analyze", "linear", "--task", "toy/category", "--layers", "9", "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "ConfigError"
+
+
+def test_bench_linear_copies_entry(tiny_model):
+    from tvlens.bench import bench_linear_copies
+
+    d = bench_linear_copies("tiny_linear", tiny_model, _prompts(n=4, k=2), 1, copies=3, min_seconds=0.0).as_dict()
+    assert {"name", "baseline_s", "fast_s", "ratio", "batch"} <= set(d) and d["batch"] == 12
+    assert d["max_abs_diff"] < 1e-4  # the prefix-cached states are the full forward's
+    json.dumps(d)
