@@ -140,7 +140,7 @@ def test_cli_analyze_linear_and_lens_json(capsys, tmp_path):
 
     html = tmp_path / "linear.html"
     assert main(["analyze", "linear", "--task", "toy/category", "--layers", "1", "2", "--n-copies", "140",
-                 "--json", "--html", str(html)]) == 0
+                 "--json", "--html", str(html), "--save-vectors", str(tmp_path / "v")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["layer"] for r in out["layers"]] == [1, 2]
     assert isinstance(out["transition_layer"], int) and isinstance(out["icl_beats_zero_shot_layer"], int)
@@ -148,9 +148,10 @@ def test_cli_analyze_linear_and_lens_json(capsys, tmp_path):
                                      "alignment_theta", "alignment_Qtheta"}
     page = html.read_text()
     assert "plotly" in page and "<script src=" not in page  # offline: plotly.js inline
-    assert main(["analyze", "lens", "--task", "toy/category", "--layers", "1", "--json"]) == 0
+    assert main(["analyze", "lens", "--task", "toy/category", "--vector", str(tmp_path / "v" / "ltv_L1.safetensors"), "--json"]) == 0
     lens = json.loads(capsys.readouterr().out)
     assert lens["conditions"] == ["zero-shot", "8-shot ICL", "θ@L1"] and len(lens["accuracy"]["θ@L1"]) == 6
+    assert lens["accuracy"]["θ@L1"][-1] == out["layers"][0]["injected_acc"]  # the saved vector is the one analysed
     assert lens["decoded"][0]["vector"] == "θ@L1" and len(lens["decoded"][0]["through_ln"]) == 10
     assert main(["analyze", "linear", "--task", "toy/category", "--layers", "9", "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "ConfigError"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def add_parser(add) -> None:
@@ -39,6 +40,8 @@ def _common(sp: argparse.ArgumentParser) -> None:
                     help="task-alignment definition (default span: ||P_Y h|| / ||h||, docs/analysis-lens.md)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, prompts and LTV training (default 0)")
     sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page (plots and tables)")
+    sp.add_argument("--save-vectors", default=None, metavar="DIR",
+                    help="save the LTVs trained here as DIR/ltv_L<layer>.safetensors (reuse them with --vector)")
 
 
 def _vectors(args, model, task, layers: list[int]) -> tuple[dict, dict]:
@@ -67,6 +70,9 @@ def _vectors(args, model, task, layers: list[int]) -> tuple[dict, dict]:
         out[layer] = tv.train_ltv(model, task, layers=[layer], config=tv.LTVConfig(seed=args.seed), splits=splits,
                                   progress=not args.json).vector
         secs[layer] = round(time.perf_counter() - t0, 2)
+        if args.save_vectors:
+            Path(args.save_vectors).mkdir(parents=True, exist_ok=True)
+            out[layer].save(Path(args.save_vectors) / f"ltv_L{layer}.safetensors", overwrite=True)
     return out, secs
 
 
