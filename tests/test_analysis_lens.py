@@ -72,6 +72,12 @@ def test_alignment_of_label_directions_is_one_and_of_orthogonal_ones_zero(tiny):
     torch.testing.assert_close(task_alignment(orth, ids, tiny), torch.zeros(4), atol=1e-5, rtol=0)
     mid = task_alignment(h, ids, tiny)
     assert ((mid > 0) & (mid < 1)).all()
+    from tvlens.analysis.lens import chance_alignment
+
+    d = tiny.cfg.d_model - (tiny.cfg.normalization_type == "LN")
+    assert chance_alignment(tiny, ids) == pytest.approx((3 / d) ** 0.5)
+    rand = task_alignment(torch.randn(4000, tiny.cfg.d_model), ids, tiny)
+    assert (rand**2).mean().sqrt() == pytest.approx(chance_alignment(tiny, ids), rel=0.1)  # random directions sit at the floor
 
 
 def test_alignment_rejects_bad_input(tiny):

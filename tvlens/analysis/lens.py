@@ -42,7 +42,7 @@ from tvlens.prompts import PromptBatch, PromptSet
 Definition = Literal["span", "raw_span", "max_cos"]
 DEFINITIONS = ("span", "raw_span", "max_cos")
 
-__all__ = ["DecodedTokens", "LensResult", "answer_token_ids", "decoded_tokens", "lens_logits", "lens_states",
+__all__ = ["DecodedTokens", "LensResult", "answer_token_ids", "chance_alignment", "decoded_tokens", "lens_logits", "lens_states",
            "logit_lens", "readout_directions", "task_alignment"]
 
 
@@ -163,6 +163,7 @@ class LensResult(Result):
     definition: str
     n: int  # queries per condition
     answer_ids: Int[torch.Tensor, " label"]
+    chance_alignment: float | None = None  # "span" alignment of a random direction, sqrt(rank(Y) / d): the floor
 
     def __repr__(self) -> str:
         return f"LensResult({self.task!r}, {len(self.conditions)} conditions x {len(self.layers)} layers, n={self.n})"
@@ -202,6 +203,9 @@ class LensResult(Result):
             for col, what in ((1, self.accuracy), (2, self.alignment)):
                 fig.add_trace(go.Scatter(x=list(self.layers), y=what[i].tolist(), mode="lines+markers", name=c,
                                          legendgroup=c, showlegend=col == 1, line={"color": color}), row=1, col=col)
+        if self.chance_alignment is not None:
+            fig.add_hline(y=self.chance_alignment, line_dash="dot", line_color="gray", row=1, col=2,
+                          annotation_text="random direction", annotation_position="bottom right")
         fig.update_xaxes(title_text="layer (input of block; last = final state)")
         fig.update_layout(title=f"Logit lens: {self.task} (n={self.n})", height=420)
         return fig
@@ -274,7 +278,19 @@ def logit_lens(
         count = len(batch)
     return LensResult(task=task.name, conditions=tuple(name for name, _, _ in runs),
                       layers=tuple(range(model.cfg.n_layers + 1)), accuracy=torch.stack(acc), label_accuracy=torch.stack(lab),
-                      alignment=torch.stack(ali), definition=definition, n=int(count or 0), answer_ids=ids)
+                      alignment=torch.stack(ali), definition=definition, n=int(count or 0), answer_ids=ids,
+                      chance_alignment=chance_alignment(model, ids, definition))
+
+
+def chance_alignment(model, label_ids, definition: str = "span") -> float | None:
+    """Expected ``"span"``/``"raw_span"`` alignment of a random direction, ``sqrt(rank / d)`` (``d`` = d_model,
+    minus 1 when LayerNorm centres): with many answer tokens the span covers much of the space and
+    every state scores near this floor. None for ``"max_cos"``."""
+    if definition == "max_cos":
+        return None
+    u = readout_directions(model, torch.as_tensor(label_ids, dtype=torch.long), definition=definition)
+    d = model.cfg.d_model - (1 if definition != "raw_span" and _centres(model) else 0)
+    return float((torch.linalg.matrix_rank(u) / d) ** 0.5)
 
 
 from tvlens.analysis._decoded import DecodedTokens as DecodedTokens  # noqa: E402  (one public module)

@@ -110,7 +110,7 @@ def cmd_lens(args: argparse.Namespace) -> tuple[dict, str]:
     raw = decoded_tokens(model, named, args.top_k, through_ln=False)
     payload = {
         "model": args.model, "task": lens.task, "n": lens.n, "layers": list(lens.layers), "conditions": list(lens.conditions),
-        "alignment_definition": lens.definition,
+        "alignment_definition": lens.definition, "chance_alignment": lens.chance_alignment,
         "accuracy": {c: lens.accuracy[i].tolist() for i, c in enumerate(lens.conditions)},
         "label_accuracy": {c: lens.label_accuracy[i].tolist() for i, c in enumerate(lens.conditions)},
         "alignment": {c: lens.alignment[i].tolist() for i, c in enumerate(lens.conditions)},
