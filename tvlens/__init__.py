@@ -46,3 +46,4 @@ from tvlens.baselines import CompareResult as CompareResult
 from tvlens.baselines import compare as compare
 from tvlens.baselines import vanilla_tv_per_prompt as vanilla_tv_per_prompt
 from tvlens import analysis as analysis
+from tvlens.analysis.circuit import circuit as circuit

@@ -19,6 +19,9 @@ from tvlens.analysis.sinks import SinkResult as SinkResult
 from tvlens.analysis.sinks import attention_sinks as attention_sinks
 
 # --- circuit queries ---
+from tvlens.analysis.circuit import Circuit as Circuit
+from tvlens.analysis.circuit import HeadDetail as HeadDetail
+from tvlens.analysis.circuit import circuit as circuit
 
 
 # --- logit lens, linear propagation ---

@@ -1,0 +1,308 @@
+"""Circuit queries: every head analysis of one vector on one task behind one object, each computed once.
+
+Context:
+    ``c = tv.circuit(model, vector, task)`` holds the model, the vector and the zero-shot query
+    prompts; each analysis (saliency, exact ablation effects, OV products, OV reconstruction,
+    attention sinks, key-head ablations) runs the first time a query needs it and is kept on the
+    object, so a notebook cell never recomputes what an earlier cell already has.
+    :meth:`Circuit.heads` joins them into one frame (a row per head); :meth:`Circuit.head` is one
+    head in detail (its attention pattern on an example prompt, the tokens its OV output decodes
+    to); :meth:`Circuit.dashboard` renders the page of :mod:`tvlens.viz.heads`.
+
+Intuition:
+    Nothing here is a new computation on the model except the example prompt's attention patterns
+    and the OV products' direct logits (one matmul for every head); the rest are the results of
+    :mod:`~tvlens.analysis.saliency`, :mod:`~tvlens.analysis.ablation`, :mod:`~tvlens.analysis.ov`
+    and :mod:`~tvlens.analysis.sinks`, asked for with the same prompts and seed.
+
+>>> import tvlens as tv
+>>> model = tv.load_model("toy")
+>>> task = tv.tasks.get("toy/antonym")
+>>> vector = tv.train_ltv(model, task, layers=[2], progress=False).vector
+>>> c = tv.circuit(model, vector, task, fraction=0.25)
+>>> len(c.key_heads()), c.spearman() > 0.8      # 3 of the 12 heads from layer 2 on; saliency ranks like ablation
+(3, True)
+>>> c.head(*c.key_heads()[0]).row["key"]
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+
+from tvlens._result import Result
+from tvlens._validate import check_choice, check_float, check_int, no_type_check
+from tvlens.analysis._inputs import check_heads, check_vector, resolve_prompts, steer_edit
+from tvlens.errors import ConfigError
+from tvlens.prompts import PromptSet
+from tvlens.vector import TaskVector
+
+log = logging.getLogger(__name__)
+AblationKind = Literal["zero", "mean", "path"]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class HeadDetail(Result):
+    """One head: its row of :meth:`Circuit.heads`, its attention on an example prompt, its OV tokens."""
+
+    layer: int
+    head: int
+    row: dict  # the head's row of Circuit.heads() (saliency, exact_effect, ov_norm, sink_mass, key, ...)
+    tokens: tuple[str, ...]  # the example prompt's tokens
+    pattern: Float[torch.Tensor, "pos pos"]  # attention (query, key) on the example prompt, vector added
+    decoded: tuple[str, ...]  # top tokens of the head's OV product (empty before the vector's layer)
+    decoded_logits: Float[torch.Tensor, " k"]  # their direct logits
+
+    def to_frame(self):
+        """Attention from the example's last position to each token."""
+        import pandas as pd
+
+        return pd.DataFrame({"position": range(len(self.tokens)), "token": self.tokens,
+                             "attention_from_last": self.pattern[-1].tolist()})
+
+    def plot(self):
+        import plotly.express as px
+
+        labels = [f"{i}: {t!r}" for i, t in enumerate(self.tokens)]
+        return px.imshow(self.pattern.numpy(), x=labels, y=labels, zmin=0, zmax=1, color_continuous_scale="Blues",
+                         labels={"x": "key", "y": "query", "color": "attention"},
+                         title=f"L{self.layer}H{self.head}: attention on the example prompt (vector added)")
+
+    def __repr__(self) -> str:
+        sal = self.row.get("saliency")
+        top = ", ".join(repr(t) for t in self.decoded[:5])
+        return (f"HeadDetail(L{self.layer}H{self.head}" + (f", saliency={sal:.4g}" if sal is not None else "")
+                + f", key={bool(self.row.get('key'))}, OV tokens [{top}])")
+
+
+class Circuit:
+    """The head analyses of ``vector`` on ``prompts`` (zero-shot test queries of ``task`` by default).
+
+    Every method caches its result on the object. ``fraction`` is the share of heads called key
+    heads (the paper's top 10%); ``seed`` seeds the random head sets of the ablations and sinks.
+    """
+
+    @no_type_check  # checks its arguments
+    def __init__(self, model, vector: TaskVector, task=None, *, prompts: PromptSet | None = None, n: int | None = None,
+                 fraction: float = 0.1, n_random: int = 5, seed: int = 0, example: int = 0):
+        check_vector(model, vector)
+        check_float("circuit", "fraction", fraction, min=0, max=1, min_exclusive=True)
+        check_int("circuit", "n_random", n_random, min=1)
+        self.model, self.vector = model, vector
+        self.prompts = resolve_prompts(task, prompts, n=n, seed=seed)
+        check_int("circuit", "example", example, min=0, max=len(self.prompts) - 1)
+        self.task = self.prompts.task
+        self.fraction, self.n_random, self.seed, self.example = fraction, n_random, seed, example
+        self.layer = min(s.layer for s in vector.sites)
+        self._cache: dict = {}
+
+    def _once(self, key, compute):
+        if key not in self._cache:
+            log.info("circuit: computing %s", key if isinstance(key, str) else key[0])
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    # --- the analyses, each once -------------------------------------------------------------
+
+    def saliency(self):
+        """One-pass gradient saliency (:func:`tvlens.analysis.saliency.head_saliency`, mode="grad")."""
+        from tvlens.analysis.saliency import head_saliency
+
+        return self._once("saliency", lambda: head_saliency(self.model, self.vector, prompts=self.prompts, mode="grad"))
+
+    def exact(self):
+        """Exact per-head ablation effects (:func:`~tvlens.analysis.saliency.head_saliency`, mode="exact")."""
+        from tvlens.analysis.saliency import head_saliency
+
+        return self._once("exact", lambda: head_saliency(self.model, self.vector, prompts=self.prompts, mode="exact"))
+
+    def ov(self):
+        """Per-head OV products of the vector (:func:`tvlens.analysis.ov.ov_products`)."""
+        from tvlens.analysis.ov import ov_products
+
+        return self._once("ov", lambda: ov_products(self.model, self.vector, prompts=self.prompts))
+
+    def reconstruction(self):
+        """Accuracy with the OV products added instead of the vector (:func:`~tvlens.analysis.ov.ov_reconstruction`)."""
+        from tvlens.analysis.ov import ov_reconstruction
+
+        return self._once("reconstruction", lambda: ov_reconstruction(self.model, self.vector, prompts=self.prompts))
+
+    def sinks(self):
+        """Attention from the last position, key vs random heads (:func:`tvlens.analysis.sinks.attention_sinks`)."""
+        from tvlens.analysis.sinks import attention_sinks
+
+        return self._once("sinks", lambda: attention_sinks(self.model, self.vector, key_heads=self.key_heads(), prompts=self.prompts,
+                                                           n_random=self.n_random, seed=self.seed))
+
+    @no_type_check  # checks its arguments, with messages that name the fix
+    def ablate(self, kind: AblationKind = "zero", *, heads=None, n_random: int | None = None, seed: int | None = None):
+        """Accuracy with ``heads`` (the key heads by default) ablated vs random head sets of the same size."""
+        from tvlens.analysis.ablation import head_ablation
+
+        check_choice("circuit.ablate", "kind", kind, ("zero", "mean", "path"))
+        heads = tuple(self.key_heads()) if heads is None else check_heads(self.model, heads)
+        n_random = self.n_random if n_random is None else n_random
+        seed = self.seed if seed is None else seed
+        return self._once(("ablate", kind, heads, n_random, seed), lambda: head_ablation(
+            self.model, self.vector, heads=list(heads), prompts=self.prompts, kind=kind, n_random=n_random, seed=seed))
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def key_heads(self, fraction: float | None = None) -> list[tuple[int, int]]:
+        """The top ``fraction`` of heads by saliency, most salient first."""
+        return list(self.saliency().top(self.fraction if fraction is None else fraction))
+
+    def spearman(self) -> float:
+        """Spearman correlation between one-pass saliency and the exact ablation effects (paper: validated)."""
+        from tvlens.analysis.saliency import spearman
+
+        return self._once("spearman", lambda: float(spearman(self.saliency().scores, self.exact().scores)))
+
+    def heads(self, *, exact: bool = True, sinks: bool = True):
+        """One row per head of the model: layer, head, saliency, rank, exact_effect, ov_norm, ov_alignment
+        (cosine of the OV product to θ), label_proj, sink_mass (attention from the last token to the
+        first), final_mass (to θ's positions), key.
+
+        Heads before the vector's layer do not read it: their saliency, rank, exact effect and OV
+        columns are NaN. ``exact=False`` / ``sinks=False`` leave those columns out (not computed)."""
+        key = ("heads", exact, sinks)
+        return self._once(key, lambda: self._heads_frame(exact, sinks)).copy()
+
+    def _heads_frame(self, exact: bool, sinks: bool):
+        import pandas as pd
+
+        cfg = self.model.cfg
+        sal, ov = self.saliency(), self.ov()
+        nan = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
+        rank = nan.clone()  # heads before the vector's layer are not scored (nan)
+        ranked = sal.to_frame()
+        rank[torch.tensor(ranked["layer"].values), torch.tensor(ranked["head"].values)] = torch.tensor(ranked["rank"].values).float()
+        valid = ov.valid[:, None].expand(cfg.n_layers, cfg.n_heads)  # [layer, head]: the heads that read θ
+        cols = {"saliency": sal.scores, "rank": rank,
+                "exact_effect": self.exact().scores if exact else None,
+                "ov_norm": torch.where(valid, ov.ov_norm, nan), "ov_alignment": torch.where(valid, ov.cos_theta, nan),
+                "label_proj": ov.label_proj}
+        if sinks:
+            s = self.sinks()
+            cols.update(sink_mass=s.sink_mass, final_mass=s.final_mass)
+        frame = pd.DataFrame({"layer": [a for a in range(cfg.n_layers) for _ in range(cfg.n_heads)],
+                              "head": [b for _ in range(cfg.n_layers) for b in range(cfg.n_heads)],
+                              **{k: v.float().flatten().tolist() for k, v in cols.items() if v is not None}})
+        key = set(self.key_heads())
+        frame["key"] = [(int(a), int(b)) in key for a, b in zip(frame["layer"], frame["head"])]
+        return frame
+
+    def query(self, *, layer: int | None = None, min_saliency: float | None = None, key: bool | None = None):
+        """Rows of :meth:`heads` filtered by layer, a saliency threshold and/or the key flag, most salient first."""
+        df = self.heads()
+        if layer is not None:
+            df = df[df["layer"] == layer]
+        if min_saliency is not None:
+            df = df[df["saliency"] >= min_saliency]
+        if key is not None:
+            df = df[df["key"] == key]
+        return df.sort_values("saliency", ascending=False).reset_index(drop=True)
+
+    def example_patterns(self) -> tuple[tuple[str, ...], Float[torch.Tensor, "layer head pos pos"]]:
+        """The example prompt's tokens and every head's attention pattern on it, with the vector added."""
+        return self._once("patterns", self._patterns)
+
+    def _patterns(self):
+        from tvlens._hooks import Cache, Span, intervene
+
+        batch = self.prompts.subset([self.example]).tokenize(self.model)
+        names = tuple(f"blocks.{i}.attn.hook_pattern" for i in range(self.model.cfg.n_layers))
+        store = Cache(names)
+        with torch.no_grad(), intervene(self.model, steer_edit(self.vector), store,
+                                        span=Span(batch.first_index, batch.last_index)):
+            self.model(batch.tokens, attention_mask=batch.attention_mask)
+        pats = torch.stack([store.store[n][0] for n in names]).float().cpu()  # [layer, head, pos, pos]
+        tokens = tuple(self.model.tokenizer.decode([t]) for t in batch.tokens[0].tolist())
+        return tokens, pats
+
+    def decoded(self) -> tuple[tuple[tuple[str, ...], ...], Float[torch.Tensor, "layer head k"]]:
+        """Every head's OV product's top tokens and their logits (:class:`~tvlens.analysis.ov.OVProducts`'s
+        ``top_tokens``, ``top_logits``), one tuple per head (index layer * n_heads + head); heads before
+        the vector's layer do not read it and decode to nothing."""
+        ov = self.ov()
+        n_layers, n_heads = ov.products.shape[:2]
+        toks = tuple(tuple(ov.top_tokens[a][b]) if bool(ov.valid[a]) else () for a in range(n_layers) for b in range(n_heads))
+        return toks, ov.top_logits * ov.valid[:, None, None]
+
+    def head(self, layer: int, head: int) -> HeadDetail:
+        """One head in detail (its row, attention pattern on the example prompt, OV tokens)."""
+        (layer, head), = check_heads(self.model, [(layer, head)], "head")
+        frame = self.heads()
+        row = frame[(frame["layer"] == layer) & (frame["head"] == head)].iloc[0].to_dict()
+        row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        tokens, pats = self.example_patterns()
+        toks, vals = self.decoded()
+        i = layer * self.model.cfg.n_heads + head
+        return HeadDetail(layer, head, row, tokens, pats[layer, head], toks[i], vals[layer, head, : len(toks[i])])
+
+    # --- pages -------------------------------------------------------------------------------
+
+    def dashboard_data(self, *, kinds: tuple[str, ...] = ("zero", "mean", "path")):
+        """The frames and tensors :mod:`tvlens.viz.heads` draws (see :class:`~tvlens.viz.heads.DashboardData`)."""
+        import pandas as pd
+
+        from tvlens.viz.heads import DashboardData
+
+        for kind in kinds:
+            check_choice("circuit.dashboard", "kinds", kind, ("zero", "mean", "path"))
+        ablation = pd.DataFrame([self._ablation_row(self.ablate(k)) for k in kinds]) if kinds else None
+        s = self.sinks()
+        sinks = pd.DataFrame({"offset": range(s.profile.shape[-1]), "key": s.key_profile.tolist(), "random": s.random_profile.tolist()})
+        tokens, pats = self.example_patterns()
+        toks, vals = self.decoded()
+        rec = self.reconstruction()
+        notes = (f"task {self.task.name}, {len(self.prompts)} zero-shot queries; vector {self.vector.method} at "
+                 f"{', '.join(map(str, self.vector.sites))} (norm {float(self.vector.values.norm()):.3g})",
+                 f"key heads: top {self.fraction:.0%} by saliency ({len(self.key_heads())} of the {int(self.saliency().scores.isfinite().sum())} heads from layer {self.layer} on); "
+                 f"Spearman(saliency, exact ablation effect) = {self.spearman():.3f}",
+                 f"OV reconstruction: LTV {rec.ltv:.3f}, zero-shot {rec.zero_shot:.3f}, "
+                 f"variant A (sum of products) {rec.variant_a:.3f}, variant B (sum + vector) {rec.variant_b:.3f}")
+        return DashboardData(f"Which heads carry the {self.task.name} vector", self.heads(), tokens, pats, toks, vals,
+                             ablation, sinks, self.layer, notes)
+
+    @staticmethod
+    def _ablation_row(res) -> dict:
+        return {"kind": res.kind, "none": float(res.none), "key": float(res.key),
+                "random_mean": float(res.random_mean), "random_std": float(res.random_std)}
+
+    def dashboard(self, path: str | os.PathLike | None = None, *, kinds: tuple[str, ...] = ("zero", "mean", "path"),
+                  overwrite: bool = True):
+        """The head-saliency dashboard: written to ``path`` when given; shown inline in Jupyter either way."""
+        from tvlens.viz.heads import Dashboard, render_dashboard, write_dashboard
+
+        data = self.dashboard_data(kinds=kinds)
+        return write_dashboard(data, path, overwrite=overwrite) if path is not None else Dashboard(render_dashboard(data))
+
+    def __repr__(self) -> str:
+        done = sorted({k if isinstance(k, str) else k[0] for k in self._cache})
+        return (f"Circuit({self.task.name!r}, vector at {', '.join(map(str, self.vector.sites))}, {len(self.prompts)} queries, "
+                f"key fraction {self.fraction}; computed: {', '.join(done) or 'nothing yet'})")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        head = f"<pre>{html.escape(repr(self))}</pre>"
+        if ("heads", True, True) not in self._cache:
+            return head + "<p>call .heads() for the table, .dashboard() for the page</p>"
+        return head + self.query().head(10).to_html(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+@no_type_check  # Circuit checks the arguments
+def circuit(model, vector: TaskVector, task=None, *, prompts: PromptSet | None = None, n: int | None = None,
+            fraction: float = 0.1, n_random: int = 5, seed: int = 0, example: int = 0) -> Circuit:
+    """A :class:`Circuit`: the head analyses of ``vector`` on ``task`` (or ``prompts``), computed lazily, cached."""
+    if task is None and prompts is None:
+        raise ConfigError("tv.circuit needs a task (or its name) or prompts= (a tv.PromptSet of zero-shot queries)")
+    return Circuit(model, vector, task, prompts=prompts, n=n, fraction=fraction, n_random=n_random, seed=seed, example=example)
