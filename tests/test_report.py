@@ -48,19 +48,23 @@ def extra_sections(monkeypatch):
 
 @pytest.fixture(scope="module")
 def toy_report(toy_model):
-    return rp.build_report(toy_model, "toy/antonym", sections=["icl", "ltv", "geometry"], progress=False)
+    """Every section (baselines, heads, lens and linearity, geometry) on the embedded model."""
+    return rp.build_report(toy_model, "toy/antonym", progress=False)
 
 
 def test_report_sections_and_results(toy_report):
     rep = toy_report
-    assert [s.key for s in rep.sections] == ["icl", "ltv", "geometry"]
-    assert all(s.ok and s.results for s in rep.sections)
-    geo = {type(r).__name__ for r in rep.sections[2].results}
+    keys = ["icl", "ltv", "sweep", "compare", "ov", "saliency", "ablation", "sinks", "lens", "decoded", "linear", "rotation", "geometry"]
+    assert [s.key for s in rep.sections] == keys
+    assert all(s.ok and s.results for s in rep.sections), {s.key: s.error for s in rep.sections if not s.ok}
+    by = {s.key: s for s in rep.sections}
+    assert len(by["ablation"].results) == 3 and {r.kind for r in by["ablation"].results} == {"zero", "mean", "path"}
+    geo = {type(r).__name__ for r in by["geometry"].results}
     assert {"CosineMatrix", "Transfer", "Composition"} <= geo  # toy/antonym is a part of toy/capitalize+antonym
-    cm = next(r for r in rep.sections[2].results if type(r).__name__ == "CosineMatrix")
+    cm = next(r for r in by["geometry"].results if type(r).__name__ == "CosineMatrix")
     assert cm.tasks[:3] == ("toy/antonym",) * 3 and cm.within_mean > 0.9
     df = rep.to_frame()
-    assert list(df.key) == ["icl", "ltv", "geometry"] and df.error.isna().all()
+    assert list(df.key) == keys and df.error.isna().all()
     assert rep.layer == 2 and "toy/antonym" in repr(rep)
 
 
@@ -68,7 +72,7 @@ def test_page_is_offline_with_contents(toy_report, tmp_path):
     page = toy_report.write(tmp_path / "r.html").read_text()
     assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing fetched
     assert page.count("plotly.js v") <= 2 and len(page) > 3_000_000  # plotly.js inlined (once)
-    for key in ("icl", "ltv", "geometry"):
+    for key in (s.key for s in toy_report.sections):
         assert f'href="#{key}"' in page and f'<section id="{key}"' in page
 
 
