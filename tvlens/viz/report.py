@@ -236,7 +236,7 @@ body{font-family:sans-serif;margin:0;display:flex} nav{position:sticky;top:0;hei
 min-width:15em;max-width:18em;padding:1em;background:#f6f6f6;border-right:1px solid #ddd;font-size:90%}
 nav a{text-decoration:none} nav ul{padding-left:1.2em} main{padding:1em 2em;min-width:0;flex:1}
 table{border-collapse:collapse;font-size:85%} td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-section{border-top:2px solid #ddd;margin-top:1.5em} .note{color:#a33} .meta{color:#555} .desc{color:#333;max-width:60em}
+section{border-top:2px solid #ddd;margin-top:1.5em} details{overflow-x:auto;max-width:100%} .note{color:#a33} .meta{color:#555} .desc{color:#333;max-width:60em}
 """
 
 
