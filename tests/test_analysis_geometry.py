@@ -183,3 +183,16 @@ def test_cli_geometry_json(capsys, tmp_path):
     again = json.loads(capsys.readouterr().out)
     assert rc == 0 and again["cosine"]["labels"] == out["cosine"]["labels"]
     assert again["cosine"]["matrix"] == out["cosine"]["matrix"] and again["composition"] is None
+
+
+def test_cli_geometry_refuses_an_unknown_composition_before_training(capsys, monkeypatch):
+    import tvlens.analysis
+    from tvlens.cli import main
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before checking --composed")
+
+    monkeypatch.setattr(tvlens.analysis, "train_vectors", no_training)  # what the command calls
+    rc = main(["analyze", "geometry", "--tasks", "toy/antonym", "--composed", "toy/antonym", "--json"])
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert rc == 2 and err["type"] == "ConfigError" and "--parts" in err["message"]

@@ -42,17 +42,19 @@ def run_geometry(model, model_name: str, *, tasks=None, seeds=(0, 1, 2), layer=N
 
     toy = model_name == "toy"
     layer = model.cfg.n_layers // 2 if layer is None else layer
-    if vectors is None:
-        tasks = list(tasks or (TOY_TASKS if toy else REAL_TASKS))
-        vectors = train_vectors(model, tasks, seeds=seeds, layer=layer, config=tv.LTVConfig(), split_seed=seed,
-                                vary_splits=vary_splits)
     composed = composed or (TOY_COMPOSED if toy else REAL_COMPOSED)
-    comp = None
-    if composed != "none":
+    pa = None
+    if composed != "none":  # checked before any training
         pa = parts or parts_of(tv.tasks.resolve(composed, model_name=model_name).name)
         if pa is None:
             raise ConfigError(f"--composed {composed!r} is not a registered composed task; name its two tasks with --parts A B")
         pa = [tv.tasks.resolve(p, model_name=model_name).name for p in pa]
+    if vectors is None:
+        tasks = list(tasks or (TOY_TASKS if toy else REAL_TASKS))
+        vectors = train_vectors(model, tasks, seeds=seeds, layer=layer, config=tv.LTVConfig(), split_seed=seed,
+                                vary_splits=vary_splits)
+    comp = None
+    if pa is not None:
         pick = []
         for p in pa:  # the first vector of that task, else a fresh seed-0 LTV at the same sites
             have = [v for v in vectors if v.task == p]
