@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 GROUPS = ("Baselines", "Heads", "Logit lens and linearity", "Geometry")
 MAX_ROWS = 60  # table rows shown per result (the rest are counted)
+OPEN_ROWS = 20  # tables up to this many rows are shown unfolded
 
 
 @dataclass
@@ -278,7 +279,8 @@ def render(report: Report) -> str:
                 try:
                     df = r.to_frame()
                     more = f"<p>{len(df)} rows; first {MAX_ROWS} shown</p>" if len(df) > MAX_ROWS else ""
-                    parts.append(f"<details open><summary>table ({len(df)} rows)</summary>"
+                    opened = " open" if len(df) <= OPEN_ROWS else ""  # long tables start folded
+                    parts.append(f"<details{opened}><summary>table ({len(df)} rows)</summary>"
                                  + df.head(MAX_ROWS).to_html(float_format=_fmt, na_rep="-", index=False) + more + "</details>")
                 except Exception as e:
                     parts.append(f'<p class="note">no table ({html.escape(type(e).__name__)})</p>')
