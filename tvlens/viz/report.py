@@ -340,14 +340,14 @@ def _geometry(ctx: ReportContext):
 
     pool = TOY_TASKS if ctx.toy else REAL_TASKS
     others = [t for t in pool if t != ctx.task.name][: 3 if ctx.toy else 2]
-    own = [ctx.vector, *train_vectors(ctx.model, [ctx.task], seeds=(ctx.seed + 1, ctx.seed + 2), layer=ctx.layer)]
-    vectors = own + train_vectors(ctx.model, others, seeds=(ctx.seed,), layer=ctx.layer)
+    own = [ctx.vector, *train_vectors(ctx.model, [ctx.task], seeds=(ctx.seed + 1, ctx.seed + 2), layer=ctx.layer, split_seed=ctx.seed)]
+    vectors = own + train_vectors(ctx.model, others, seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)
     out = [vector_cosines(vectors), transfer_matrix(ctx.model, vectors, seed=ctx.seed, n=ctx.n)]
     for name in [*COMPOSED, *REAL_COMPOSED]:
         pa = parts(name)
         if ctx.task.name in pa and (name.startswith("toy/") == ctx.toy):
             by_task = {v.task: v for v in reversed(vectors)}
-            pick = [by_task.get(p) or train_vectors(ctx.model, [p], seeds=(ctx.seed,), layer=ctx.layer)[0] for p in pa]
+            pick = [by_task.get(p) or train_vectors(ctx.model, [p], seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)[0] for p in pa]
             out.append(composition(ctx.model, pick[0], pick[1], name, seed=ctx.seed, n=ctx.n))
     return out
 
