@@ -28,6 +28,11 @@ def prompts():
     return tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=1, n=6)
 
 
+@pytest.fixture(scope="module")
+def toy_vector(toy_model):
+    return tv.train_ltv(toy_model, "toy/antonym", progress=False).vector  # the default LTV: layer 2, last token
+
+
 def vec(model, layer, seed=0, scale=3.0):
     theta = scale * torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
     return tv.TaskVector(theta, (tv.Site(layer, -1),), task="toy/antonym", model_fingerprint=tv.fingerprint(model))
@@ -101,8 +106,8 @@ def reference_accuracy(model, vector, prompts, edit):
     return tv.evaluate(model, prompts, intervention=[iv.AddAt(vector.sites, vector.values), edit]).accuracy
 
 
-def test_zero_and_mean_match_a_reference(toy_model):
-    v = tv.train_ltv(toy_model, "toy/antonym", progress=False).vector
+def test_zero_and_mean_match_a_reference(toy_model, toy_vector):
+    v = toy_vector
     ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test")
     heads = [(2, h) for h in range(4)] + [(3, h) for h in range(4)]
     z = head_ablation(toy_model, v, ps, heads, kind="zero", n_random=0)
@@ -125,8 +130,8 @@ def test_zero_vector_changes_no_accuracy(toy_model):
     assert res.none == res.zero_shot == res.key and res.random == [res.zero_shot] * 2
 
 
-def test_random_sets_and_result(toy_model):
-    v = tv.train_ltv(toy_model, "toy/antonym", progress=False).vector
+def test_random_sets_and_result(toy_model, toy_vector):
+    v = toy_vector
     sal = head_saliency(toy_model, v, "toy/antonym")
     res = head_ablation(toy_model, v, "toy/antonym", sal, kind="path", n_random=4, fraction=0.25, seed=1)
     assert isinstance(res, AblationResult) and res.kind == "path" and res.heads == tuple(sal.top(0.25))

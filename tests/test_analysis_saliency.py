@@ -30,6 +30,11 @@ def batch_and_prompts(toy_tokenizer):
     return ps
 
 
+@pytest.fixture(scope="module")
+def toy_vector(toy_model):
+    return tv.train_ltv(toy_model, "toy/antonym", progress=False).vector  # the default LTV: layer 2, last token
+
+
 def vec(model, layer, seed=0, scale=2.0):
     theta = scale * torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(seed))
     return tv.TaskVector(theta, (tv.Site(layer, -1),), task="toy/antonym", model_fingerprint=tv.fingerprint(model))
@@ -107,8 +112,8 @@ def test_attribution_tracks_exact_ablation_on_a_tiny_model(model, batch_and_prom
     assert torch.sign(g.attribution).eq(torch.sign(e.attribution)).float().mean() >= 0.75
 
 
-def test_embedded_model_one_pass_vs_exact(toy_model):
-    v = tv.train_ltv(toy_model, "toy/antonym", progress=False).vector
+def test_embedded_model_one_pass_vs_exact(toy_model, toy_vector):
+    v = toy_vector
     g = head_saliency(toy_model, v, "toy/antonym")
     e = head_saliency(toy_model, v, "toy/antonym", mode="exact")
     assert g.scores[: v.sites[0].layer].isnan().all() and not g.scores[v.sites[0].layer :].isnan().any()
@@ -117,8 +122,8 @@ def test_embedded_model_one_pass_vs_exact(toy_model):
     assert_no_hooks_left(toy_model)
 
 
-def test_result_queries(toy_model):
-    v = tv.train_ltv(toy_model, "toy/antonym", progress=False).vector
+def test_result_queries(toy_model, toy_vector):
+    v = toy_vector
     s = head_saliency(toy_model, v, "toy/antonym", layers=range(toy_model.cfg.n_layers))
     df = s.to_frame()
     assert list(df.columns) == ["layer", "head", "score", "rank", "attribution"] and len(df) == 20

@@ -105,9 +105,9 @@ def bench_saliency(name: str, model, vector, prompts, *, min_seconds: float = 2.
     """
     from tvlens.analysis.saliency import head_saliency, spearman
 
-    exact = _time_per_call(lambda: head_saliency(model, vector, prompts=prompts, mode="exact"), min_calls=1, min_seconds=min_seconds)
+    exact = _time_per_call(lambda: head_saliency(model, vector, prompts=prompts, mode="exact", progress=False), min_calls=1, min_seconds=min_seconds)
     grad = _time_per_call(lambda: head_saliency(model, vector, prompts=prompts), min_calls=1, min_seconds=min_seconds)
-    rho = spearman(head_saliency(model, vector, prompts=prompts), head_saliency(model, vector, prompts=prompts, mode="exact"))
+    rho = spearman(head_saliency(model, vector, prompts=prompts), head_saliency(model, vector, prompts=prompts, mode="exact", progress=False))
     layer = min(s.layer for s in vector.sites)
     details = {"heads": (model.cfg.n_layers - layer) * model.cfg.n_heads, "prompts": len(prompts), "injection_layer": layer,
                "spearman": rho, "threads": torch.get_num_threads()}

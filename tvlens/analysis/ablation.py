@@ -34,6 +34,7 @@ from tvlens._result import Result
 from tvlens._validate import check_choice, check_int, no_type_check
 from tvlens.analysis._inputs import (Head, check_heads, check_vector, final_logits, heads_from, injection, pool_heads,
                                      random_head_sets, resid_before, resolve_prompts, run_last, sites_from, span_of, steer_edit)
+from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
 
@@ -129,14 +130,12 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
     check_int("head_ablation", "n_random", n_random, min=0)
     check_vector(model, vector)
     if heads is None:
-        from tvlens.errors import ConfigError
-
         raise ConfigError("give the heads to ablate: (layer, head) pairs or a HeadSaliency (head_saliency(...)), whose top "
                           "fraction is taken")
     layer, _ = injection(vector)
     key = heads_from(model, heads, fraction)
     if pool is None:
-        pool = ([(a, b) for a, b in heads._order()] if isinstance(heads, HeadSaliency) else pool_heads(model, layer))
+        pool = heads.ranked() if isinstance(heads, HeadSaliency) else pool_heads(model, layer)
     pool = check_heads(model, pool, "pool")
     sets = random_head_sets(pool, len(key), n_random, seed, exclude=key)
     ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float
+from tqdm.auto import tqdm
 
 from tvlens._hooks import AddAt, AddToHeads, Cache, SetHeadPerRow, Span, intervene
 from tvlens._result import Result
@@ -55,7 +56,8 @@ class HeadSaliency(Result):
     n: int  # queries averaged over
     p_gold: float  # mean p(gold first token) with θ injected
 
-    def _order(self) -> list[tuple[int, int]]:
+    def ranked(self) -> list[tuple[int, int]]:
+        """Every scored head, highest score first."""
         flat = self.scores.flatten()
         ok = ~flat.isnan()
         idx = torch.arange(len(flat))[ok][flat[ok].argsort(descending=True, stable=True)]
@@ -66,14 +68,14 @@ class HeadSaliency(Result):
     def top(self, fraction: float = 0.1) -> list[tuple[int, int]]:
         """The highest-scoring ``fraction`` of the scored heads (at least one), highest first."""
         check_float("HeadSaliency.top", "fraction", fraction, min=0, max=1, min_exclusive=True)
-        order = self._order()
+        order = self.ranked()
         return order[: max(1, round(fraction * len(order)))]
 
     def to_frame(self):
         """One row per scored head: layer, head, score, rank (1 = highest), attribution."""
         import pandas as pd
 
-        order = self._order()
+        order = self.ranked()
         rank = {hd: i + 1 for i, hd in enumerate(order)}
         rows = sorted(order)
         return pd.DataFrame({"layer": [r[0] for r in rows], "head": [r[1] for r in rows],
@@ -151,7 +153,7 @@ def grad_attribution(model, vector: TaskVector, batch: PromptBatch, layers: list
 
 
 def exact_drops(model, vector: TaskVector, batch: PromptBatch, heads: list[tuple[int, int]], *,
-                heads_per_pass: int | None = None) -> tuple[Float[torch.Tensor, "batch head"], Float[torch.Tensor, " batch"]]:
+                heads_per_pass: int | None = None, progress: bool = False) -> tuple[Float[torch.Tensor, "batch head"], Float[torch.Tensor, " batch"]]:
     """p(gold) with θ minus p(gold) with θ and head h's output at N zeroed, for each of ``heads``; and p(gold).
 
     Many heads per forward pass: the batch is replicated once per head of a chunk; a chunk of
@@ -169,29 +171,33 @@ def exact_drops(model, vector: TaskVector, batch: PromptBatch, heads: list[tuple
             resid = model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=cfg.n_layers)
         base = p_gold(final_logits(model, resid[rows, batch.last_index.to(resid.device)]), batch.answer_ids).cpu()  # [n]
         drops: dict[tuple[int, int], torch.Tensor] = {}
-        for lay in layers:
-            mine = [hd for hd in heads if hd[0] == lay]
+        chunks = [[hd for hd in heads if hd[0] == lay][i : i + per] for lay in layers
+                  for i in range(0, sum(hd[0] == lay for hd in heads), per)]
+        for chunk in tqdm(chunks, desc="exact head saliency", unit="pass", disable=not progress):
+            lay = chunk[0][0]
             cached = store.store[f"blocks.{lay}.hook_resid_pre"]  # [n, pos, d_model]
-            for i in range(0, len(mine), per):
-                chunk = mine[i : i + per]
-                c = len(chunk)
-                hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c*n, 2]: replica j zeroes head j
-                zero = torch.zeros(c * n, cfg.d_head)
-                rep = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
-                with intervene(model, *_tail(vector, lay), SetHeadPerRow(hl, zero), span=rep):
-                    out = model(cached.repeat(c, 1, 1), start_at_layer=lay, stop_at_layer=cfg.n_layers,
-                                attention_mask=batch.attention_mask.repeat(c, 1).to(cached.device))  # [c*n, pos, d_model]
-                last = out[torch.arange(c * n), batch.last_index.repeat(c).to(out.device)]
-                p = p_gold(final_logits(model, last), batch.answer_ids.repeat(c)).cpu().reshape(c, n)  # [head, prompt]
-                for hd, row in zip(chunk, base[None] - p):
-                    drops[hd] = row
+            c = len(chunk)
+            hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c*n, 2]: replica j zeroes head j
+            zero = torch.zeros(c * n, cfg.d_head)
+            rep = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
+            with intervene(model, *_tail(vector, lay), SetHeadPerRow(hl, zero), span=rep):
+                out = model(cached.repeat(c, 1, 1), start_at_layer=lay, stop_at_layer=cfg.n_layers,
+                            attention_mask=batch.attention_mask.repeat(c, 1).to(cached.device))  # [c*n, pos, d_model]
+            last = out[torch.arange(c * n), batch.last_index.repeat(c).to(out.device)]
+            p = p_gold(final_logits(model, last), batch.answer_ids.repeat(c)).cpu().reshape(c, n)  # [head, prompt]
+            for hd, row in zip(chunk, base[None] - p):
+                drops[hd] = row
     return torch.stack([drops[hd] for hd in heads], 1), base
 
 
 @no_type_check  # checks its arguments
 def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: Literal["grad", "exact"] = "grad",
-                  layers=None, n: int | None = None, batch_size: int = 32, heads_per_pass: int | None = None) -> HeadSaliency:
-    """Saliency of every head of ``layers`` (default: the injection layer and later) for ``task``'s zero-shot queries."""
+                  layers=None, n: int | None = None, batch_size: int = 32, heads_per_pass: int | None = None,
+                  progress: bool = True) -> HeadSaliency:
+    """Saliency of every head of ``layers`` (default: the injection layer and later) for ``task``'s zero-shot queries.
+
+    ``progress``: a tqdm bar over the exact mode's forward passes (``False`` turns it off).
+    """
     check_choice("head_saliency", "mode", mode, ("grad", "exact"))
     check_vector(model, vector)
     cfg = model.cfg
@@ -209,7 +215,7 @@ def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: L
         scores[idx], signed[idx] = attr.abs().mean(0), attr.mean(0)
     else:
         heads = [(lay, h) for lay in todo for h in range(cfg.n_heads)]
-        drop, p = exact_drops(model, vector, batch, heads, heads_per_pass=heads_per_pass)  # [b, head]
+        drop, p = exact_drops(model, vector, batch, heads, heads_per_pass=heads_per_pass, progress=progress)  # [b, head]
         scores[idx] = drop.abs().mean(0).reshape(len(todo), cfg.n_heads)
         signed[idx] = drop.mean(0).reshape(len(todo), cfg.n_heads)
     return HeadSaliency(scores, signed, mode, first, ps.task.name, len(batch), float(p.mean()))

@@ -139,7 +139,7 @@ def attention_sinks(model, vector: TaskVector, task=None, key_heads=None, *, pro
     layer, positions = injection(vector)
     key = heads_from(model, key_heads, fraction)
     if pool is None:
-        pool = [tuple(hd) for hd in key_heads._order()] if isinstance(key_heads, HeadSaliency) else pool_heads(model, layer)
+        pool = key_heads.ranked() if isinstance(key_heads, HeadSaliency) else pool_heads(model, layer)
     sets = random_head_sets(check_heads(model, pool, "pool"), len(key), n_random, seed, exclude=key)
     ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
     batch = ps.tokenize(model)
