@@ -53,6 +53,8 @@ def test_page_is_self_contained_and_carries_every_head():
     assert (data["n_layers"], data["n_heads"]) == (N_LAYERS, N_HEADS)
     assert len(data["rows"]) == N_LAYERS * N_HEADS and data["rows"][5]["layer"] == 1 and data["rows"][5]["head"] == 1
     assert data["rows"][0]["exact_effect"] is None  # NaN -> null, valid JSON
+    page = render_dashboard(make_data(decoded_values=torch.full((N_LAYERS, N_HEADS, 2), float("nan"))))
+    assert embedded(page)["decoded_values"][0][0] == [None, None]
     assert data["tokens"] == list(TOKENS)
     assert torch.allclose(torch.tensor(data["patterns"]), make_data().patterns, atol=1e-4)
     assert "plotly_click" in page and "tvl-pattern" in page and "tvl-decoded" in page

@@ -182,8 +182,8 @@ class Circuit:
         sal, ov = self.saliency(), self.ov()
         nan = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
         rank = nan.clone()  # heads before the vector's layer are not scored (nan)
-        ranked = sal.to_frame()
-        rank[torch.tensor(ranked["layer"].values), torch.tensor(ranked["head"].values)] = torch.tensor(ranked["rank"].values).float()
+        order = torch.tensor(sal.ranked()).reshape(-1, 2)  # [scored head, (layer, head)], most salient first
+        rank[order[:, 0], order[:, 1]] = torch.arange(1, len(order) + 1, dtype=rank.dtype)
         valid = ov.valid[:, None].expand(cfg.n_layers, cfg.n_heads)  # [layer, head]: the heads that read θ
         cols = {"saliency": sal.scores, "rank": rank,
                 "exact_effect": self.exact().scores if exact else None,
@@ -234,7 +234,7 @@ class Circuit:
         ov = self.ov()
         n_layers, n_heads = ov.products.shape[:2]
         toks = tuple(tuple(ov.top_tokens[a][b]) if bool(ov.valid[a]) else () for a in range(n_layers) for b in range(n_heads))
-        return toks, ov.top_logits * ov.valid[:, None, None]
+        return toks, torch.where(ov.valid[:, None, None], ov.top_logits, torch.zeros(()))  # uncomputed layers: 0
 
     def head(self, layer: int, head: int) -> HeadDetail:
         """One head in detail (its row, attention pattern on the example prompt, OV tokens)."""

@@ -108,6 +108,10 @@ def _num(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _round(x: float, digits: int) -> float | None:
+    return round(x, digits) if math.isfinite(x) else None
+
+
 def _js(obj) -> str:
     """JSON safe inside a <script> element (no '</script>' or '<!--' can appear in it)."""
     return json.dumps(obj, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -220,9 +224,9 @@ def render_dashboard(data: DashboardData) -> str:
         rows[int(rec["layer"]) * shape[1] + int(rec["head"])] = {
             k: (bool(v) if k == "key" else (_num(v) if not isinstance(v, str) else v)) for k, v in rec.items()}
     payload = {"n_layers": shape[0], "n_heads": shape[1], "tokens": list(data.tokens),
-               "patterns": [[[[round(float(x), 4) for x in q] for q in h] for h in layer] for layer in data.patterns.tolist()],
+               "patterns": [[[[_round(x, 4) for x in q] for q in h] for h in layer] for layer in data.patterns.tolist()],
                "decoded": [list(t) for t in data.decoded],
-               "decoded_values": [[[round(float(x), 3) for x in h] for h in layer] for layer in data.decoded_values.tolist()],
+               "decoded_values": [[[_round(x, 3) for x in h] for h in layer] for layer in data.decoded_values.tolist()],
                "rows": rows}
     top = frame.sort_values("saliency", ascending=False).iloc[0]
     on_load = (_SCRIPT + "\nvar tvlDiv = document.getElementById('{plot_id}');\n"
