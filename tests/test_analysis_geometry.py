@@ -196,3 +196,12 @@ def test_cli_geometry_refuses_an_unknown_composition_before_training(capsys, mon
     rc = main(["analyze", "geometry", "--tasks", "toy/antonym", "--composed", "toy/antonym", "--json"])
     err = json.loads(capsys.readouterr().out)["error"]
     assert rc == 2 and err["type"] == "ConfigError" and "--parts" in err["message"]
+
+
+def test_composition_keeps_per_query_predictions(toy_model, toy_vectors, tmp_path):
+    res = composition(toy_model, toy_vectors[0], toy_vectors[2], "toy/capitalize+antonym", icl_shots=None)
+    df = res.predictions(toy_model)
+    assert list(df.columns) == ["query", "gold", "zero-shot", "a", "b", "a+b", "0.5(a+b)"] and len(df) == res.n
+    assert int((df["a+b"] == df["gold"]).sum()) == int(res.correct[res.conditions.index("a+b")])
+    back = Composition.load(res.save(tmp_path / "c.json"))
+    assert torch.equal(back.predicted, res.predicted) and back.queries == res.queries

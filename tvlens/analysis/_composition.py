@@ -44,6 +44,21 @@ class Composition(Result):
     scales: tuple[float, ...]  # the sum scales evaluated
     matches_a: Int[torch.Tensor, " condition"]  # predictions equal to task_a's own answer for the input (-1: unknown)
     matches_b: Int[torch.Tensor, " condition"]  # likewise for task_b
+    queries: tuple[str, ...] = ()  # the test queries' inputs, in order
+    predicted: Int[torch.Tensor, "condition batch"] | None = None  # full-vocabulary argmax per condition and query
+    gold: Int[torch.Tensor, " batch"] | None = None  # first token of the composed answer
+
+    def predictions(self, model=None):
+        """One row per query: its input, the gold first token and each condition's prediction
+        (decoded with ``model``'s tokenizer when given, else token ids)."""
+        import pandas as pd
+
+        if self.predicted is None:
+            raise ConfigError("this Composition holds no per-query predictions (made by an older tvlens); rerun composition()")
+        dec = (lambda ids: [model.tokenizer.decode([i]) for i in ids]) if model is not None else (lambda ids: list(ids))
+        frame = {"query": list(self.queries), "gold": dec(self.gold.tolist())}
+        frame.update({c: dec(self.predicted[i].tolist()) for i, c in enumerate(self.conditions)})
+        return pd.DataFrame(frame)
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -128,7 +143,8 @@ def composition(model, vec_a: TaskVector, vec_b: TaskVector, composed_task: Task
     match = [torch.tensor([int((r.predicted == ids).sum()) if ids is not None else -1 for _, r in runs]) for ids in single]
     cos = float(torch.nn.functional.cosine_similarity(vec_a.values.flatten().float(), vec_b.values.flatten().float(), dim=0))
     return Composition(task.name, vec_a.task, vec_b.task, tuple(c for c, _ in runs), torch.tensor([r.correct for _, r in runs]),
-                       len(ps), cos, scales, match[0], match[1])
+                       len(ps), cos, scales, match[0], match[1], tuple(q.query(task.template) for q in ps.queries),
+                       torch.stack([r.predicted for _, r in runs]), runs[0][1].gold)
 
 
 def _answers_of(model, prompts, task_name: str):
