@@ -148,7 +148,8 @@ def rotation_vs_stretch(
             "alignment_theta": float(align[0]), "alignment_Qtheta": float(align[1]),
             "q_minus_i": float((Q - eye).norm()), "q_minus_i_rel": float((Q - eye).norm() / d**0.5),
             "theta_norm": float(theta.norm()), "decoded_theta": " ".join(map(repr, dec.tokens[0])),
-            "decoded_Qtheta": " ".join(map(repr, dec.tokens[1])), "seconds": round(fit.seconds, 2),
+            "decoded_Qtheta": " ".join(map(repr, dec.tokens[1])), "n_test": fit.n_test, "n_copies": fit.n_copies,
+            "seconds": round(fit.seconds, 2),
         })
     layers = [r["layer"] for r in rows]
     return RotationStretch(
