@@ -131,6 +131,40 @@ def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
     return model, tb
 
 
+def bench_linear_copies(name: str, model, prompts, layer: int, *, copies: int = 32, min_seconds: float = 2.0) -> BenchResult:
+    """Seconds to get the final states of ``copies`` noisy vectors x every prompt (linear propagation):
+    full forward passes with a per-row vector vs the prefix-cached last-column path."""
+    from tvlens._hooks import AddPerRow, Cache, intervene
+    from tvlens.analysis.linear import _Suffix
+
+    site = Site(layer, -1)
+    thetas = torch.randn(copies, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    batch = prompts.tokenize(model)
+    n = len(batch)
+    tokens, mask = batch.tokens.repeat(copies, 1), batch.attention_mask.repeat(copies, 1)  # [copy * query, pos]
+    rows, last = torch.arange(copies * n), batch.last_index.repeat(copies)
+    final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    out = {}
+
+    def naive() -> None:
+        cache = Cache((final,))
+        with torch.no_grad(), intervene(model, AddPerRow(site, thetas.repeat_interleave(n, 0)), cache):
+            model(tokens, attention_mask=mask, return_type=None)
+        out["naive"] = cache.store[final][rows, last].reshape(copies, n, -1)
+
+    suffix = _Suffix(model, prompts, site)  # prepared once per (prompts, layer), as linear_propagation does
+
+    def fast() -> None:
+        out["fast"] = suffix.states(thetas)
+
+    baseline = _time_per_call(naive, min_calls=2, min_seconds=min_seconds)
+    quick = _time_per_call(fast, min_calls=2, min_seconds=min_seconds)
+    details = {"batch": copies * n, "copies": copies, "prompts": n, "layer": layer,
+               "max_abs_diff": float((out["naive"] - out["fast"]).abs().max())}
+    log.info("%s: full forward %.4f s, prefix-cached %.4f s", name, baseline, quick)
+    return BenchResult(name, baseline, quick, details)
+
+
 def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     """The LTV step benchmarks of issue #3 (toy zero-shot, toy 8-shot, GPT-2-shaped 128 tokens), the FV AIE and head saliency."""
     import tvlens as tv
@@ -149,6 +183,9 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     # FV head AIE on the toy model: 25 corrupted 8-shot prompts (Todd et al.'s count), every head
     fv_batch = tv.make_prompts(splits, "train", k=8, n=25).tokenize(model)
     results.append(bench_fv_aie("fv_aie_toy_8shot_all_heads", model, fv_batch, min_seconds=min_s))
+    # linear propagation: final states of 32 noisy copies x 16 8-shot prompts, vector at layer 1
+    results.append(bench_linear_copies("linear_copies_toy_8shot", model, tv.make_prompts(splits, "train", k=8, n=16), 1,
+                                       min_seconds=min_s))
     # head saliency of the default LTV (every head of its layer and later) on the zero-shot test queries
     vector = tv.train_ltv(model, "toy/antonym", progress=False).vector
     results.append(bench_saliency("saliency_toy_exact_vs_one_pass", model, vector, tv.make_prompts(splits, "test"), min_seconds=min_s))

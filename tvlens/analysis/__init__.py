@@ -25,6 +25,26 @@ from tvlens.analysis.circuit import circuit as circuit
 
 
 # --- logit lens, linear propagation ---
+from tvlens.analysis.lens import DecodedTokens as DecodedTokens
+from tvlens.analysis.lens import LensResult as LensResult
+from tvlens.analysis.lens import answer_token_ids as answer_token_ids
+from tvlens.analysis.lens import decoded_tokens as decoded_tokens
+from tvlens.analysis.lens import lens_logits as lens_logits
+from tvlens.analysis.lens import lens_states as lens_states
+from tvlens.analysis.lens import logit_lens as logit_lens
+from tvlens.analysis.lens import task_alignment as task_alignment
+from tvlens.analysis.linear import LinearFit as LinearFit
+from tvlens.analysis.linear import RotationStretch as RotationStretch
+from tvlens.analysis.linear import linear_propagation as linear_propagation
+from tvlens.analysis.linear import polar as polar
+from tvlens.analysis.linear import rotation_vs_stretch as rotation_vs_stretch
 
 
 # --- geometry, transfer, composition ---
+from tvlens.analysis.geometry import CosineMatrix as CosineMatrix
+from tvlens.analysis.geometry import Composition as Composition
+from tvlens.analysis.geometry import Transfer as Transfer
+from tvlens.analysis.geometry import composition as composition
+from tvlens.analysis.geometry import train_vectors as train_vectors
+from tvlens.analysis.geometry import transfer_matrix as transfer_matrix
+from tvlens.analysis.geometry import vector_cosines as vector_cosines

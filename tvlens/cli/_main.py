@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _analyze.register(sub, _Parser)
 
+    from tvlens.cli import _report
+
+    _report.add_parser(cmd)
+
     sp = cmd("bench", c.cmd_bench, "speed benchmarks (ratios measured in one run)")
     sp.add_argument("--quick", action="store_true", help="shorter timing windows")
     return p

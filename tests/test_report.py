@@ -1,0 +1,139 @@
+"""The report page: section registry, failures kept to their section, an offline page with a table
+of contents, the CLI, and a headless Chromium render in which every section's plot is drawn."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from tvlens._result import Result
+from tvlens.viz import report as rp
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class _Dummy(Result):
+    name: str
+    values: torch.Tensor
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame({"i": range(len(self.values)), "value": self.values.tolist()})
+
+    def plot(self):
+        import plotly.graph_objects as go
+
+        return go.Figure(go.Bar(x=list(range(len(self.values))), y=self.values.tolist()))
+
+
+@pytest.fixture
+def extra_sections(monkeypatch):
+    """Two test sections (one working, one failing) added for the duration of a test."""
+    rp._register_builtin()
+    monkeypatch.setattr(rp, "SECTIONS", dict(rp.SECTIONS))
+    rp.register_section("dummy", "A dummy section", "Geometry", lambda ctx: [_Dummy("d", torch.arange(3.0))], "three bars")
+
+    def boom(ctx):
+        raise RuntimeError("this analysis broke")
+
+    rp.register_section("broken", "A broken section", "Heads", boom)
+    return rp
+
+
+@pytest.fixture(scope="module")
+def toy_report(toy_model):
+    """Every section (baselines, heads, lens and linearity, geometry) on the embedded model."""
+    return rp.build_report(toy_model, "toy/antonym", progress=False)
+
+
+def test_report_sections_and_results(toy_report):
+    rep = toy_report
+    keys = ["icl", "ltv", "sweep", "compare", "ov", "saliency", "ablation", "sinks", "lens", "decoded", "linear", "rotation", "geometry"]
+    assert [s.key for s in rep.sections] == keys
+    assert all(s.ok and s.results for s in rep.sections), {s.key: s.error for s in rep.sections if not s.ok}
+    by = {s.key: s for s in rep.sections}
+    assert len(by["ablation"].results) == 3 and {r.kind for r in by["ablation"].results} == {"zero", "mean", "path"}
+    geo = {type(r).__name__ for r in by["geometry"].results}
+    assert {"CosineMatrix", "Transfer", "Composition"} <= geo  # toy/antonym is a part of toy/capitalize+antonym
+    cm = next(r for r in by["geometry"].results if type(r).__name__ == "CosineMatrix")
+    assert cm.tasks[:3] == ("toy/antonym",) * 3 and cm.within_mean > 0.9
+    df = rep.to_frame()
+    assert list(df.key) == keys and df.error.isna().all()
+    assert rep.layer == 2 and "toy/antonym" in repr(rep)
+
+
+def test_page_is_offline_with_contents(toy_report, tmp_path):
+    page = toy_report.write(tmp_path / "r.html").read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing fetched
+    assert page.count("plotly.js v") <= 2 and len(page) > 3_000_000  # plotly.js inlined (once)
+    for key in (s.key for s in toy_report.sections):
+        assert f'href="#{key}"' in page and f'<section id="{key}"' in page
+
+
+def test_failing_and_missing_sections_are_kept_apart(extra_sections, toy_model, tmp_path):
+    rep = rp.build_report(toy_model, "toy/antonym", sections=["dummy", "broken", "icl"], progress=False)
+    by = {s.key: s for s in rep.sections}
+    assert by["dummy"].ok and by["icl"].ok
+    assert not by["broken"].ok and "RuntimeError: this analysis broke" in by["broken"].error
+    page = rep.write(tmp_path / "r.html").read_text()
+    assert "this analysis broke" in page and "(empty)" in page and "three bars" in page
+
+
+def test_unavailable_analysis_says_so(monkeypatch, toy_model):
+    import tvlens.analysis as a
+
+    rp._register_builtin()
+    monkeypatch.delattr(a, "head_saliency", raising=False)
+    rep = rp.build_report(toy_model, "toy/antonym", sections=["saliency"], progress=False)
+    assert rep.sections[0].error.startswith("not in this tvlens") and "head_saliency" in rep.sections[0].error
+
+
+def test_bad_arguments(toy_model):
+    from tvlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown report section"):
+        rp.build_report(toy_model, "toy/antonym", sections=["nope"], progress=False)
+    with pytest.raises(ConfigError, match="outside the model's layers"):
+        rp.build_report(toy_model, "toy/antonym", sections=["icl"], layer=99, progress=False)
+    with pytest.raises(ConfigError, match="not saved as JSON"):
+        rp.Report("m", "fp", "t", 0, ()).to_json()
+
+
+def test_cli_report(tmp_path, capsys):
+    from tvlens.cli import main
+
+    out = tmp_path / "report.html"
+    rc = main(["report", "--task", "antonym", "--sections", "icl", "ltv", "--json", str(out)])
+    payload = json.loads(capsys.readouterr().out)
+    assert rc == 0, payload
+    assert payload["task"] == "toy/antonym" and [s["key"] for s in payload["sections"]] == ["icl", "ltv"]
+    assert out.is_file()
+    rc = main(["report", "--task", "antonym", "--sections", "icl", "--json", str(out)])  # exists: refused
+    assert rc == 2 and json.loads(capsys.readouterr().out)["error"]["type"] == "OutputExistsError"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary to render the page")
+def test_every_section_plot_renders_in_chromium(toy_report, tmp_path):
+    """Headless Chromium runs the page's scripts; every result's plot must be drawn (an SVG plot)."""
+    path = toy_report.write(tmp_path / "r.html")
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=8000", "--dump-dom", path.as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    assert "</html>" in dom, "chromium produced no DOM"
+    for s in toy_report.sections:
+        m = re.search(rf'<section id="{s.key}".*?</section>', dom, re.S)
+        assert m, f"section {s.key} missing from the rendered page"
+        drawn = m.group(0).count('class="main-svg"')
+        assert drawn >= len(s.results), f"section {s.key}: {drawn} plot layers drawn for {len(s.results)} results"
+        assert m.group(0).count("plot-container") >= len(s.results)

@@ -1,0 +1,158 @@
+"""Rotation vs stretch: the polar decomposition of each layer's propagator ``W_TV(l) = Q S``.
+
+Context:
+    ``W = U Sigma V^T`` (SVD) gives ``Q = U V^T`` (orthogonal: a rotation, possibly with a
+    reflection) and ``S = V Sigma V^T`` (symmetric positive semi-definite: a stretch). ``Q theta``
+    is where the propagation *points* theta. Per layer this module reports the task alignment
+    (:func:`tvlens.analysis.task_alignment`, final-layer readout) of ``theta`` and of ``Q theta``,
+    ``cos(theta, Q theta)``, ``||Q - I||_F`` and the decoded tokens of ``Q theta``. When early
+    vectors are mostly rotated into the answer directions and late ones mostly stretched,
+    ``cos(theta, Q theta)`` rises with depth; the *transition layer* is the first layer of the
+    sweep from which ``cos(theta, Q theta) >= threshold`` (default 0.5) holds at every later layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+
+from tvlens._result import Result
+from tvlens.errors import ConfigError
+
+__all__ = ["RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]
+
+
+def polar(W: Float[torch.Tensor, "d_out d_in"]) -> tuple[Float[torch.Tensor, "d_out d_in"], Float[torch.Tensor, "d_in d_in"]]:
+    """``(Q, S)`` with ``W = Q @ S``, ``Q`` orthogonal and ``S`` symmetric positive semi-definite (via SVD)."""
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise ConfigError(f"polar() takes a square matrix, got shape {tuple(W.shape)}")
+    U, sig, Vh = torch.linalg.svd(W.double())  # W = U diag(sig) Vh
+    Q = U @ Vh
+    S = Vh.T @ torch.diag(sig) @ Vh
+    S = (S + S.T) / 2  # exactly symmetric
+    return Q.to(W.dtype), S.to(W.dtype)
+
+
+def transition_layer(layers: Sequence[int], cos: Sequence[float], threshold: float = 0.5) -> int | None:
+    """First layer from which ``cos >= threshold`` holds at it and every later layer (None: never)."""
+    out = None
+    for layer, c in sorted(zip(layers, cos), reverse=True):
+        if c < threshold:
+            break
+        out = layer
+    return out
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class RotationStretch(Result):
+    """Per-layer linear propagation and its rotation / stretch split (the paper's Figures 8A, 9A-C)."""
+
+    task: str
+    rows: tuple[dict, ...]  # one per layer: see to_frame()
+    transition_layer: int | None  # rotation gives way to stretch (see the module docstring)
+    icl_layer: int | None  # first layer where ICL beats zero-shot in logit-lens accuracy (when a lens was given)
+    threshold: float
+    definition: str  # task-alignment definition
+
+    def __repr__(self) -> str:
+        return (f"RotationStretch({self.task!r}, layers {[r['layer'] for r in self.rows]}, "
+                f"transition_layer={self.transition_layer}, icl_layer={self.icl_layer})")
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(list(self.rows))
+
+    def payload(self) -> dict:
+        """The JSON of ``tvlens analyze linear --json``."""
+        return {"task": self.task, "layers": [dict(r) for r in self.rows], "transition_layer": self.transition_layer,
+                "icl_beats_zero_shot_layer": self.icl_layer, "threshold": self.threshold, "alignment_definition": self.definition}
+
+    def plot(self):
+        """Accuracy (injected, reconstructed, zero-shot), alignment of theta vs Q theta, cos(theta, Q theta)."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        df = self.to_frame()
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("accuracy: injected vs W θ at the end", "task alignment: θ vs Qθ",
+                                                             "cos(θ, Qθ) and ||Q − I||/√d"))
+        x = df["layer"].tolist()
+        for col, name, label in (("injected_acc", 1, "injected θ"), ("reconstructed_acc", 1, "reconstructed Wθ"),
+                                 ("zero_shot_acc", 1, "zero-shot"), ("alignment_theta", 2, "alignment(θ)"),
+                                 ("alignment_Qtheta", 2, "alignment(Qθ)"), ("cos_theta_Qtheta", 3, "cos(θ, Qθ)"),
+                                 ("q_minus_i_rel", 3, "||Q − I||/√d")):
+            fig.add_trace(go.Scatter(x=x, y=df[col].tolist(), mode="lines+markers", name=label), row=1, col=name)
+        for layer, dash in ((self.transition_layer, "dash"), (self.icl_layer, "dot")):
+            if layer is not None:
+                for c in (1, 2, 3):
+                    fig.add_vline(x=layer, line_dash=dash, line_color="gray", row=1, col=c)
+        fig.update_xaxes(title_text="injection layer")
+        fig.update_layout(title=f"Linear propagation and rotation vs stretch: {self.task}<br><sup>dashed: transition layer "
+                                f"{self.transition_layer}; dotted: ICL beats zero-shot (logit lens) from layer {self.icl_layer}</sup>",
+                          height=450)
+        return fig
+
+
+def rotation_vs_stretch(
+    model,
+    vectors_by_layer: Mapping[int, object] | Sequence,
+    task=None,
+    *,
+    prompts=None,
+    lens=None,
+    threshold: float = 0.5,
+    k: int = 5,
+    definition: str = "span",
+    fits: Mapping[int, object] | None = None,
+    **fit_options,
+) -> RotationStretch:
+    """Fit ``W_TV(l)`` for each layer's one-site vector and split it into rotation and stretch.
+
+    ``vectors_by_layer``: ``{layer: TaskVector}`` or one-site TaskVectors. ``lens``: a
+    :class:`~tvlens.analysis.LensResult` with an ICL condition, for the ICL-beats-zero-shot layer.
+    ``fits``: ``{layer: LinearFit}`` already computed (skips those fits); ``fit_options`` go to
+    :func:`~tvlens.analysis.linear_propagation`.
+    """
+    from tvlens.analysis.lens import answer_token_ids, decoded_tokens, task_alignment
+    from tvlens.analysis.linear import linear_propagation
+    from tvlens.prompts import make_prompts, make_splits
+    from tvlens.tasks import get as get_task
+
+    vecs = dict(vectors_by_layer) if isinstance(vectors_by_layer, Mapping) else {v.sites[0].layer: v for v in vectors_by_layer}
+    if not vecs:
+        raise ConfigError("give at least one vector: {layer: TaskVector}, e.g. from tv.train_ltv(model, task, layers=[l])")
+    if prompts is None:
+        if task is None:
+            raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
+        task = get_task(task) if isinstance(task, str) else task
+        prompts = make_prompts(make_splits(task, seed=0), "test", k=0, n=fit_options.get("n_test", 200))
+    ids = answer_token_ids(model, prompts)
+    d = model.cfg.d_model
+    rows = []
+    for layer in sorted(vecs):
+        v = vecs[layer]
+        fit = (fits or {}).get(layer) or linear_propagation(model, v, task, prompts=None if task is not None else prompts, **fit_options)
+        Q, _ = polar(fit.W)
+        theta = fit.theta
+        q_theta = Q @ theta
+        align = task_alignment(torch.stack([theta, q_theta]), ids, model, definition=definition)
+        dec = decoded_tokens(model, {"θ": theta, "Qθ": q_theta}, k)
+        eye = torch.eye(d)
+        rows.append({
+            "layer": layer, "injected_acc": fit.injected_acc, "reconstructed_acc": fit.reconstructed_acc,
+            "zero_shot_acc": fit.zero_shot_acc, "mean_shift_acc": fit.mean_shift_acc, "fit_r2": fit.fit_r2,
+            "cos_theta_Qtheta": float(torch.nn.functional.cosine_similarity(theta, q_theta, dim=0)),
+            "alignment_theta": float(align[0]), "alignment_Qtheta": float(align[1]),
+            "q_minus_i": float((Q - eye).norm()), "q_minus_i_rel": float((Q - eye).norm() / d**0.5),
+            "theta_norm": float(theta.norm()), "decoded_theta": " ".join(map(repr, dec.tokens[0])),
+            "decoded_Qtheta": " ".join(map(repr, dec.tokens[1])), "n_test": fit.n_test, "n_copies": fit.n_copies,
+            "seconds": round(fit.seconds, 2),
+        })
+    layers = [r["layer"] for r in rows]
+    return RotationStretch(
+        task=prompts.task.name if task is None else task.name, rows=tuple(rows),
+        transition_layer=transition_layer(layers, [r["cos_theta_Qtheta"] for r in rows], threshold),
+        icl_layer=None if lens is None else lens.icl_beats_zero_shot_layer, threshold=float(threshold), definition=definition)

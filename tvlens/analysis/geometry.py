@@ -1,0 +1,329 @@
+"""How task vectors relate: their cosine geometry, transfer across tasks, and composition.
+
+Context:
+    The paper (Figure 4) finds that LTVs trained from different seeds on one task point the same
+    way (tight within-task clusters) while vectors of different tasks are nearly orthogonal, that
+    a task's vector does little for another task, and leaves open whether vectors compose. Three
+    functions measure this on any model:
+
+    - :func:`vector_cosines`: the cosine matrix of a set of vectors (all sites flattened), with
+      within-task and across-task summaries;
+    - :func:`transfer_matrix`: accuracy of each vector on each task's zero-shot test queries;
+    - :func:`composition`: the sum of two task vectors on the task that needs both, against
+      zero-shot and each vector alone (and scaled sums).
+
+    :func:`train_vectors` trains the LTVs these need (tasks x seeds at one site).
+
+>>> import tvlens as tv
+>>> from tvlens.analysis import train_vectors, vector_cosines
+>>> model = tv.load_model("toy")
+>>> vs = train_vectors(model, ["toy/antonym", "toy/capital"], seeds=(0, 1), layer=2)
+>>> cm = vector_cosines(vs)
+>>> cm.within_mean > cm.across_mean
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+
+from tvlens._result import Result
+from tvlens._validate import no_type_check
+from tvlens.errors import ConfigError
+from tvlens.tasks._task import Task
+from tvlens.vector import TaskVector
+
+__all__ = ["CosineMatrix", "Composition", "Transfer", "composition", "train_vectors", "transfer_matrix", "vector_cosines"]
+
+
+def _label(v: TaskVector, i: int) -> str:
+    seed = (v.meta.get("config") or {}).get("seed", v.meta.get("seed"))
+    return f"{v.task or 'vector'}#{seed if seed is not None else i}"
+
+
+def _labels(vectors: Sequence[TaskVector]) -> tuple[str, ...]:
+    labels = [_label(v, i) for i, v in enumerate(vectors)]
+    return tuple(lab if labels.count(lab) == 1 else f"{lab}.{i}" for i, lab in enumerate(labels))
+
+
+def _check_vectors(vectors, what: str = "vectors") -> list[TaskVector]:
+    vectors = list(vectors.values()) if isinstance(vectors, dict) else list(vectors)
+    if not vectors or not all(isinstance(v, TaskVector) for v in vectors):
+        raise ConfigError(f"{what} must be a non-empty sequence of tv.TaskVector; train them with "
+                          "tv.analysis.train_vectors(model, tasks, seeds=...)")
+    shape, sites = vectors[0].values.shape, vectors[0].sites
+    for v in vectors[1:]:
+        if v.values.shape != shape or v.sites != sites:
+            raise ConfigError(f"all {what} must share their sites to be compared; got {[str(s) for s in sites]} and "
+                              f"{[str(s) for s in v.sites]}; train every vector at the same layer(s) and position(s)")
+    return vectors
+
+
+def _task(model, task: Task | str) -> Task:
+    from tvlens.tasks import resolve
+
+    if isinstance(task, Task):
+        return task
+    if not isinstance(task, str):
+        raise ConfigError(f"a task must be a tv.tasks.Task or a registered name, got {type(task).__name__}")
+    return resolve(task, model_name="toy" if getattr(model.cfg, "model_name", "") == "tvlens-toy" else None)
+
+
+def _ci(correct: int, n: int) -> tuple[float, float]:
+    from tvlens.stats import wilson_interval
+
+    return wilson_interval(int(correct), int(n))
+
+
+# --- training the vectors --------------------------------------------------------------------
+
+
+@no_type_check
+def train_vectors(model, tasks: Sequence[Task | str], *, seeds: Sequence[int] = (0, 1, 2), layer: int | None = None,
+                  config=None, split_seed: int = 0, vary_splits: bool = False) -> list[TaskVector]:
+    """One LTV per (task, seed) at ``layer`` (default: the middle layer), last position.
+
+    The seed varies the LTV's initialisation and query order (``LTVConfig.seed``); the splits stay
+    those of ``split_seed``, so every seed sees the same training queries, unless ``vary_splits``:
+    then seed ``s`` also draws its own splits (``make_splits(task, seed=split_seed + s)``), so the
+    vectors of one task differ in their training queries too. (Their training queries then overlap
+    other seeds' test queries: evaluate such vectors on their own task only with their own splits.)
+    """
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from tvlens.ltv import LTVConfig, train_ltv
+    from tvlens.prompts import make_splits
+
+    config = config or LTVConfig()
+    if not seeds:
+        raise ConfigError("seeds must name at least one seed, e.g. seeds=(0, 1, 2)")
+    out = []
+    tasks = [_task(model, t) for t in tasks]
+    for task in tqdm(tasks, desc="ltv per task x seed", disable=None, leave=False):
+        for s in seeds:
+            splits = make_splits(task, seed=split_seed + int(s) if vary_splits else split_seed)
+            res = train_ltv(model, task, layers=layer, config=dataclasses.replace(config, seed=int(s)), splits=splits, progress=False)
+            out.append(res.vector)
+    return out
+
+
+# --- cosines ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class CosineMatrix(Result):
+    """Cosine similarity of every pair of vectors (values over all sites flattened)."""
+
+    labels: tuple[str, ...]  # one per vector, "task#seed"
+    tasks: tuple[str, ...]  # the task of each vector
+    cos: Float[torch.Tensor, "vector vector"]
+    norms: Float[torch.Tensor, " vector"]
+
+    def _pairs(self, same: bool) -> torch.Tensor:
+        t = self.tasks
+        n = len(t)
+        mask = torch.tensor([[(t[i] == t[j]) == same and i != j for j in range(n)] for i in range(n)])
+        return self.cos[mask]
+
+    @property
+    def within_mean(self) -> float:
+        """Mean cosine over pairs of distinct vectors of the same task (NaN with one seed)."""
+        p = self._pairs(True)
+        return float(p.mean()) if p.numel() else math.nan
+
+    @property
+    def across_mean(self) -> float:
+        """Mean cosine over pairs of vectors of different tasks (NaN with one task)."""
+        p = self._pairs(False)
+        return float(p.mean()) if p.numel() else math.nan
+
+    @property
+    def across_abs_mean(self) -> float:
+        p = self._pairs(False)
+        return float(p.abs().mean()) if p.numel() else math.nan
+
+    def summary(self):
+        """Per task: mean and min within-task cosine, mean and max across-task cosine, separated."""
+        import pandas as pd
+
+        rows = []
+        for task in dict.fromkeys(self.tasks):
+            idx = [i for i, t in enumerate(self.tasks) if t == task]
+            other = [j for j, t in enumerate(self.tasks) if t != task]
+            w = self.cos[idx][:, idx][~torch.eye(len(idx), dtype=torch.bool)] if len(idx) > 1 else torch.empty(0)
+            a = self.cos[idx][:, other].flatten() if other else torch.empty(0)
+            rows.append({"task": task, "n_vectors": len(idx),
+                         "within_mean": float(w.mean()) if w.numel() else math.nan,
+                         "within_min": float(w.min()) if w.numel() else math.nan,
+                         "across_mean": float(a.mean()) if a.numel() else math.nan,
+                         "across_max": float(a.max()) if a.numel() else math.nan,
+                         "separated": bool(w.numel() and a.numel() and w.min() > a.max())})
+        return pd.DataFrame(rows)
+
+    def to_frame(self):
+        """One row per ordered pair of distinct vectors: a, b, their tasks, same_task, cosine."""
+        import pandas as pd
+
+        n = len(self.labels)
+        rows = [{"a": self.labels[i], "b": self.labels[j], "task_a": self.tasks[i], "task_b": self.tasks[j],
+                 "same_task": self.tasks[i] == self.tasks[j], "cosine": float(self.cos[i, j])}
+                for i in range(n) for j in range(n) if i != j]
+        return pd.DataFrame(rows)
+
+    def plot(self):
+        """Heatmap of the cosine matrix (the paper's Figure 4), vectors grouped by task."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Heatmap(z=self.cos.tolist(), x=list(self.labels), y=list(self.labels), zmin=-1, zmax=1,
+                                   colorscale="RdBu_r", colorbar={"title": "cosine"},
+                                   hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
+        fig.update_layout(title=f"Cosine between task vectors: within-task {self.within_mean:.2f}, across-task {self.across_mean:.2f}",
+                          yaxis={"autorange": "reversed"}, height=max(420, 22 * len(self.labels) + 200))
+        return fig
+
+    def __repr__(self) -> str:
+        return (f"CosineMatrix({len(self.labels)} vectors, {len(set(self.tasks))} tasks: within {self.within_mean:.3f}, "
+                f"across {self.across_mean:.3f})")
+
+
+@no_type_check
+def vector_cosines(vectors: Sequence[TaskVector] | dict) -> CosineMatrix:
+    """The cosine matrix of ``vectors`` (all sharing their sites), grouped by task in the given order."""
+    vectors = _check_vectors(vectors)
+    flat = torch.stack([v.values.detach().float().flatten() for v in vectors])  # [vector, site*d_model]
+    norms = flat.norm(dim=1)
+    if bool((norms == 0).any()):
+        zero = [_labels(vectors)[i] for i in (norms == 0).nonzero().flatten().tolist()]
+        raise ConfigError(f"vectors {zero} are zero: a cosine needs a non-zero vector; drop them or retrain")
+    unit = flat / norms[:, None]
+    cos = (unit @ unit.T).clamp(-1, 1)  # [vector, vector]
+    return CosineMatrix(_labels(vectors), tuple(v.task for v in vectors), cos, norms)
+
+
+# --- transfer --------------------------------------------------------------------------------
+
+
+def _eval(model, prompts, vector: TaskVector | None, scale: float | None = None, batch_size: int = 64):
+    from tvlens.evaluate import evaluate
+    from tvlens.steer import steering
+
+    # the Edit, not steering(): evaluating a vector on another task is the point here, not a slip to warn about
+    edit = None if vector is None else steering(model, vector, scale, allow_other_fingerprint=True).edit
+    return evaluate(model, prompts, intervention=edit, batch_size=batch_size)
+
+
+def _eval_correct(model, prompts, vector: TaskVector | None, scale: float | None = None, batch_size: int = 64) -> int:
+    return _eval(model, prompts, vector, scale, batch_size).correct
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Transfer(Result):
+    """Accuracy of each vector (rows) on each task's zero-shot test queries (columns)."""
+
+    labels: tuple[str, ...]  # one per vector
+    vector_tasks: tuple[str, ...]  # the task each vector was trained on
+    tasks: tuple[str, ...]  # the evaluation tasks
+    correct: Int[torch.Tensor, "vector task"]
+    n: Int[torch.Tensor, " task"]  # test queries per task
+    zero_shot_correct: Int[torch.Tensor, " task"]
+
+    @property
+    def accuracy(self) -> Float[torch.Tensor, "vector task"]:
+        return self.correct.float() / self.n.float()
+
+    @property
+    def zero_shot(self) -> Float[torch.Tensor, " task"]:
+        return self.zero_shot_correct.float() / self.n.float()
+
+    @property
+    def own(self) -> torch.Tensor:
+        """[vector, task] True where the vector was trained on that task."""
+        return torch.tensor([[vt == t for t in self.tasks] for vt in self.vector_tasks], dtype=torch.bool)
+
+    @property
+    def own_mean(self) -> float:
+        a = self.accuracy[self.own]
+        return float(a.mean()) if a.numel() else math.nan
+
+    @property
+    def off_mean(self) -> float:
+        """Mean accuracy of vectors on tasks they were not trained on."""
+        a = self.accuracy[~self.own]
+        return float(a.mean()) if a.numel() else math.nan
+
+    @property
+    def off_gain_mean(self) -> float:
+        """Mean of (accuracy - that task's zero-shot accuracy) off the own-task cells."""
+        g = (self.accuracy - self.zero_shot[None, :])[~self.own]
+        return float(g.mean()) if g.numel() else math.nan
+
+    def to_frame(self):
+        """One row per (vector, task): accuracy with its 95% Wilson interval, zero-shot, own-task flag."""
+        import pandas as pd
+
+        rows = []
+        for i, lab in enumerate(self.labels):
+            for j, t in enumerate(self.tasks):
+                c, n = int(self.correct[i, j]), int(self.n[j])
+                lo, hi = _ci(c, n)
+                rows.append({"vector": lab, "vector_task": self.vector_tasks[i], "task": t, "own": self.vector_tasks[i] == t,
+                             "accuracy": c / n, "ci_low": lo, "ci_high": hi, "zero_shot": int(self.zero_shot_correct[j]) / n, "n": n})
+        return pd.DataFrame(rows)
+
+    def plot(self):
+        """Heatmap: rows vectors, columns tasks, a last row with zero-shot accuracy."""
+        import plotly.graph_objects as go
+
+        z = self.accuracy.tolist() + [self.zero_shot.tolist()]
+        y = list(self.labels) + ["(zero-shot)"]
+        fig = go.Figure(go.Heatmap(z=z, x=list(self.tasks), y=y, zmin=0, zmax=1, colorscale="Viridis",
+                                   colorbar={"title": "accuracy"}, texttemplate="%{z:.2f}",
+                                   hovertemplate="vector %{y} on %{x}: %{z:.3f}<extra></extra>"))
+        fig.update_layout(title=f"Transfer: own task {self.own_mean:.2f}, other tasks {self.off_mean:.2f} (gain over zero-shot {self.off_gain_mean:+.2f})",
+                          xaxis_title="evaluated on", yaxis_title="vector", yaxis={"autorange": "reversed"},
+                          height=max(420, 24 * len(y) + 200))
+        return fig
+
+    def __repr__(self) -> str:
+        return (f"Transfer({len(self.labels)} vectors x {len(self.tasks)} tasks: own {self.own_mean:.3f}, "
+                f"other {self.off_mean:.3f}, gain over zero-shot {self.off_gain_mean:+.3f})")
+
+
+@no_type_check
+def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence[Task | str] | None = None, *,
+                    seed: int = 0, n: int | None = None, batch_size: int = 64) -> Transfer:
+    """Accuracy of every vector on every task's zero-shot test queries (default tasks: the vectors' own)."""
+    from tqdm.auto import tqdm
+
+    from tvlens.prompts import make_prompts, make_splits
+
+    vectors = _check_vectors(vectors)
+    for v in vectors:
+        v.check_compatible(model, allow_other_fingerprint=True)
+    if tasks is None:
+        tasks = list(dict.fromkeys(v.task for v in vectors))
+    tasks = [_task(model, t) for t in tasks]
+    if not tasks:
+        raise ConfigError("tasks is empty; name at least one task to evaluate the vectors on")
+    correct = torch.zeros(len(vectors), len(tasks), dtype=torch.long)
+    ns, zs = [], []
+    for j, task in enumerate(tqdm(tasks, desc="transfer", disable=None, leave=False)):
+        ps = make_prompts(make_splits(task, seed=seed), "test", k=0, seed=seed, n=n)
+        ns.append(len(ps))
+        zs.append(_eval_correct(model, ps, None, batch_size=batch_size))
+        for i, v in enumerate(vectors):
+            correct[i, j] = _eval_correct(model, ps, v, batch_size=batch_size)
+    return Transfer(_labels(vectors), tuple(v.task for v in vectors), tuple(t.name for t in tasks), correct,
+                    torch.tensor(ns), torch.tensor(zs))
+
+
+# composition lives in its own module (tvlens.analysis._composition); these names are part of this one's contract
+from tvlens.analysis._composition import Composition as Composition  # noqa: E402
+from tvlens.analysis._composition import composition as composition  # noqa: E402

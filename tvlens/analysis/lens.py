@@ -1,0 +1,297 @@
+"""Logit lens, task alignment and decoded tokens: where along the depth a state reads as the answer.
+
+Context:
+    The *logit lens* decodes the last-position residual stream after every block as if it were
+    the final one: ``W_U ln_final(h^k) + b_U``, with ``ln_final``'s statistics recomputed from
+    ``h^k`` (as TransformerLens's ``ActivationCache.accumulated_resid(apply_ln=True)`` does).
+    Layer ``k`` in ``0..n_layers-1`` is the input of block ``k`` (``blocks.{k}.hook_resid_pre``);
+    layer ``n_layers`` is the final state (``blocks.{L-1}.hook_resid_post``), so the lens at
+    layer ``n_layers`` is the model's own logits.
+
+    *Task alignment* of a state ``h`` (``definition="span"``, the default) is
+    ``||P_Y c(h)|| / ||c(h)||``: ``P_Y`` projects onto the span of the *readout directions* of the
+    task's answer tokens ``Y`` (the columns ``W_U[:, y]`` scaled by ``ln_final``'s weight, when
+    the model has one), and ``c`` removes the mean over ``d_model`` when ``ln_final`` is a
+    LayerNorm (it centres its input, so that direction is never read). It lies in [0, 1] and
+    does not depend on ``h``'s norm. Alternatives: ``"raw_span"`` (plain ``W_U`` columns, no
+    LayerNorm handling) and ``"max_cos"`` (the largest cosine between ``c(h)`` and one readout
+    direction). ``Y`` is the label words' first tokens for classification tasks and the distinct
+    first tokens of the queries' gold answers for generation tasks.
+
+>>> import tvlens as tv
+>>> from tvlens.analysis import logit_lens
+>>> model = tv.load_model("toy")
+>>> lens = logit_lens(model, "toy/antonym", shots=(0, 8))
+>>> lens.accuracy.shape == (2, model.cfg.n_layers + 1)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+
+from tvlens._result import Result
+from tvlens.errors import ConfigError
+from tvlens.prompts import PromptBatch, PromptSet
+
+Definition = Literal["span", "raw_span", "max_cos"]
+DEFINITIONS = ("span", "raw_span", "max_cos")
+
+__all__ = ["DecodedTokens", "LensResult", "answer_token_ids", "chance_alignment", "decoded_tokens", "lens_logits", "lens_states",
+           "logit_lens", "readout_directions", "task_alignment"]
+
+
+# --- readout directions and alignment --------------------------------------------------------------
+
+
+def _centres(model) -> bool:
+    return model.cfg.normalization_type in ("LN", "LNPre")
+
+
+def readout_directions(model, token_ids: Int[torch.Tensor, " label"], *, definition: str = "span"
+                       ) -> Float[torch.Tensor, "d_model label"]:
+    """The residual-stream direction each token's logit reads (see the module docstring)."""
+    cols = model.W_U[:, token_ids].detach().float()  # [d_model, label]
+    if definition == "raw_span":
+        return cols
+    ln = getattr(model, "ln_final", None)
+    w = getattr(ln, "w", None)
+    if w is not None:
+        cols = cols * w.detach().float()[:, None]  # ln_final's weight scales each coordinate before W_U
+    if _centres(model):
+        cols = cols - cols.mean(0, keepdim=True)  # LayerNorm centres its input: the mean direction is unread
+    return cols
+
+
+def task_alignment(
+    states: Float[torch.Tensor, "*batch d_model"],
+    label_ids: Int[torch.Tensor, " label"] | Sequence[int],
+    model,
+    *,
+    definition: str = "span",
+) -> Float[torch.Tensor, "*batch"]:
+    """Alignment of each state with the answer tokens' readout directions, in [0, 1].
+
+    ``definition="span"``: ``||P_Y c(h)|| / ||c(h)||`` (module docstring); ``"raw_span"``: the same
+    with plain ``W_U`` columns and no centring; ``"max_cos"``: max over labels of cos(c(h), u_y).
+    """
+    if definition not in DEFINITIONS:
+        raise ConfigError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+    ids = torch.as_tensor(label_ids, dtype=torch.long)
+    if ids.ndim != 1 or not len(ids):
+        raise ConfigError("label_ids must be a non-empty list of token ids, e.g. answer_token_ids(model, prompts)")
+    if states.shape[-1] != model.cfg.d_model:
+        raise ConfigError(f"states must end in d_model={model.cfg.d_model}, got shape {tuple(states.shape)}")
+    u = readout_directions(model, ids, definition=definition)  # [d_model, label]
+    h = states.detach().float()
+    if definition != "raw_span" and _centres(model):
+        h = h - h.mean(-1, keepdim=True)
+    norm = h.norm(dim=-1).clamp_min(1e-12)
+    if definition == "max_cos":
+        cos = (h @ u) / (norm[..., None] * u.norm(dim=0).clamp_min(1e-12))  # [*batch, label]
+        return cos.max(-1).values
+    q, r = torch.linalg.qr(u)  # orthonormal basis of span(u): [d_model, label]
+    keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max()  # drop directions of a rank-deficient span
+    proj = h @ q[:, keep]  # [*batch, rank] coordinates in the span
+    return proj.norm(dim=-1) / norm
+
+
+def answer_token_ids(model, prompts: PromptSet | PromptBatch) -> Int[torch.Tensor, " label"]:
+    """The task's answer tokens Y: label words' first tokens (classification) or the distinct first
+    tokens of the gold answers (generation)."""
+    batch = prompts.tokenize(model) if isinstance(prompts, PromptSet) else prompts
+    if batch.label_ids is not None:
+        return batch.label_ids
+    return torch.unique(batch.answer_ids)
+
+
+# --- the lens ------------------------------------------------------------------------------------
+
+
+def lens_states(model, batch: PromptBatch, *, intervention=None, batch_size: int = 32
+                ) -> Float[torch.Tensor, "layer batch d_model"]:
+    """Last-position residual stream before every block and after the last one: [n_layers + 1, batch, d_model].
+
+    ``intervention``: a :mod:`tvlens.interventions` edit (or tuple of edits) applied during the run;
+    it is installed before the cache, so a state at an injection site includes the vector.
+    """
+    from tvlens._hooks import Cache, Edit, Span, intervene
+
+    L = model.cfg.n_layers
+    names = [f"blocks.{k}.hook_resid_pre" for k in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    edits = () if intervention is None else (intervention,) if isinstance(intervention, Edit) else tuple(intervention)
+    out = []
+    with torch.no_grad():
+        for sub in batch.split(batch_size):
+            cache = Cache(tuple(names))
+            with intervene(model, *edits, cache, span=Span(sub.first_index, sub.last_index)):
+                model(sub.tokens, attention_mask=sub.attention_mask, return_type=None)
+            rows = torch.arange(len(sub))
+            out.append(torch.stack([cache.store[n][rows, sub.last_index] for n in names]).float())  # [layer, b, d]
+    return torch.cat(out, dim=1)
+
+
+def lens_logits(model, states: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch d_vocab"]:
+    """``W_U ln_final(h) + b_U`` with ``ln_final``'s statistics recomputed from each state."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    shape = states.shape
+    h = states.reshape(-1, 1, shape[-1]).to(model.W_U.dtype)  # [n, 1, d_model]: ln_final wants [batch, pos, d]
+    with torch.no_grad():
+        if getattr(model, "ln_final", None) is not None:
+            h = model.ln_final(h)
+        logits = h[:, 0] @ model.W_U + model.b_U  # [n, d_vocab]
+        logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
+    return logits.float().reshape(*shape[:-1], -1)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LensResult(Result):
+    """Logit-lens accuracy and task alignment per condition and layer (the paper's Figure 7A)."""
+
+    task: str
+    conditions: tuple[str, ...]  # "zero-shot", "8-shot ICL", "θ@L1", ...
+    layers: tuple[int, ...]  # 0..n_layers: input of block k; n_layers = final state
+    accuracy: Float[torch.Tensor, "condition layer"]  # lens argmax over the full vocabulary == first gold token
+    label_accuracy: Float[torch.Tensor, "condition layer"]  # argmax over the answer tokens Y only
+    alignment: Float[torch.Tensor, "condition layer"]  # mean task alignment of the (un-normalised) states
+    definition: str
+    n: int  # queries per condition
+    answer_ids: Int[torch.Tensor, " label"]
+    chance_alignment: float | None = None  # "span" alignment of a random direction, sqrt(rank(Y) / d): the floor
+
+    def __repr__(self) -> str:
+        return f"LensResult({self.task!r}, {len(self.conditions)} conditions x {len(self.layers)} layers, n={self.n})"
+
+    def to_frame(self):
+        """One row per (condition, layer): accuracy, label_accuracy, alignment."""
+        import pandas as pd
+
+        rows = [{"condition": c, "layer": layer, "accuracy": float(self.accuracy[i, j]),
+                 "label_accuracy": float(self.label_accuracy[i, j]), "alignment": float(self.alignment[i, j])}
+                for i, c in enumerate(self.conditions) for j, layer in enumerate(self.layers)]
+        return pd.DataFrame(rows)
+
+    def curve(self, condition: str, what: str = "accuracy") -> Float[torch.Tensor, " layer"]:
+        if condition not in self.conditions:
+            raise ConfigError(f"no condition {condition!r}; the conditions are {list(self.conditions)}")
+        return getattr(self, what)[self.conditions.index(condition)]
+
+    @property
+    def icl_beats_zero_shot_layer(self) -> int | None:
+        """First layer where the ICL condition's lens accuracy exceeds zero-shot's (None: never, or no ICL)."""
+        icl = [c for c in self.conditions if c.endswith("ICL")]
+        if "zero-shot" not in self.conditions or not icl:
+            return None
+        better = (self.curve(icl[-1]) > self.curve("zero-shot")).nonzero()
+        return int(self.layers[int(better[0])]) if len(better) else None
+
+    def plot(self):
+        """Lens accuracy (left) and task alignment (right) per layer, one line per condition."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("logit-lens accuracy", f"task alignment ({self.definition})"))
+        palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
+        for i, c in enumerate(self.conditions):
+            color = palette[i % len(palette)]
+            for col, what in ((1, self.accuracy), (2, self.alignment)):
+                fig.add_trace(go.Scatter(x=list(self.layers), y=what[i].tolist(), mode="lines+markers", name=c,
+                                         legendgroup=c, showlegend=col == 1, line={"color": color}), row=1, col=col)
+        if self.chance_alignment is not None:
+            fig.add_hline(y=self.chance_alignment, line_dash="dot", line_color="gray", row=1, col=2,
+                          annotation_text="random direction", annotation_position="bottom right")
+        fig.update_xaxes(title_text="layer (input of block; last = final state)")
+        fig.update_layout(title=f"Logit lens: {self.task} (n={self.n})", height=420)
+        return fig
+
+
+def _condition_name(v) -> str:
+    return "θ@" + ",".join(str(s) for s in v.sites)
+
+
+def logit_lens(
+    model,
+    task,
+    *,
+    vectors: Sequence | Mapping = (),
+    shots: Sequence[int] = (0, 8),
+    prompts: PromptSet | None = None,
+    n: int | None = 200,
+    seed: int = 0,
+    definition: str = "span",
+    batch_size: int = 32,
+) -> LensResult:
+    """Logit lens over every layer for zero-shot and k-shot ICL prompts and for each vector injected
+    into the zero-shot prompts (pass early and late vectors, e.g. at L/4 and 3L/4, for Figure 7A).
+
+    ``vectors``: TaskVectors (named by their sites) or ``{name: TaskVector}``; ``n`` test queries
+    (None: all). ``prompts`` (zero-shot test queries) replaces ``task``'s own; then only k=0 runs.
+    """
+    from tvlens._hooks import AddAt
+    from tvlens._validate import check_int
+    from tvlens.prompts import make_prompts, make_splits
+    from tvlens.tasks import get as get_task
+
+    check_int("logit_lens", "batch_size", batch_size, min=1)
+    if definition not in DEFINITIONS:
+        raise ConfigError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+    named = dict(vectors) if isinstance(vectors, Mapping) else {_condition_name(v): v for v in vectors}
+    for v in named.values():
+        v.check_compatible(model, allow_other_fingerprint=True)
+    sets: dict[str, PromptSet] = {}
+    if prompts is not None:
+        sets["zero-shot"] = prompts
+        task = prompts.task
+    else:
+        task = get_task(task) if isinstance(task, str) else task
+        splits = make_splits(task, seed=seed)
+        for k in shots:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ConfigError(f"shots must be integers >= 0, got {k!r}; e.g. shots=(0, 8)")
+            sets["zero-shot" if k == 0 else f"{k}-shot ICL"] = make_prompts(splits, "test", k=k, seed=seed, n=n)
+        if named and "zero-shot" not in sets:
+            sets["zero-shot"] = make_prompts(splits, "test", k=0, seed=seed, n=n)
+    zero = sets.get("zero-shot")
+    runs = [(name, ps, None) for name, ps in sets.items()]
+    runs += [(name, zero, AddAt(v.sites, v.values, scale=v.scale, operation=v.operation, out_of_range=v.out_of_range))
+             for name, v in named.items()]
+    ids = answer_token_ids(model, next(iter(sets.values())))
+    acc, lab, ali, count = [], [], [], None
+    for name, ps, edit in runs:
+        batch = ps.tokenize(model)
+        states = lens_states(model, batch, intervention=edit, batch_size=batch_size)  # [layer, batch, d_model]
+        gold = batch.answer_ids
+        a, la = [], []
+        for k in range(states.shape[0]):  # one layer at a time: [batch, d_vocab] stays small
+            logits = lens_logits(model, states[k])
+            a.append((logits.argmax(-1) == gold).float().mean())
+            la.append((ids[logits[:, ids].argmax(-1)] == gold).float().mean())
+        acc.append(torch.stack(a))
+        lab.append(torch.stack(la))
+        ali.append(task_alignment(states, ids, model, definition=definition).mean(-1))
+        count = len(batch)
+    return LensResult(task=task.name, conditions=tuple(name for name, _, _ in runs),
+                      layers=tuple(range(model.cfg.n_layers + 1)), accuracy=torch.stack(acc), label_accuracy=torch.stack(lab),
+                      alignment=torch.stack(ali), definition=definition, n=int(count or 0), answer_ids=ids,
+                      chance_alignment=chance_alignment(model, ids, definition))
+
+
+def chance_alignment(model, label_ids, definition: str = "span") -> float | None:
+    """Expected ``"span"``/``"raw_span"`` alignment of a random direction, ``sqrt(rank / d)`` (``d`` = d_model,
+    minus 1 when LayerNorm centres): with many answer tokens the span covers much of the space and
+    every state scores near this floor. None for ``"max_cos"``."""
+    if definition == "max_cos":
+        return None
+    u = readout_directions(model, torch.as_tensor(label_ids, dtype=torch.long), definition=definition)
+    d = model.cfg.d_model - (1 if definition != "raw_span" and _centres(model) else 0)
+    return float((torch.linalg.matrix_rank(u) / d) ** 0.5)
+
+
+from tvlens.analysis._decoded import DecodedTokens as DecodedTokens  # noqa: E402  (one public module)
+from tvlens.analysis._decoded import decoded_tokens as decoded_tokens  # noqa: E402

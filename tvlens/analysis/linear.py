@@ -1,0 +1,250 @@
+"""Linear propagation of a task vector: the final state shifts by about ``W_TV(l) theta``.
+
+Context:
+    For a vector ``theta`` injected at (layer l, last token), the mean over queries of the shift
+    of the final last-token state (``blocks.{L-1}.hook_resid_post``, before ``ln_final``) is
+    modelled as ``W_TV(l) theta'`` for ``theta'`` near ``theta``. ``W`` is fitted by ridge least
+    squares on noisy copies ``theta + lambda_i eps_i`` (``eps_i ~ N(0, I)``, ``lambda_i ~
+    U(0, noise) * ||theta|| / sqrt(d_model)``, so a copy's noise is up to ``noise * ||theta||``
+    long), more copies than ``d_model`` by default, with held-out copies for R^2.
+
+    Every copy changes nothing below layer l nor before the last token, so the prompts' prefix
+    is computed once (keys/values of every earlier column, and the residual at layer l) with
+    tvlens's prefix-cached LTV objective (:class:`tvlens.ltv.FastObjective`, tested against full
+    forward passes) and each copy runs only the last column through blocks l..L-1. The
+    *reconstructed* vector ``W theta`` is added to the final state and decoded by ``ln_final`` and
+    ``W_U``; its accuracy is set beside real injection.
+
+    Oracle (tests): with ``ln_final``-free, attention-free blocks made linear the map is exactly
+    a matrix, and the fit recovers it.
+
+>>> import tvlens as tv
+>>> from tvlens.analysis import linear_propagation
+>>> model = tv.load_model("toy")
+>>> theta = tv.train_ltv(model, "toy/antonym", layers=[2], progress=False).vector
+>>> fit = linear_propagation(model, theta, "toy/antonym", n_copies=160)
+>>> fit.W.shape == (model.cfg.d_model, model.cfg.d_model)
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+
+from tvlens._result import Result
+from tvlens.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LinearFit", "final_states", "linear_propagation"]
+
+
+class _Suffix:
+    """Final last-token states of a fixed prompt set for many per-row vectors at one site (prefix cached)."""
+
+    def __init__(self, model, prompts, site) -> None:
+        from tvlens.ltv._objective import FastObjective, build_targets, fast_path_unsupported_reason
+
+        if reason := fast_path_unsupported_reason(model):
+            raise ConfigError(f"linear propagation needs the prefix-cached path, which cannot run here ({reason}); "
+                              "load the model without ungroup_grouped_query_attention")
+        self.model, self.site = model, site
+        self.tb = build_targets(model, prompts, padding_side="left", multi_token=False)
+        self.obj = FastObjective(model, self.tb, [site])
+        self.n = len(self.tb)
+        self.gold = self.tb.first_target
+
+    def states(self, thetas: Float[torch.Tensor, "copy d_model"], *, rows_per_pass: int = 512
+               ) -> Float[torch.Tensor, "copy query d_model"]:
+        """Final state (pre-ln_final) at each query's last token with ``thetas[c]`` injected, every copy c."""
+        obj, model = self.obj, self.model
+        per = max(1, rows_per_pass // self.n)  # copies per pass
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(thetas), per):
+                th = thetas[start : start + per]
+                idx = torch.arange(self.n).repeat(len(th))  # [copy * query] rows of the prompt set
+                vec = th.repeat_interleave(self.n, 0)  # [copy * query, d_model]: one copy per row
+                resid = obj.resid[idx]  # [rows, suffix, d_model]
+                cols = obj.cols[0][idx]
+                if obj.lean is None:
+                    cache, mask = obj._cache(idx)
+                rows = torch.arange(len(idx))
+                for layer in range(obj.l0, model.cfg.n_layers):
+                    if layer == self.site.layer:
+                        ok = cols >= 0
+                        resid = resid.index_put((rows[ok], cols[ok]), vec[ok].to(resid.dtype), accumulate=True)
+                    if obj.lean is not None:
+                        resid = obj.lean.block(layer, resid, idx)
+                    else:
+                        resid = model.blocks[layer](resid, past_kv_cache_entry=cache[layer], attention_mask=mask)
+                last = self.tb.prompt_last[idx] - obj.c0
+                out.append(resid[rows, last].float().reshape(len(th), self.n, -1))  # [copy, query, d_model]
+        return torch.cat(out)
+
+
+def final_states(model, vector, prompts, thetas: Float[torch.Tensor, "copy d_model"] | None = None
+                 ) -> Float[torch.Tensor, "copy query d_model"]:
+    """Final last-token states of ``prompts`` with each row of ``thetas`` (default: the vector) at its site."""
+    site = _single_site(vector)
+    s = _Suffix(model, prompts, site)
+    return s.states(vector.values if thetas is None else thetas)
+
+
+def _single_site(vector):
+    if len(vector.sites) != 1 or vector.operation != "add":
+        raise ConfigError(f"linear propagation takes a one-site additive vector, got sites {[str(s) for s in vector.sites]} "
+                          f"({vector.operation}); train one per layer: tv.train_ltv(model, task, layers=[l])")
+    return vector.sites[0]
+
+
+def _decode(model, states: Float[torch.Tensor, "query d_model"]):
+    from tvlens.analysis.lens import lens_logits
+
+    return lens_logits(model, states)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class LinearFit(Result):
+    """The fitted propagator ``W_TV(l)`` of one vector and how well it stands in for injection."""
+
+    task: str
+    layer: int
+    W: Float[torch.Tensor, "d_model d_model"]  # final-state shift ~= W @ theta'
+    theta: Float[torch.Tensor, " d_model"]
+    fit_r2: float  # 1 - SS_res / SS_tot on held-out copies (SS_tot about their mean shift)
+    fit_r2_uncentered: float  # same with SS_tot about zero
+    injected_acc: float  # accuracy with theta injected at its site (test queries)
+    reconstructed_acc: float  # accuracy with W theta added to the final state instead
+    mean_shift_acc: float  # accuracy with the true mean shift (over fit queries) added to the final state
+    zero_shot_acc: float
+    n_copies: int  # copies used to fit
+    n_heldout: int
+    n_queries: int  # fit queries (train split) the shift is averaged over
+    n_test: int
+    noise: float
+    ridge: float
+    seconds: float
+
+    def __repr__(self) -> str:
+        return (f"LinearFit({self.task!r} L{self.layer}: R2={self.fit_r2:.3f}, injected={self.injected_acc:.3f}, "
+                f"reconstructed={self.reconstructed_acc:.3f}, zero-shot={self.zero_shot_acc:.3f})")
+
+    def to_frame(self):
+        import pandas as pd
+
+        keys = ("layer", "fit_r2", "fit_r2_uncentered", "injected_acc", "reconstructed_acc", "mean_shift_acc",
+                "zero_shot_acc", "n_copies", "n_heldout", "n_queries", "n_test", "seconds")
+        return pd.DataFrame([{k: getattr(self, k) for k in keys}])
+
+    @property
+    def W_theta(self) -> Float[torch.Tensor, " d_model"]:
+        return self.W @ self.theta
+
+
+def ridge_fit(X: Float[torch.Tensor, "n d_in"], Y: Float[torch.Tensor, "n d_out"], ridge: float
+              ) -> Float[torch.Tensor, "d_out d_in"]:
+    """``W`` minimising ``||Y - X W^T||^2 + ridge * (tr(X^T X) / d_in) * ||W||^2`` (ridge relative to X's scale)."""
+    X64, Y64 = X.double(), Y.double()
+    G = X64.T @ X64  # [d_in, d_in]
+    lam = ridge * float(G.diagonal().mean())
+    Wt = torch.linalg.solve(G + lam * torch.eye(G.shape[0], dtype=G.dtype), X64.T @ Y64)  # [d_in, d_out]
+    return Wt.T.float()
+
+
+def _r2(pred, true, centered: bool) -> float:
+    ref = true.mean(0, keepdim=True) if centered else torch.zeros_like(true[:1])
+    return float(1 - ((true - pred) ** 2).sum() / ((true - ref) ** 2).sum().clamp_min(1e-30))
+
+
+def linear_propagation(
+    model,
+    vector,
+    task=None,
+    *,
+    prompts=None,
+    n_copies: int | None = None,
+    n_heldout: int | None = None,
+    noise: float = 1.0,
+    ridge: float = 1e-3,
+    n_queries: int = 16,
+    n_test: int | None = 200,
+    seed: int = 0,
+    rows_per_pass: int = 512,
+) -> LinearFit:
+    """Fit ``W_TV(l)`` for a one-site vector and compare ``W theta`` added to the final state with injection.
+
+    ``n_copies`` (default ``ceil(1.1 * d_model)``) noisy copies fit ``W``; ``n_heldout`` (default
+    ``max(32, d_model // 8)``) more give R^2. The shift is the mean over ``n_queries`` zero-shot
+    train queries; accuracies are on ``n_test`` zero-shot test queries (or on ``prompts``).
+    """
+    import time
+
+    from tvlens._validate import check_float, check_int
+    from tvlens.prompts import make_prompts, make_splits
+    from tvlens.tasks import get as get_task
+
+    t0 = time.perf_counter()
+    d = model.cfg.d_model
+    site = _single_site(vector)
+    vector.check_compatible(model, allow_other_fingerprint=True)
+    n_copies = math.ceil(1.1 * d) if n_copies is None else n_copies
+    n_heldout = max(32, d // 8) if n_heldout is None else n_heldout
+    check_int("linear_propagation", "n_copies", n_copies, min=2)
+    check_int("linear_propagation", "n_heldout", n_heldout, min=2)
+    check_int("linear_propagation", "n_queries", n_queries, min=1)
+    check_float("linear_propagation", "noise", noise, min=0, min_exclusive=True)
+    check_float("linear_propagation", "ridge", ridge, min=0)
+    if n_copies < d:
+        log.warning("n_copies=%d < d_model=%d: W is fitted from fewer copies than dimensions (ridge decides the rest)", n_copies, d)
+    if prompts is None:
+        if task is None:
+            raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
+        task = get_task(task) if isinstance(task, str) else task
+        splits = make_splits(task, seed=int(vector.meta.get("split_seed", 0)))
+        fit_prompts = make_prompts(splits, "train", k=0, seed=seed, n=n_queries)
+        prompts = make_prompts(splits, "test", k=0, seed=seed, n=n_test)
+    else:
+        fit_prompts = prompts.subset(slice(0, n_queries))
+        task = prompts.task
+    theta = vector.values[0].detach().float() * vector.scale
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(n_copies + n_heldout, d, generator=g)
+    lam = torch.rand(n_copies + n_heldout, 1, generator=g) * noise * theta.norm() / math.sqrt(d)
+    copies = theta + lam * eps  # [copy, d_model]
+    fit_set = _Suffix(model, fit_prompts, site)
+    base = fit_set.states(torch.zeros(1, d))[0]  # [query, d_model]
+    with_theta = fit_set.states(theta[None])[0]
+    shifts = (fit_set.states(copies, rows_per_pass=rows_per_pass) - base).mean(1)  # [copy, d_model]: mean over queries
+    W = ridge_fit(copies[:n_copies], shifts[:n_copies], ridge)
+    pred = copies[n_copies:] @ W.T
+    held = shifts[n_copies:]
+    test = _Suffix(model, prompts, site)
+    zs = test.states(torch.zeros(1, d))[0]  # [query, d_model]
+    inj = test.states(theta[None])[0]
+    gold = test.gold
+
+    def acc(states):
+        return float((_decode(model, states).argmax(-1) == gold).float().mean())
+
+    fit = LinearFit(
+        task=task.name, layer=site.layer, W=W, theta=theta, fit_r2=_r2(pred, held, True),
+        fit_r2_uncentered=_r2(pred, held, False), injected_acc=acc(inj), reconstructed_acc=acc(zs + W @ theta),
+        mean_shift_acc=acc(zs + (with_theta - base).mean(0)), zero_shot_acc=acc(zs), n_copies=n_copies,
+        n_heldout=n_heldout, n_queries=fit_set.n, n_test=test.n, noise=float(noise), ridge=float(ridge),
+        seconds=time.perf_counter() - t0)
+    log.info("%r", fit)
+    return fit
+
+
+from tvlens.analysis._rotation import RotationStretch as RotationStretch  # noqa: E402  (re-exported: one public module)
+from tvlens.analysis._rotation import polar as polar  # noqa: E402
+from tvlens.analysis._rotation import rotation_vs_stretch as rotation_vs_stretch  # noqa: E402
+from tvlens.analysis._rotation import transition_layer as transition_layer  # noqa: E402
+
+__all__ += ["RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]

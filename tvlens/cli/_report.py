@@ -1,0 +1,41 @@
+"""``tvlens report``: one offline HTML page with every analysis of a task vector for one task."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def add_parser(cmd) -> None:
+    sp = cmd("report", cmd_report, "one offline HTML page with every analysis (baselines, heads, lens, geometry) for one task")
+    sp.add_argument("out", help="output .html path")
+    sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
+    sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    sp.add_argument("--layer", type=int, default=None, help="layer of the LTV every section analyses (default: the middle layer)")
+    sp.add_argument("--sections", nargs="+", default=None, help="only these sections (default: all; see the page's contents)")
+    sp.add_argument("--skip", nargs="+", default=[], help="sections to leave out, e.g. --skip sweep compare on a large model")
+    sp.add_argument("--n", type=int, default=None, help="test queries per analysis (default: the whole test split)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the splits, demonstrations and LTVs")
+    sp.add_argument("--overwrite", action="store_true", help="replace the output if it exists (default: refuse)")
+
+
+def cmd_report(args: argparse.Namespace) -> tuple[dict, str]:
+    import tvlens as tv
+    from tvlens.cli._main import check_output
+    from tvlens.viz.report import build_report
+
+    check_output(args.out, args.overwrite, "out")
+    t0 = time.perf_counter()
+    model = tv.load_model(args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model)
+    rep = build_report(model, task, model_name=args.model, layer=args.layer, sections=args.sections, skip=args.skip,
+                       seed=args.seed, n=args.n, progress=bool(getattr(args, "verbose", False)))
+    path = rep.write(args.out, overwrite=args.overwrite)
+    rows = rep.to_frame()
+    payload = {"model": args.model, "fingerprint": rep.fingerprint, "task": rep.task, "layer": rep.layer, "html": str(path),
+               "sections": [{"key": r.key, "title": r.title, "group": r.group, "results": int(r.results), "seconds": float(r.seconds),
+                             "error": r.error} for r in rows.itertuples()],
+               "seconds": round(time.perf_counter() - t0, 2)}
+    lines = [f"{r['key']:<10} {r['seconds']:>7.1f} s  " + (f"empty: {r['error']}" if r["error"] else f"{r['results']} result(s)")
+             for r in payload["sections"]]
+    return payload, "\n".join([f"report: {rep.task} on {args.model}, LTV at layer {rep.layer}", *lines, f"wrote {path}"])

@@ -1,0 +1,369 @@
+"""The report: one offline HTML page with every analysis of a task vector for one task.
+
+Context:
+    A researcher attaches this page to a paper draft: baselines (ICL, the LTV's training, the
+    layer sweep, the six-scenario comparison), which heads carry the vector (OV products,
+    saliency, ablations, attention sinks), how it becomes an answer (logit lens, decoded tokens,
+    linear propagation, rotation vs stretch) and how it relates to other tasks' vectors
+    (cosines, transfer, composition), each as a section with its plot and its table, under a
+    table of contents. plotly.js is inlined once; the page fetches nothing.
+
+    Sections come from a registry (:data:`SECTIONS`): a builder takes the shared
+    :class:`ReportContext` (model, task, the LTV at the report's layer, trained once) and returns
+    result objects (anything with ``.plot()`` and ``.to_frame()``, e.g. every tvlens
+    :class:`~tvlens._result.Result`). :func:`register_section` adds one. A builder that fails, or
+    whose analysis is not in this tvlens, gives a section that says so; the rest still render.
+
+>>> import tvlens as tv
+>>> from tvlens.viz.report import build_report
+>>> rep = build_report(tv.load_model("toy"), "toy/antonym", sections=["icl", "ltv"], progress=False)
+>>> [s.key for s in rep.sections], all(s.ok for s in rep.sections)
+(['icl', 'ltv'], True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tvlens._result import Result
+from tvlens.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("Baselines", "Heads", "Logit lens and linearity", "Geometry")
+MAX_ROWS = 60  # table rows shown per result (the rest are counted)
+OPEN_ROWS = 20  # tables up to this many rows are shown unfolded
+
+
+@dataclass
+class ReportContext:
+    """What every section builder gets; :attr:`vector` and :attr:`cache` are shared between them."""
+
+    model: Any
+    model_name: str
+    task: Any  # tv.tasks.Task
+    layer: int
+    seed: int = 0
+    n: int | None = None  # test queries per analysis (None: the whole test split)
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def toy(self) -> bool:
+        return getattr(self.model.cfg, "model_name", "") == "tvlens-toy"
+
+    @property
+    def ltv(self):
+        """The LTV result (task, report layer, last position, default config), trained once."""
+        if "ltv" not in self.cache:
+            import tvlens as tv
+
+            self.cache["ltv"] = tv.train_ltv(self.model, self.task, layers=self.layer, config=tv.LTVConfig(seed=self.seed),
+                                             splits=self.splits, progress=False)
+        return self.cache["ltv"]
+
+    @property
+    def vector(self):
+        return self.ltv.vector
+
+    @property
+    def splits(self):
+        if "splits" not in self.cache:
+            import tvlens as tv
+
+            self.cache["splits"] = tv.make_splits(self.task, seed=self.seed)
+        return self.cache["splits"]
+
+    @property
+    def prompts(self):
+        """Zero-shot test prompts (the first :attr:`n`)."""
+        import tvlens as tv
+
+        return tv.make_prompts(self.splits, "test", k=0, seed=self.seed, n=self.n)
+
+    def layers(self) -> list[int]:
+        """The layers of per-layer analyses: all on a model of <= 8 layers, else every third."""
+        n = self.model.cfg.n_layers
+        return list(range(n)) if n <= 8 else list(range(0, n, 3))
+
+    def ltv_at(self, layer: int):
+        """The LTV at ``layer`` (last position, default config), trained once; the report layer's is :attr:`vector`."""
+        if layer == self.layer:
+            return self.vector
+        key = ("ltv_at", layer)
+        if key not in self.cache:
+            import tvlens as tv
+
+            self.cache[key] = tv.train_ltv(self.model, self.task, layers=layer, config=tv.LTVConfig(seed=self.seed),
+                                           splits=self.splits, progress=False).vector
+        return self.cache[key]
+
+    def vectors_by_layer(self) -> dict[int, Any]:
+        """One LTV per layer of :meth:`layers`."""
+        return {layer: self.ltv_at(layer) for layer in self.layers()}
+
+Builder = Callable[[ReportContext], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    key: str
+    title: str
+    group: str
+    build: Builder
+    description: str = ""
+
+
+SECTIONS: dict[str, SectionSpec] = {}
+
+
+def register_section(key: str, title: str, group: str, build: Builder, description: str = "", *, overwrite: bool = False) -> None:
+    """Add a section: ``build(ctx)`` returns results (each with ``.plot()`` and ``.to_frame()``)."""
+    if key in SECTIONS and not overwrite:
+        raise ConfigError(f"report section {key!r} exists; pass overwrite=True to replace it")
+    if group not in GROUPS:
+        raise ConfigError(f"group must be one of {GROUPS}, got {group!r}")
+    SECTIONS[key] = SectionSpec(key, title, group, build, description)
+
+
+@dataclass(frozen=True, eq=False)
+class ReportSection:
+    key: str
+    title: str
+    group: str
+    description: str
+    results: tuple  # result objects
+    seconds: float
+    error: str | None = None  # why the section is empty ("not in this tvlens: ...", or the failure)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Report(Result):
+    """The report's sections; :meth:`write` renders the page."""
+
+    model: str
+    fingerprint: str
+    task: str
+    layer: int
+    sections: tuple[ReportSection, ...]
+
+    def to_frame(self):
+        """One row per section: key, title, group, results, seconds, error."""
+        import pandas as pd
+
+        return pd.DataFrame([{"key": s.key, "title": s.title, "group": s.group, "results": len(s.results),
+                              "seconds": s.seconds, "error": s.error} for s in self.sections])
+
+    def to_dict(self) -> dict:
+        raise ConfigError("a Report holds live result objects and is not saved as JSON; save its page with .write(path), "
+                          "or each section's results with their own .save(path)")
+
+    def __repr__(self) -> str:
+        bad = [s.key for s in self.sections if not s.ok]
+        return (f"Report({self.task!r} on {self.model}, layer {self.layer}: {len(self.sections)} sections"
+                + (f", empty: {bad})" if bad else ")"))
+
+    def to_html(self) -> str:
+        return render(self)
+
+    def write(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write the self-contained page to ``path`` (atomically)."""
+        from tvlens._io import atomic_write
+
+        text = render(self)
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def build_report(model, task, *, model_name: str | None = None, layer: int | None = None, sections: Sequence[str] | None = None,
+                 skip: Sequence[str] = (), seed: int = 0, n: int | None = None, progress: bool = True) -> Report:
+    """Run the report's sections (default: all of :data:`SECTIONS` minus ``skip``) for ``task``.
+
+    ``layer``: the LTV's layer (default: the middle layer). ``n``: test queries per analysis.
+    """
+    from tqdm.auto import tqdm
+
+    import tvlens as tv
+    from tvlens.analysis.geometry import _task
+
+    _register_builtin()
+    keys = list(sections) if sections is not None else list(SECTIONS)
+    unknown = [k for k in [*keys, *skip] if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown report section(s) {unknown}; the sections are {list(SECTIONS)}")
+    keys = [k for k in keys if k not in skip]
+    task = _task(model, task)
+    layer = model.cfg.n_layers // 2 if layer is None else layer
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ConfigError(f"layer {layer} is outside the model's layers 0..{model.cfg.n_layers - 1}")
+    name = model_name or getattr(model.cfg, "model_name", "model")
+    ctx = ReportContext(model, "toy" if name == "tvlens-toy" else name, task, layer, seed, n)
+    out = []
+    for key in tqdm(keys, desc="report", disable=not progress):
+        spec = SECTIONS[key]
+        t0 = time.perf_counter()
+        try:
+            results, error = tuple(spec.build(ctx)), None
+        except _Unavailable as e:
+            results, error = (), f"not in this tvlens: {e}"
+        except Exception as e:  # one failing analysis must not cost the researcher the whole page
+            log.warning("report section %s failed: %s: %s", key, type(e).__name__, e)
+            results, error = (), f"{type(e).__name__}: {e}"
+        out.append(ReportSection(key, spec.title, spec.group, spec.description, results, round(time.perf_counter() - t0, 2), error))
+    return Report(name, tv.fingerprint(model), task.name, layer, tuple(out))
+
+
+def write_report(model, task, path: str | os.PathLike, **options) -> Report:
+    """:func:`build_report` then :meth:`Report.write`; returns the report."""
+    rep = build_report(model, task, **options)
+    rep.write(path)
+    return rep
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+_STYLE = """
+body{font-family:sans-serif;margin:0;display:flex} nav{position:sticky;top:0;height:100vh;overflow:auto;
+min-width:15em;max-width:18em;padding:1em;background:#f6f6f6;border-right:1px solid #ddd;font-size:90%}
+nav a{text-decoration:none} nav ul{padding-left:1.2em} main{padding:1em 2em;min-width:0;flex:1}
+table{border-collapse:collapse;font-size:85%} td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+section{border-top:2px solid #ddd;margin-top:1.5em} details{overflow-x:auto;max-width:100%} .note{color:#a33} .meta{color:#555} .desc{color:#333;max-width:60em}
+"""
+
+
+def _fmt(x) -> str:
+    return f"{x:.3f}"
+
+
+def _figure_html(fig, first: bool) -> str:
+    fig.update_layout(autosize=True)
+    return fig.to_html(full_html=False, include_plotlyjs=True if first else False, default_width="100%",
+                       config={"displaylogo": False})
+
+
+def render(report: Report) -> str:
+    """The page's HTML: a table of contents by group, then one section per report section."""
+    import tvlens as tv
+
+    toc, body, first = [], [], True
+    for group in GROUPS:
+        secs = [s for s in report.sections if s.group == group]
+        if not secs:
+            continue
+        toc.append(f"<li>{html.escape(group)}<ul>" + "".join(
+            f'<li><a href="#{s.key}">{html.escape(s.title)}</a>{"" if s.ok else " (empty)"}</li>' for s in secs) + "</ul></li>")
+        body.append(f"<h2>{html.escape(group)}</h2>")
+        for s in secs:
+            parts = [f'<section id="{s.key}" data-section="{s.key}"><h3>{html.escape(s.title)}</h3>']
+            if s.description:
+                parts.append(f'<p class="desc">{html.escape(s.description)}</p>')
+            if s.error:
+                parts.append(f'<p class="note">This section is empty: {html.escape(s.error)}</p>')
+            for r in s.results:
+                parts.append(f'<h4><code>{html.escape(repr(r))}</code></h4>')
+                try:
+                    parts.append(_figure_html(r.plot(), first))
+                    first = False
+                except Exception as e:  # a result without a plot still gets its table
+                    parts.append(f'<p class="note">no plot ({html.escape(type(e).__name__)}: {html.escape(str(e))})</p>')
+                try:
+                    df = r.to_frame()
+                    more = f"<p>{len(df)} rows; first {MAX_ROWS} shown</p>" if len(df) > MAX_ROWS else ""
+                    opened = " open" if len(df) <= OPEN_ROWS else ""  # long tables start folded
+                    parts.append(f"<details{opened}><summary>table ({len(df)} rows)</summary>"
+                                 + df.head(MAX_ROWS).to_html(float_format=_fmt, na_rep="-", index=False) + more + "</details>")
+                except Exception as e:
+                    parts.append(f'<p class="note">no table ({html.escape(type(e).__name__)})</p>')
+            parts.append(f'<p class="meta">{s.seconds:.1f} s</p></section>')
+            body.append("\n".join(parts))
+    title = f"tvlens report: {report.task} on {report.model}"
+    meta = (f"model {html.escape(report.model)} ({html.escape(report.fingerprint)}), task {html.escape(report.task)}, "
+            f"LTV at layer {report.layer}, last position; tvlens {tv.__version__}; built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+            f"<body><nav><b>Contents</b><ul>{''.join(toc)}</ul></nav><main><h1>{html.escape(title)}</h1>"
+            f"<p class=\"meta\">{meta}</p>\n" + "\n".join(body) + "\n</main></body></html>\n")
+
+
+# --- the built-in sections -------------------------------------------------------------------
+
+
+class _Unavailable(Exception):
+    """The analysis a section needs is not in this tvlens (a branch not merged yet)."""
+
+
+def _analysis(*names: str):
+    import tvlens.analysis as a
+
+    missing = [n for n in names if not hasattr(a, n)]
+    if missing:
+        raise _Unavailable(f"tvlens.analysis lacks {', '.join(missing)}")
+    return [getattr(a, n) for n in names]
+
+
+def _icl(ctx: ReportContext):
+    import tvlens as tv
+
+    return [tv.icl_baselines(ctx.model, [ctx.task], shots=(0, 1, 2, 4, 8) if ctx.toy else (0, 1, 5), seed=ctx.seed)]
+
+
+def _ltv(ctx: ReportContext):
+    return [ctx.ltv]
+
+
+def _sweep(ctx: ReportContext):
+    import tvlens as tv
+
+    return [tv.sweep(ctx.model, ctx.task, layers=ctx.layers(), fv_shots=8 if ctx.toy else 10, seed=ctx.seed,
+                     ltv_config=tv.LTVConfig(seed=ctx.seed), splits=ctx.splits)]
+
+
+def _compare(ctx: ReportContext):
+    import tvlens as tv
+
+    return [tv.compare(ctx.model, [ctx.task], fv_shots=8 if ctx.toy else 10, seed=ctx.seed, ltv_config=tv.LTVConfig(seed=ctx.seed))]
+
+
+def _geometry(ctx: ReportContext):
+    from tvlens.analysis.geometry import composition, train_vectors, transfer_matrix, vector_cosines
+    from tvlens.cli._analyze_geometry import REAL_TASKS, TOY_TASKS
+    from tvlens.tasks._composed import COMPOSED, REAL_COMPOSED, parts
+
+    pool = TOY_TASKS if ctx.toy else REAL_TASKS
+    others = [t for t in pool if t != ctx.task.name][: 3 if ctx.toy else 2]
+    own = [ctx.vector, *train_vectors(ctx.model, [ctx.task], seeds=(ctx.seed + 1, ctx.seed + 2), layer=ctx.layer, split_seed=ctx.seed)]
+    vectors = own + train_vectors(ctx.model, others, seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)
+    out = [vector_cosines(vectors), transfer_matrix(ctx.model, vectors, seed=ctx.seed, n=ctx.n)]
+    for name in [*COMPOSED, *REAL_COMPOSED]:
+        pa = parts(name)
+        if ctx.task.name in pa and (name.startswith("toy/") == ctx.toy):
+            by_task = {v.task: v for v in reversed(vectors)}
+            pick = [by_task.get(p) or train_vectors(ctx.model, [p], seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)[0] for p in pa]
+            out.append(composition(ctx.model, pick[0], pick[1], name, seed=ctx.seed, n=ctx.n))
+    return out
+
+
+def _register_builtin() -> None:
+    if SECTIONS:
+        return
+    b = "Baselines"
+    register_section("icl", "Zero-shot and ICL accuracy", b, _icl, "Full-vocabulary accuracy on the test queries by number of demonstrations.")
+    register_section("ltv", "The learned task vector", b, _ltv, "Training history of the LTV every other section analyses (report layer, last position).")
+    register_section("sweep", "Layer sweep: LTV, Vanilla TV, FV", b, _sweep, "A fresh single-site vector per method and layer (the paper's Figure 2).")
+    register_section("compare", "Six scenarios (the paper's Table 1)", b, _compare, "Each method's vector under the paper's six site scenarios.")
+    from tvlens.viz import _report_sections
+
+    _report_sections.register(register_section)
+    register_section("geometry", "Cosines, transfer and composition", "Geometry", _geometry,
+                     "Cosine of this task's LTVs (3 seeds) and other tasks' (1 seed each) at the report layer (Figure 4); "
+                     "each vector on each task; and, where a composed task uses this task, the sum of the two vectors.")
+
