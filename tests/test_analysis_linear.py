@@ -76,6 +76,8 @@ def test_fit_recovers_the_exact_matrix_of_a_linear_toy(toy_tokenizer, kind):
     assert isinstance(fit, LinearFit) and fit.W.shape == (d, d)
     assert (fit.W - W_true).abs().max() < 1e-3 * W_true.abs().max()
     assert fit.fit_r2 > 0.9999
+    bars = fit.plot().data[0]  # the figure shows this fit's accuracies, in this order
+    assert list(bars.y) == [fit.zero_shot_acc, fit.injected_acc, fit.reconstructed_acc, fit.mean_shift_acc]
     assert_no_hooks_left(model)
 
 

@@ -142,6 +142,25 @@ class LinearFit(Result):
                 "zero_shot_acc", "n_copies", "n_heldout", "n_queries", "n_test", "seconds")
         return pd.DataFrame([{k: getattr(self, k) for k in keys}])
 
+    def plot(self):
+        """Accuracy with θ injected at its layer vs W θ (and the true mean shift) added to the final state."""
+        import plotly.graph_objects as go
+
+        from tvlens.stats import accuracy_interval
+
+        names = ["zero-shot", f"θ injected at L{self.layer}", "W θ at the end", "mean shift at the end"]
+        accs = [self.zero_shot_acc, self.injected_acc, self.reconstructed_acc, self.mean_shift_acc]
+        cis = [accuracy_interval(a, self.n_test) for a in accs]
+        fig = go.Figure(go.Bar(
+            x=names, y=accs, marker_color=["#999999", "#1f77b4", "#d62728", "#ff7f0e"],
+            error_y=dict(type="data", symmetric=False, array=[hi - a for a, (_, hi) in zip(accs, cis)],
+                         arrayminus=[a - lo for a, (lo, _) in zip(accs, cis)]),
+            hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+        fig.update_layout(title=f"Linear propagation, {self.task} θ@L{self.layer}: held-out R² {self.fit_r2:.3f} "
+                                f"({self.n_copies} copies, n={self.n_test}, 95% intervals)",
+                          yaxis=dict(title="accuracy", range=[0, 1.05]), height=380)
+        return fig
+
     @property
     def W_theta(self) -> Float[torch.Tensor, " d_model"]:
         return self.W @ self.theta
