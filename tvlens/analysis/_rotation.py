@@ -77,7 +77,7 @@ class RotationStretch(Result):
         from plotly.subplots import make_subplots
 
         df = self.to_frame()
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("accuracy: injected vs W θ at the end", "task alignment: θ vs Qθ",
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("accuracy: θ vs W θ", "alignment: θ vs Qθ",
                                                              "cos(θ, Qθ) and ||Q − I||/√d"))
         x = df["layer"].tolist()
         for col, name, label in (("injected_acc", 1, "injected θ"), ("reconstructed_acc", 1, "reconstructed Wθ"),
