@@ -170,11 +170,11 @@ def _sink_fig(frame, data: DashboardData):
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Mean attention from the last position",
                                                         "Layers of the key heads"))
-    labels = [f"-{int(o)}" if int(o) else "last" for o in frame["offset"]]
+    labels = [f"N-{int(o)}" if int(o) else "N (last)" for o in frame["offset"]]
     for col, color in (("key", "crimson"), ("random", "gray")):
         fig.add_trace(go.Scatter(x=labels, y=frame[col].tolist(), mode="lines+markers", name=f"{col} heads",
                                  line={"color": color}), row=1, col=1)
-    fig.update_xaxes(title_text="position, counted back from the last token (prompts aligned at the end)",
+    fig.update_xaxes(title_text="key position N-k, k tokens before the last token N (prompts aligned at the end)",
                      autorange="reversed", row=1, col=1)
     fig.update_yaxes(title_text="attention", row=1, col=1)
     n_layers = data.shape[0]
