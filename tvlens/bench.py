@@ -189,4 +189,22 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     # head saliency of the default LTV (every head of its layer and later) on the zero-shot test queries
     vector = tv.train_ltv(model, "toy/antonym", progress=False).vector
     results.append(bench_saliency("saliency_toy_exact_vs_one_pass", model, vector, tv.make_prompts(splits, "test"), min_seconds=min_s))
+    # the same at a GPT-2-small layout (12 layers x 12 heads, d_model 768; random weights, the toy tokenizer,
+    # a random vector at layer 6): 72 heads read it, so exact mode needs 72 ablated copies of every prompt
+    mid, mid_vector = _gpt2_shape_with_tokenizer(model.tokenizer)
+    results.append(bench_saliency("saliency_gpt2_shape_exact_vs_one_pass", mid, mid_vector,
+                                  tv.make_prompts(splits, "test", n=8 if quick else 25), min_seconds=min_s))
     return results
+
+
+def _gpt2_shape_with_tokenizer(tokenizer, seed: int = 0):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from tvlens.vector import TaskVector
+
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=128,
+                                  d_vocab=len(tokenizer.get_vocab()), act_fn="gelu_new", normalization_type="LN", seed=seed)
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.eval()
+    theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(seed))
+    return model, TaskVector(values=theta, sites=(Site(6, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=cfg.n_layers)
