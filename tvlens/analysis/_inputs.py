@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from tvlens._hooks import AddAt, Edit, Span, intervene
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError
+from tvlens.evaluate import final_logits as final_logits  # re-exported: the analyses' one head on last-token residuals
 from tvlens.prompts import PromptBatch, PromptSet, make_prompts, make_splits
 from tvlens.vector import TaskVector
 
@@ -86,14 +87,6 @@ def steer_edit(vector: TaskVector) -> AddAt:
     return AddAt(vector.sites, vector.values.detach(), vector.scale, vector.operation, vector.out_of_range)
 
 
-def final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
-    """The model's head (ln_final, unembedding, soft cap) on last-token residuals only."""
-    x = resid[:, None]  # [batch, 1, d_model]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
-    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def p_gold(logits: Float[torch.Tensor, "batch d_vocab"], gold: Int[torch.Tensor, " batch"]) -> Float[torch.Tensor, " batch"]:

@@ -42,7 +42,7 @@ from tvlens._hooks import SetHeadPerRow, Span, ablate_heads, cache, intervene
 from tvlens._result import Result
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError, PromptError
-from tvlens.evaluate import last_token_logits
+from tvlens.evaluate import final_logits, last_token_logits
 from tvlens.prompts import PromptBatch, PromptSet, TaskSplits, make_prompts, make_splits
 from tvlens.sites import Site, check_sites, site_grid
 from tvlens.tasks._task import Example, Task
@@ -114,15 +114,6 @@ def _p_gold(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(-1)[torch.arange(len(gold)), gold]
 
 
-def _final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
-    """The model's head on last-token residuals only (the unembedding of every column would cost
-    rows x positions x d_vocab floats: gigabytes for a 50k vocabulary)."""
-    x = resid[:, None]  # [batch, 1, d_model]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
-    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]], *,
@@ -154,7 +145,7 @@ def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tup
                 with intervene(model, SetHeadPerRow(hl, values), span=span):
                     out = model(resid.repeat(c, 1, 1), start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
                                 attention_mask=batch.attention_mask.repeat(c, 1).to(resid.device))  # [c*n, pos, d_model]
-                last = _final_logits(model, out[torch.arange(c * n), batch.last_index.repeat(c)])  # [c*n, vocab]
+                last = final_logits(model, out[torch.arange(c * n), batch.last_index.repeat(c)])  # [c*n, vocab]
                 p = _p_gold(last, batch.answer_ids.repeat(c)).reshape(c, n)  # [head, prompt]
                 for hd, v in zip(chunk, (p - base[None].to(p.device)).mean(1).tolist()):
                     result[hd] = v
