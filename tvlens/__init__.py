@@ -30,6 +30,7 @@ _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 from tvlens.ltv import LTVConfig as LTVConfig
 from tvlens.ltv import LTVResult as LTVResult
 from tvlens.ltv import train_ltv as train_ltv
+from tvlens.ltv import train_ltv_layers as train_ltv_layers
 from tvlens.sites import Site as Site
 from tvlens.sites import site_grid as site_grid
 from tvlens.steer import steer as steer

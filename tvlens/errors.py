@@ -85,3 +85,7 @@ def warn(message: str, category: type[Warning] = TvlensWarning) -> None:
     while frame is not None and internal(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+class WorkerError(TvlensError, RuntimeError):
+    """A worker process of a parallel run (e.g. ``tv.train_ltv_layers(workers=2)``) failed; the message names the item."""

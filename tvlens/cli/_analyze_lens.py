@@ -40,6 +40,9 @@ def _common(sp: argparse.ArgumentParser) -> None:
                     help="task-alignment definition (default span: ||P_Y h|| / ||h||, docs/analysis-lens.md)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, prompts and LTV training (default 0)")
     sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page (plots and tables)")
+    sp.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="processes training the per-layer LTVs, one torch thread each (default: min(cpus, layers) "
+                         "when several layers are trained; 1 = in this process); vectors are identical either way")
     sp.add_argument("--save-vectors", default=None, metavar="DIR",
                     help="save the LTVs trained here as DIR/ltv_L<layer>.safetensors (reuse them with --vector)")
 
@@ -63,16 +66,25 @@ def _vectors(args, model, task, layers: list[int]) -> tuple[dict, dict]:
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad:
         raise ConfigError(f"--layers {bad} outside this model's layers 0..{model.cfg.n_layers - 1}")
-    splits = tv.make_splits(task, seed=args.seed)
-    out, secs = {}, {}
-    for layer in layers:
-        t0 = time.perf_counter()
-        out[layer] = tv.train_ltv(model, task, layers=[layer], config=tv.LTVConfig(seed=args.seed), splits=splits,
-                                  progress=not args.json).vector
-        secs[layer] = round(time.perf_counter() - t0, 2)
-        if args.save_vectors:
-            Path(args.save_vectors).mkdir(parents=True, exist_ok=True)
-            out[layer].save(Path(args.save_vectors) / f"ltv_L{layer}.safetensors", overwrite=True)
+    import torch
+
+    from tvlens.ltv._parallel import default_workers
+
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        workers = default_workers(len(layers)) if len(layers) > 1 else 1
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}; give an integer >= 1 (1 = train in this process)")
+    threads = torch.get_num_threads()
+    try:
+        out, secs = tv.train_ltv_layers(model, task, layers, seed=args.seed, workers=workers, spec=args.model,
+                                        progress=not args.json)
+    finally:
+        torch.set_num_threads(threads)
+    if args.save_vectors:
+        Path(args.save_vectors).mkdir(parents=True, exist_ok=True)
+        for layer, v in out.items():
+            v.save(Path(args.save_vectors) / f"ltv_L{layer}.safetensors", overwrite=True)
     return out, secs
 
 

@@ -9,3 +9,4 @@ from tvlens.ltv._train import LTVResult as LTVResult
 from tvlens.ltv._train import train_ltv as train_ltv
 from tvlens.ltv._scenarios import Scenario as Scenario
 from tvlens.ltv._scenarios import paper_scenarios as paper_scenarios
+from tvlens.ltv._parallel import train_ltv_layers as train_ltv_layers
