@@ -21,11 +21,9 @@ def register(sub, parser_class) -> None:
     inner = ap.add_subparsers(dest="analysis", required=True, parser_class=parser_class)
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
-        sp = inner.add_parser(name, help=help, description=help)
-        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout (errors too)")
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
-        sp.set_defaults(fn=fn)
-        return sp
+        from tvlens.cli._main import add_command
+
+        return add_command(inner, name, fn, help)
 
     for what in SUBCOMMANDS:
         try:

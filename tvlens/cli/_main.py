@@ -92,6 +92,15 @@ def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
         print(text)
 
 
+def add_command(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
+    """A (sub)command's parser with the options every command shares (--json, --debug) and ``fn`` as its handler."""
+    sp = sub.add_parser(name, help=help, description=help)
+    sp.add_argument("--json", action="store_true", help="print one JSON document on stdout (errors too)")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
+    sp.set_defaults(fn=fn)
+    return sp
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tvlens.cli import _commands as c
 
@@ -101,11 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--json", action="store_true", help="print one JSON document on stdout (errors too)")
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
-        sp.set_defaults(fn=fn)
-        return sp
+        return add_command(sub, name, fn, help)
 
     sp = cmd("tasks", c.cmd_tasks, "list the registered tasks")
     sp.add_argument("--prefix", default=None, help="only names starting with this, e.g. toy/")
