@@ -63,6 +63,15 @@ def assert_objectives_agree(naive, fast, theta, idxs) -> None:
         assert gn.abs().max() > 0  # the check is not vacuous
 
 
+# tiny architectures the head analyses' oracles run on (``make_tiny_model(tok, **TINY_ARCHS[name])``):
+# LayerNorm; LNPre (no learned LN weights); RMSNorm with rotary positions and grouped-query attention
+TINY_ARCHS = {
+    "ln": dict(n_layers=3, n_heads=2),
+    "lnpre": dict(n_layers=3, n_heads=2, normalization_type="LNPre"),
+    "gqa_rms": dict(n_layers=3, n_heads=4, n_key_value_heads=2, positional_embedding_type="rotary", normalization_type="RMS"),
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_model(toy_tokenizer):
     return make_tiny_model(toy_tokenizer)

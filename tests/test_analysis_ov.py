@@ -6,16 +6,12 @@ import pytest
 import torch
 
 import tvlens as tv
-from tests.conftest import assert_no_hooks_left, make_tiny_model
+from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
 from tvlens import interventions as iv
 from tvlens.analysis import OVProducts, OVReconstruction, ov_products, ov_reconstruction
 from tvlens.errors import ConfigError
 
-ARCHS = {
-    "ln": dict(n_layers=3, n_heads=2),
-    "lnpre": dict(n_layers=3, n_heads=2, normalization_type="LNPre"),
-    "gqa_rms": dict(n_layers=3, n_heads=4, n_key_value_heads=2, positional_embedding_type="rotary", normalization_type="RMS"),
-}
+ARCHS = TINY_ARCHS
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))

@@ -6,17 +6,14 @@ import pytest
 import torch
 
 import tvlens as tv
-from tests.conftest import assert_no_hooks_left, make_tiny_model
+from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
 from tvlens import interventions as iv
 from tvlens.analysis import HeadSaliency, head_saliency, spearman
 from tvlens.analysis._inputs import p_gold
 from tvlens.analysis.saliency import exact_drops, grad_attribution
 from tvlens.errors import ConfigError
 
-ARCHS = {
-    "ln": dict(n_layers=3, n_heads=2),
-    "gqa_rms": dict(n_layers=3, n_heads=4, n_key_value_heads=2, positional_embedding_type="rotary", normalization_type="RMS"),
-}
+ARCHS = {name: TINY_ARCHS[name] for name in ("ln", "gqa_rms")}
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
