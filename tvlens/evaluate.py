@@ -170,7 +170,7 @@ def evaluate(
 
     check_int("evaluate", "batch_size", batch_size, min=1)
     if getattr(intervention, "vector", None) is not None:
-        intervention.vector.check_task(prompts.task.name)
+        intervention.vector.check_task(prompts.task if prompts.task is not None else "")
     batch = prompts.tokenize(model, padding_side=padding_side)
     logits = last_token_logits(model, batch, intervention=intervention, batch_size=batch_size)
     logprobs = logits.log_softmax(-1)

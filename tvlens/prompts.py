@@ -86,7 +86,7 @@ class TaskSplits:
 
 def make_splits(task: Task, *, seed: int = 0, config: SplitConfig = SplitConfig()) -> TaskSplits:
     """Split ``task`` into demonstration / train / val / test pools (seeded, reproducible)."""
-    rng = random.Random(f"tvlens-splits-{task.name}-{seed}")
+    rng = random.Random(f"tvlens-splits-{task.base_name}-{seed}")
     examples = unique_examples(task)
     n_unique = len(examples)
     if task.kind == "classification" and config.balance and task.label_words:
@@ -230,7 +230,7 @@ def make_prompts(
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise PromptError(f"n must be a positive integer (how many queries) or None for the whole split, got {n!r}")
     queries = splits[split][:n] if n is not None else splits[split]
-    rng = random.Random(f"tvlens-prompts-{splits.task.name}-{split}-{k}-{seed}-{splits.seed}")
+    rng = random.Random(f"tvlens-prompts-{splits.task.base_name}-{split}-{k}-{seed}-{splits.seed}")
     demos = tuple(tuple(rng.sample(splits.demo, k)) for _ in queries)
     return PromptSet(splits.task, split, k, tuple(queries), demos, seed)
 

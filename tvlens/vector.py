@@ -33,6 +33,15 @@ def check_scale(scale, name: str = "scale") -> float:
     return float(scale)
 
 
+def _template_key(record: dict) -> tuple:
+    return tuple(record.get(k) for k in ("query", "answer_prefix", "separator"))
+
+
+def _template_label(record: dict) -> str:
+    name, query = record.get("name"), record.get("query", "?")
+    return f"{name!r} ({query!r})" if name and name != query else repr(query)
+
+
 def _nonfinite_summary(v: torch.Tensor) -> str:
     return f"{int(torch.isnan(v).sum())} nan, {int(torch.isinf(v).sum())} inf of {v.numel()}"
 
@@ -53,6 +62,7 @@ class TaskVector:
     method: str = "ltv"  # "ltv", "vanilla_tv", "fv", ...
     out_of_range: str = "error"  # a prompt lacking a site's position: "error", "skip" or "clip"
     meta: dict = field(default_factory=dict)  # training config, seed, metrics, versions (JSON-able)
+    template: dict = field(default_factory=dict)  # the prompt format it was made on (Task.template_record()); {} = unknown
 
     def __post_init__(self) -> None:
         v = self.values
@@ -148,12 +158,33 @@ class TaskVector:
                     "pass allow_other_fingerprint=True to apply it anyway (same shape, other weights)"
                 )
 
-    def check_task(self, task_name: str) -> None:
-        """Warn (:class:`~tvlens.errors.TvlensWarning`) when this vector was trained on another task."""
-        if self.task and task_name and self.task != task_name:
+    def check_task(self, task) -> None:
+        """Warn (:class:`~tvlens.errors.TvlensWarning`) when this vector was made on another task or template.
+
+        ``task`` is a :class:`~tvlens.tasks.Task` (or a task name, which checks the name only). A
+        vector of the same task under another prompt template (``capitalize`` vs
+        ``capitalize[arrow]``) warns about the template, not about transfer.
+        """
+        from tvlens.tasks._templates import split_name
+
+        name = task if isinstance(task, str) else task.name
+        if not (self.task and name):
+            return
+        if split_name(self.task)[0] != split_name(name)[0]:
             warn(
-                f"task vector trained on {self.task!r} is applied to task {task_name!r}: its accuracy measures "
+                f"task vector trained on {self.task!r} is applied to task {name!r}: its accuracy measures "
                 "transfer, not the task; evaluate on the vector's own task unless transfer is what you study"
+            )
+            return
+        if isinstance(task, str) or not self.template:
+            return
+        mine, theirs = _template_key(self.template), _template_key(task.template_record())
+        if mine != theirs:
+            warn(
+                f"task vector {self.task!r} was made on prompts of template {_template_label(self.template)} but is "
+                f"applied to prompts of template {_template_label(task.template_record())} (task {name!r}); "
+                f"a vector steers the format it was trained on: use tv.tasks.get({split_name(name)[0]!r}, "
+                f"template={self.template.get('name') or self.template.get('query')!r}) or retrain on this template"
             )
 
     # --- files -----------------------------------------------------------------------------
@@ -188,6 +219,7 @@ class TaskVector:
             "hook_names": list(self.hook_names),
             "dtype": str(self.values.dtype).removeprefix("torch."),
             "meta": json.loads(meta_json),
+            "template": dict(self.template),
         }
         values = self.values.detach().cpu().contiguous()
         return atomic_write(path, lambda tmp: save_file({"values": values}, str(tmp), metadata={"tvlens": json.dumps(header)}),
@@ -229,11 +261,15 @@ class TaskVector:
                     raise ValueError(f"{k!r} must be a non-negative integer, got {kw[k]!r}")
             if not isinstance(header.get("meta", {}), dict):
                 raise ValueError("'meta' must be an object")
+            tmpl = header.get("template", {})  # files before templates were recorded: unknown
+            if not isinstance(tmpl, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tmpl.items()):
+                raise ValueError(f"'template' must be an object of strings, got {tmpl!r}")
             return cls(
                 values=values,
                 sites=tuple(Site(layer, p) for layer, p in sites),
                 out_of_range=header.get("out_of_range", "error"),
                 meta=header.get("meta", {}),
+                template=tmpl,
                 **kw,
             )
         except KeyError as e:

@@ -101,7 +101,7 @@ class AIEResult(Result):
 
 def _shuffled_labels(prompts: PromptSet, seed: int) -> PromptSet:
     """The same demonstrations and queries, each prompt's demonstration labels shuffled among them."""
-    rng = random.Random(f"tvlens-fv-corrupt-{prompts.task.name}-{seed}")
+    rng = random.Random(f"tvlens-fv-corrupt-{prompts.task.base_name}-{seed}")
     demos = []
     for ds in prompts.demos:
         outs = [d.output for d in ds]
@@ -252,7 +252,7 @@ def function_vector(model, task: Task | str, *, layer: int | Iterable[int] | Non
     sites = tuple(sites)
     check_sites(sites, model.cfg.n_layers)
     vector = TaskVector(values=fv[None].expand(len(sites), -1).clone(), sites=sites, task=task.name,
-                        model_fingerprint=fingerprint(model), d_model=model.cfg.d_model, n_layers=model.cfg.n_layers,
+                        template=task.template_record(), model_fingerprint=fingerprint(model), d_model=model.cfg.d_model, n_layers=model.cfg.n_layers,
                         operation="add", method="fv", out_of_range=out_of_range,
                         meta={"shots": 0, "source_shots": aie.shots, "top_heads": [list(t) for t in top], "n_clean": aie.n_clean,
                               "n_corrupt": aie.n_corrupt, "seed": seed})

@@ -119,6 +119,7 @@ def vanilla_tv(
         values=values.float(),
         sites=sites,
         task=task.name,
+        template=task.template_record(),
         model_fingerprint=fingerprint(model),
         d_model=model.cfg.d_model,
         n_layers=model.cfg.n_layers,
@@ -167,7 +168,7 @@ def vanilla_tv_per_prompt(
     check_sites([site], model.cfg.n_layers)
     splits = splits or make_splits(task, seed=seed)
     icl = make_prompts(splits, split, k=shots, seed=seed)
-    rng = random.Random(f"tvlens-hendel-dummies-{task.name}-{seed}")
+    rng = random.Random(f"tvlens-hendel-dummies-{task.base_name}-{seed}")
     dummies = [rng.sample(splits.train, min(n_dummy, len(splits.train))) for _ in icl.queries]
     nd = len(dummies[0])
     queries = tuple(q for ds in dummies for q in ds)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from tvlens.cli._main import add_template_option
+
 TOY_TASKS = ("toy/antonym", "toy/capitalize", "toy/successor", "toy/capital", "toy/add3", "toy/sentiment")
 TOY_COMPOSED = "toy/capitalize+antonym"
 REAL_TASKS = ("capitalize", "antonym", "capital")
@@ -16,6 +18,7 @@ def add_parser(add) -> None:
     sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
     sp.add_argument("--tasks", nargs="+", default=None,
                     help=f"tasks (default on toy: {' '.join(TOY_TASKS)}; otherwise: {' '.join(REAL_TASKS)})")
+    add_template_option(sp)
     sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="LTV seeds per task (default 0 1 2)")
     sp.add_argument("--vary-splits", action="store_true",
                     help="each seed also draws its own train/val/test split (default: one split, seeds vary init and order)")
@@ -33,7 +36,7 @@ def add_parser(add) -> None:
 
 
 def run_geometry(model, model_name: str, *, tasks=None, seeds=(0, 1, 2), layer=None, vectors=None, composed=None,
-                 parts=None, scales=(1.0, 0.5), seed: int = 0, vary_splits: bool = False) -> dict:
+                 parts=None, scales=(1.0, 0.5), seed: int = 0, vary_splits: bool = False, template: str | None = None) -> dict:
     """The three results (``cosines``, ``transfer``, ``composition`` or None) and the vectors."""
     import tvlens as tv
     from tvlens.analysis import composition, train_vectors, transfer_matrix, vector_cosines
@@ -45,12 +48,14 @@ def run_geometry(model, model_name: str, *, tasks=None, seeds=(0, 1, 2), layer=N
     composed = composed or (TOY_COMPOSED if toy else REAL_COMPOSED)
     pa = None
     if composed != "none":  # checked before any training
-        pa = parts or parts_of(tv.tasks.resolve(composed, model_name=model_name).name)
+        composed_task = tv.tasks.resolve(composed, model_name=model_name, template=template)
+        composed = composed_task.name
+        pa = parts or parts_of(composed_task.base_name)
         if pa is None:
             raise ConfigError(f"--composed {composed!r} is not a registered composed task; name its two tasks with --parts A B")
-        pa = [tv.tasks.resolve(p, model_name=model_name).name for p in pa]
+        pa = [tv.tasks.resolve(p, model_name=model_name, template=template).name for p in pa]
     if vectors is None:
-        tasks = list(tasks or (TOY_TASKS if toy else REAL_TASKS))
+        tasks = [tv.tasks.resolve(t, model_name=model_name, template=template).name for t in tasks or (TOY_TASKS if toy else REAL_TASKS)]
         vectors = train_vectors(model, tasks, seeds=seeds, layer=layer, config=tv.LTVConfig(), split_seed=seed,
                                 vary_splits=vary_splits)
     comp = None
@@ -105,7 +110,7 @@ def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
     t0 = time.perf_counter()
     model = tv.load_model(args.model)
     vectors = [tv.TaskVector.load(p) for p in args.vectors] if args.vectors else None
-    res = run_geometry(model, args.model, tasks=args.tasks, seeds=tuple(args.seeds), layer=args.layer, vectors=vectors,
+    res = run_geometry(model, args.model, template=args.template, tasks=args.tasks, seeds=tuple(args.seeds), layer=args.layer, vectors=vectors,
                        composed=args.composed, parts=args.parts, scales=tuple(args.scales), seed=args.seed, vary_splits=args.vary_splits)
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **payload_of(res)}
     text = text_of(res)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from tvlens.cli._main import add_template_option
+
 KINDS = ("zero", "mean", "path")
 
 
@@ -13,6 +15,7 @@ def add_parser(add) -> None:
              "OV products and reconstruction, attention sinks, key- vs random-head ablation (optionally an HTML dashboard)")
     sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
     sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    add_template_option(sp)
     sp.add_argument("--vector", default=None, help="a task-vector file from `tvlens train` (default: train an LTV "
                                                    "with the default recipe at --layer)")
     sp.add_argument("--layer", type=int, default=None, help="layer of the LTV trained when no --vector is given "
@@ -48,7 +51,7 @@ def cmd_analyze_heads(args: argparse.Namespace) -> tuple[dict, str]:
         check_output(args.html, True, "--html")
     t0 = time.perf_counter()
     model = tv.load_model(args.model)
-    task = tv.tasks.resolve(args.task, model_name=args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
     vector, origin = _vector(args, model, task)
     seed = int(vector.meta.get("split_seed", args.seed)) if args.vector else args.seed
     c = tv.circuit(model, vector, task, n=args.n, fraction=args.fraction, n_random=args.n_random, seed=seed)

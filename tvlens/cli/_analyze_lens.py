@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
+
+from tvlens.cli._main import add_template_option
 from pathlib import Path
 
 
@@ -33,6 +35,7 @@ def add_parser(add) -> None:
 def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", default="toy", help="model spec: toy (default), smollm2, a .gguf file, an HF folder, a TL name")
     sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    add_template_option(sp)
     sp.add_argument("--vector", nargs="+", default=None, help="task-vector files (one site each) instead of training LTVs")
     sp.add_argument("--shots", type=int, default=8, help="demonstrations of the ICL condition of the logit lens (default 8)")
     sp.add_argument("--n-test", type=int, default=200, help="test queries (default 200, at most the split)")
@@ -97,7 +100,7 @@ def _setup(args):
     if args.html:
         check_output(args.html, True, "--html")
     model = tv.load_model(args.model)
-    return model, tv.tasks.resolve(args.task, model_name=args.model)
+    return model, tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
 
 
 def _lens(model, task, vectors: dict, args):

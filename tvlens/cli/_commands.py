@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
     toy = args.model == "toy"
     shots = args.shots or ([1, 2, 4, 8] if toy else [5])
     names = args.tasks or (tv.tasks.toy_task_names() if toy else list(REAL_MODEL_DEMO_TASKS))
-    names = [tv.tasks.resolve(n, model_name=args.model).name for n in names]
+    names = [tv.tasks.resolve(n, model_name=args.model, template=args.template).name for n in names]
     rows = _icl_rows(model, names, shots, args.seed)
     layers = args.layer or [model.cfg.n_layers // 2]
     config = tv.LTVConfig(seed=args.seed)
@@ -168,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> tuple[dict, str]:
     check_output(args.out, args.overwrite)
     config = _ltv_config(args)
     model = tv.load_model(args.model)
-    task = tv.tasks.resolve(args.task, model_name=args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
     layers = args.layer if args.layer is not None else [model.cfg.n_layers // 2]
     res = tv.train_ltv(model, task, layers=layers, positions=args.position, shots=args.shots,
                        config=config, splits=tv.make_splits(task, seed=args.seed),
@@ -190,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
     model = tv.load_model(args.model)
-    task = tv.tasks.resolve(args.task, model_name=args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
     v = tv.TaskVector.load(args.vector) if args.vector else None
     # a vector is evaluated on the test queries of the splits it was trained with
     seed = int(v.meta.get("split_seed", args.seed)) if v is not None else args.seed
@@ -251,7 +251,7 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
         check_output(args.html, True, "--html")
     t0 = time.perf_counter()
     model = tv.load_model(args.model)
-    task = tv.tasks.resolve(args.task, model_name=args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
     res = tv.sweep(model, task, methods=args.methods, layers=args.layers, fv_shots=_fv_shots(args),
                    vanilla_shots=args.vanilla_shots, top_k=args.top_k, seed=args.seed,
                    ltv_config=tv.LTVConfig(seed=args.seed))
@@ -279,7 +279,7 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     model = tv.load_model(args.model)
     toy = args.model == "toy"
     names = args.tasks or (tv.tasks.toy_task_names() if toy else list(REAL_MODEL_DEMO_TASKS))
-    tasks = [tv.tasks.resolve(n, model_name=args.model) for n in names]
+    tasks = [tv.tasks.resolve(n, model_name=args.model, template=args.template) for n in names]
     res = tv.compare(model, tasks, fv_shots=_fv_shots(args), vanilla_shots=args.vanilla_shots, top_k=args.top_k,
                      seed=args.seed, ltv_config=tv.LTVConfig(seed=args.seed))
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **res.payload(),

@@ -101,6 +101,14 @@ def add_command(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
     return sp
 
 
+def add_template_option(sp: argparse.ArgumentParser) -> None:
+    """``--template``, beside every ``--task``/``--tasks`` option."""
+    sp.add_argument("--template", default=None,
+                    help="prompt template of the task(s): arrow ('{x} ->'), qa ('Q: {x}\\nA:', the function-vectors "
+                         "format) or a query string with {x} (\\n for a newline); default: each task's own. "
+                         "'capitalize[arrow]' as a task name says the same")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tvlens.cli import _commands as c
 
@@ -122,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits and demonstrations")
     sp.add_argument("--tasks", nargs="+", default=None,
                     help="task names (default: every toy benchmark task on toy; capitalize antonym capital otherwise)")
+    add_template_option(sp)
     sp.add_argument("--layer", type=int, nargs="+", default=None,
                     help="LTV layer(s); with several, each task keeps the layer of best validation accuracy "
                          "(default: the middle layer)")
@@ -142,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("train", c.cmd_train, "train a learned task vector and save it")
     sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
     sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    add_template_option(sp)
     sp.add_argument("--layer", type=int, nargs="+", default=None, help="layer(s) (default: the middle layer)")
     sp.add_argument("--position", type=int, nargs="+", default=[-1], help="position(s), -1 = last token")
     sp.add_argument("--shots", type=int, default=0, help="train on k-shot ICL prompts (default 0)")
@@ -154,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("eval", c.cmd_eval, "zero-shot, ICL and with-vector accuracy on held-out queries")
     sp.add_argument("--model", default="toy")
     sp.add_argument("--task", required=True)
+    add_template_option(sp)
     sp.add_argument("--vector", default=None, help="a task-vector file from `tvlens train`")
     sp.add_argument("--scale", type=float, default=None, help="vector scale (default: the file's)")
     sp.add_argument("--icl-shots", type=int, nargs="+", default=[8])
@@ -163,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("sweep", c.cmd_sweep, "accuracy of LTV, Vanilla TV and FV vectors at every layer (the paper's Figure 2)")
     sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
     sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    add_template_option(sp)
     sp.add_argument("--layers", type=int, nargs="+", default=None, help="layers (default: every layer)")
     sp.add_argument("--methods", nargs="+", default=["ltv", "vanilla_tv", "fv"], help="any of ltv vanilla_tv fv")
     _baseline_options(sp)
@@ -171,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
     sp.add_argument("--tasks", nargs="+", default=None,
                     help="task names (default: every toy task on toy; capitalize antonym capital otherwise)")
+    add_template_option(sp)
     _baseline_options(sp)
 
     from tvlens.cli import _analyze

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 
+from tvlens.cli._main import add_template_option
+
 
 def add_parser(cmd) -> None:
     sp = cmd("report", cmd_report, "one offline HTML page with every analysis (baselines, heads, lens, geometry) for one task")
     sp.add_argument("out", help="output .html path")
     sp.add_argument("--model", default="toy", help="model spec (default: the embedded model)")
     sp.add_argument("--task", required=True, help="task name (see `tvlens tasks`)")
+    add_template_option(sp)
     sp.add_argument("--layer", type=int, default=None, help="layer of the LTV every section analyses (default: the middle layer)")
     sp.add_argument("--sections", nargs="+", default=None, help="only these sections (default: all; see the page's contents)")
     sp.add_argument("--skip", nargs="+", default=[], help="sections to leave out, e.g. --skip sweep compare on a large model")
@@ -27,7 +30,7 @@ def cmd_report(args: argparse.Namespace) -> tuple[dict, str]:
     check_output(args.out, args.overwrite, "out")
     t0 = time.perf_counter()
     model = tv.load_model(args.model)
-    task = tv.tasks.resolve(args.task, model_name=args.model)
+    task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
     rep = build_report(model, task, model_name=args.model, layer=args.layer, sections=args.sections, skip=args.skip,
                        seed=args.seed, n=args.n, progress=bool(getattr(args, "verbose", False)))
     path = rep.write(args.out, overwrite=args.overwrite)

@@ -294,6 +294,7 @@ def train_ltv(
         values=best[1].clone(),
         sites=sites,
         task=task.name,
+        template=task.template_record(),
         model_fingerprint=fp,
         d_model=d_model,
         n_layers=model.cfg.n_layers,

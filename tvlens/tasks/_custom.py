@@ -53,7 +53,8 @@ def from_file(
     ``name`` defaults to the file's stem. ``input_field`` may be several fields (e.g.
     ``("premise", "hypothesis")``); the example then keeps those field names for the template.
     With ``label_words`` the task is a classification task; an output may then also be given as
-    the integer index of its label word. ``fmt`` are :class:`Task` format fields (``template``,
+    the integer index of its label word. ``fmt`` are :class:`Task` format fields (``template``: a
+    query format string or a named template, ``"arrow"`` or ``"qa"``,
     ``answer_prefix``, ``separator``, ``prefix``, ``description``, ``source``, ``meta``).
     """
     p = Path(path)
@@ -249,7 +250,9 @@ def _build(
         raise TaskFormatError(f"{where} has no examples; add at least one input -> output example")
     check_consistent(examples, where)
     kind = fmt.pop("kind", None) or ("classification" if labels else "generation")
-    return Task(name=name, kind=kind, examples=tuple(examples), label_words=labels, **fmt)
+    from tvlens.tasks._templates import expand_format
+
+    return Task(name=name, kind=kind, examples=tuple(examples), label_words=labels, **expand_format(fmt))
 
 
 def _text(value: Any, at: str) -> str:

@@ -19,7 +19,8 @@ def register(name: str, factory: Callable[[], Task] | Task, description: str = "
         task = factory
         factory, description = (lambda: task), description or task.description
     _FACTORIES[name] = (factory, description)
-    _CACHE.pop(name, None)
+    for key in [k for k in _CACHE if k == name or k.startswith(f"{name}[")]:
+        _CACHE.pop(key)
 
 
 def names(prefix: str | None = None) -> list[str]:
@@ -33,19 +34,41 @@ def describe(name: str) -> str:
     return _FACTORIES[name][1]
 
 
-def get(name: str) -> Task:
-    """The task registered under ``name`` (built on first use, then cached)."""
-    _check(name)
-    if name not in _CACHE:
-        _CACHE[name] = _FACTORIES[name][0]()
-    return _CACHE[name]
+def get(name: str, *, template: str | None = None) -> Task:
+    """The task registered under ``name`` (built on first use, then cached).
+
+    ``template`` (``"arrow"``, ``"qa"`` or a query string with ``{x}``) formats it another way;
+    a name such as ``"capitalize[arrow]"`` says the same. Under its own default template the task
+    keeps its plain name, under any other its name carries the template (``capitalize[arrow]``).
+    """
+    from tvlens.tasks._templates import split_name
+    from tvlens.tasks._templates import template as as_template
+
+    base, in_name = (name, None) if name in _FACTORIES else split_name(name)
+    if in_name is not None and template is not None and as_template(in_name) != as_template(template):
+        raise TaskNotFoundError(f"task {name!r} names template {in_name!r} but template={template!r} was given; give one of them")
+    spec = template if template is not None else in_name
+    _check(base)
+    if base not in _CACHE:
+        _CACHE[base] = _FACTORIES[base][0]()
+    task = _CACHE[base]
+    if spec is None:
+        return task
+    t = as_template(spec)
+    key = f"{base}[{t.name}]"
+    if key not in _CACHE:
+        _CACHE[key] = task.with_template(t)  # the task itself when that is its own format (plain name)
+    return _CACHE[key]
 
 
-def resolve(name: str, *, model_name: str | None = None) -> Task:
+def resolve(name: str, *, model_name: str | None = None, template: str | None = None) -> Task:
     """Like :func:`get`, but for the embedded model ``"antonym"`` also finds ``"toy/antonym"``."""
-    if model_name == "toy" and f"toy/{name}" in _FACTORIES:
-        return get(f"toy/{name}")
-    return get(name)
+    from tvlens.tasks._templates import split_name
+
+    base, in_name = split_name(name)
+    if model_name == "toy" and f"toy/{base}" in _FACTORIES:
+        return get(f"toy/{base}" + (f"[{in_name}]" if in_name is not None else ""), template=template)
+    return get(name, template=template)
 
 
 def _check(name: str) -> None:

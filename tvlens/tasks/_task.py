@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tvlens.errors import TaskFormatError
@@ -62,6 +63,7 @@ class Task:
     prefix: str = ""  # text before the first demonstration (after BOS)
     description: str = ""  # one line for listings
     source: str = ""  # where the data came from (dataset id, file, "synthetic")
+    template_name: str = ""  # the named template the format came from ("arrow", "qa"); "" = the task's own
     meta: tuple[tuple[str, str], ...] = field(default=())  # free-form string metadata
 
     def __post_init__(self) -> None:
@@ -80,6 +82,48 @@ class Task:
                     f"task {self.name!r}: outputs {sorted(bad)[:5]} are not among label_words {self.label_words}"
                 )
         self.examples[0].query(self.template)  # fail early on a template/field mismatch
+
+    @property
+    def base_name(self) -> str:
+        """The name without a template suffix: ``"capitalize[arrow]"`` -> ``"capitalize"``.
+
+        Splits, demonstrations and baselines' random draws are keyed on it, so one task under two
+        templates has the same queries and demonstrations.
+        """
+        from tvlens.tasks._templates import split_name
+
+        return split_name(self.name)[0]
+
+    def template_record(self) -> dict[str, str]:
+        """This task's prompt format as a JSON-able dict (recorded in task-vector files)."""
+        return {"name": self.template_name, "query": self.template, "answer_prefix": self.answer_prefix,
+                "separator": self.separator}
+
+    def with_template(self, spec, *, name: str | None = None) -> Task:
+        """This task under the template ``spec`` (``"arrow"``, ``"qa"``, a query string or a Template).
+
+        The name becomes ``base[template]`` unless ``name`` is given; the examples are unchanged. A
+        task already in that format is returned as it is (its name unchanged).
+
+        >>> t = Task.from_pairs("upper", [("a", "A"), ("b", "B")], template="arrow")
+        >>> q = t.with_template("qa")
+        >>> q.name, q.prompt_text(q.examples[1], [q.examples[0]])
+        ('upper[qa]', 'Q: a\nA: A\n\nQ: b\nA:')
+        """
+        from tvlens.tasks._templates import template
+
+        t = template(spec)
+        if (t.query, t.answer_prefix, t.separator) == (self.template, self.answer_prefix, self.separator) and name is None:
+            return self  # already in that format: it keeps its name
+        have = sorted(k for k, _ in self.examples[0].fields)
+        used = sorted({f for _, f, _, _ in string.Formatter().parse(t.query) if f})
+        if used != have:
+            raise TaskFormatError(
+                f"task {self.name!r} has input field(s) {have} but template {t.name!r} formats {used}; "
+                "give a custom template that uses every input field, e.g. '{x} {x2} ->'"
+            )
+        return replace(self, name=name or f"{self.base_name}[{t.name}]", template=t.query, answer_prefix=t.answer_prefix,
+                       separator=t.separator, template_name=t.name)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -116,7 +160,9 @@ class Task:
         check_consistent(examples, f"task {name!r}", "pair")
         labels = tuple(label_words) if label_words is not None else None
         kind = kind or ("classification" if labels else "generation")
-        return cls(name=name, kind=kind, examples=tuple(examples), label_words=labels, **fmt)
+        from tvlens.tasks._templates import expand_format
+
+        return cls(name=name, kind=kind, examples=tuple(examples), label_words=labels, **expand_format(fmt))
 
 
 def check_consistent(examples: Iterable[Example], where: str, row: str = "row") -> None:

@@ -42,7 +42,7 @@ def with_instruction(splits):
 
     from tvlens.toy._world import task_token
 
-    task = dataclasses.replace(splits.task, prefix=task_token(splits.task.name.removeprefix("toy/")) + " ")
+    task = dataclasses.replace(splits.task, prefix=task_token(splits.task.base_name.removeprefix("toy/")) + " ")
     return dataclasses.replace(splits, task=task)
 
 
