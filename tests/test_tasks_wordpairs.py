@@ -10,6 +10,7 @@ import pytest
 
 import tvlens.tasks as tasks
 from tvlens.errors import TaskFormatError
+from tvlens.prompts import make_splits
 from tvlens.tasks._wordpairs import WORDPAIR_TASKS, wordpair_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,21 @@ def test_files_have_enough_unique_clean_pairs(name):
     assert len(set(inputs)) == len(inputs) >= 100
     for i, o in ps:
         assert i and o and i == i.strip() and o == o.strip()
+
+
+@pytest.mark.parametrize("name", ["antonym", "capital"])
+def test_real_model_lists_are_big_and_consistent(name):
+    """Issue 16: >= 400 pairs (so make_splits gives >= 100 test queries), no duplicate inputs,
+    no pair that maps a word to itself, and (antonym) no A -> B with B -> C for some C != A."""
+    ps = pairs(name)
+    assert len(ps) >= 400
+    inputs = [i for i, _ in ps]
+    assert len(set(inputs)) == len(inputs)
+    assert not [i for i, o in ps if i == o]
+    assert len(make_splits(tasks.get(name)).test) >= 100
+    if name == "antonym":
+        d = dict(ps)
+        assert not [(a, b, d[b]) for a, b in ps if b in d and d[b] != a]
 
 
 def test_prompt_format():

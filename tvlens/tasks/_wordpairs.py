@@ -29,7 +29,7 @@ DEFAULT_TEMPLATE = "arrow"
 WORDPAIR_TASKS = ("capital", "capitalize", "antonym")
 
 _DESCRIPTIONS = {
-    "capital": "country -> its capital city (generation)",
+    "capital": "country or first-level region -> its capital city (generation)",
     "capitalize": "lowercase word -> Capitalized word (generation)",
     "antonym": "word -> its antonym (generation)",
 }
