@@ -40,7 +40,7 @@ def test_local_copies_match_the_pins(name, monkeypatch, no_network):
     sha, n_pairs, _ = fv.FV_FILES[name]
     assert task.name == f"fv/{name}" and task.kind == "generation"
     assert 0.95 * n_pairs <= len(task) <= n_pairs  # duplicate pairs may be dropped
-    assert task.prompt_text(task.examples[0]).endswith(" ->")
+    assert task.template_name == "qa" and task.prompt_text(task.examples[0]).endswith("\nA:")  # the function-vectors format
 
 
 @needs_shared

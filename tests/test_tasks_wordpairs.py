@@ -31,7 +31,10 @@ def ascii_fold(s: str) -> str:
 def test_registered_generation_task_with_format(name):
     t = tasks.get(name)
     assert t.name == name and t.kind == "generation" and t.label_words is None
-    assert (t.template, t.answer_prefix, t.separator) == ("{x} ->", " ", "\n")
+    assert (t.template, t.answer_prefix, t.separator) == ("Q: {x}\nA:", " ", "\n\n")  # the qa default
+    assert t.template_name == "qa"
+    old = tasks.get(name, template="arrow")  # tvlens's format before templates
+    assert old.name == f"{name}[arrow]" and (old.template, old.separator) == ("{x} ->", "\n")
     assert tasks.describe(name)
 
 
@@ -63,8 +66,11 @@ def test_real_model_lists_are_big_and_consistent(name):
 
 def test_prompt_format():
     t = tasks.get("capital")
-    assert t.prompt_text(t.examples[0]) == "Afghanistan ->"
-    assert t.prompt_text(t.examples[1], t.examples[:1]) == "Afghanistan -> Kabul\nAlbania ->"
+    assert t.prompt_text(t.examples[0]) == "Q: Afghanistan\nA:"
+    assert t.prompt_text(t.examples[1], t.examples[:1]) == "Q: Afghanistan\nA: Kabul\n\nQ: Albania\nA:"
+    a = tasks.get("capital", template="arrow")
+    assert a.prompt_text(a.examples[0]) == "Afghanistan ->"
+    assert a.prompt_text(a.examples[1], a.examples[:1]) == "Afghanistan -> Kabul\nAlbania ->"
 
 
 def test_capital_facts():
@@ -104,7 +110,9 @@ def test_load_function_vectors_json_tmp(tmp_path):
     path.write_text(json.dumps([{"input": "dog", "output": "Hund"}, {"output": "Katze", "input": "cat"}]))
     t = tasks.load_function_vectors_json(path)
     assert t.name == "english-german" and t.kind == "generation"
-    assert t.prompt_text(t.examples[1], t.examples[:1]) == "dog -> Hund\ncat ->"
+    assert t.prompt_text(t.examples[1], t.examples[:1]) == "Q: dog\nA: Hund\n\nQ: cat\nA:"
+    ta = tasks.load_function_vectors_json(path, template="arrow")
+    assert ta.name == "english-german" and ta.template_name == "arrow" and ta.prompt_text(ta.examples[1], ta.examples[:1]) == "dog -> Hund\ncat ->"
     t2 = tasks.load_function_vectors_json(path, "de", template="{x} in German is")
     assert t2.name == "de" and t2.prompt_text(t2.examples[0]) == "dog in German is"
 

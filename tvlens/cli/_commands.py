@@ -27,7 +27,7 @@ def _icl_rows(model, task_names: list[str], shots: list[int], seed: int) -> list
         splits = tv.make_splits(task, seed=seed)
         zs = tv.evaluate(model, tv.make_prompts(splits, "test", k=0, seed=seed))
         icl_res = {str(k): tv.evaluate(model, tv.make_prompts(splits, "test", k=k, seed=seed)) for k in shots}
-        row = {"task": name, "kind": task.kind, "n_test": zs.n, "zero_shot": zs.accuracy, "zero_shot_ci95": list(zs.ci95),
+        row = {"task": name, "kind": task.kind, "template": task.template_record(), "n_test": zs.n, "zero_shot": zs.accuracy, "zero_shot_ci95": list(zs.ci95),
                "icl": {k: r.accuracy for k, r in icl_res.items()}, "icl_ci95": {k: list(r.ci95) for k, r in icl_res.items()},
                "zero_shot_label_acc": zs.label_accuracy}
         if name.startswith("toy/"):  # reported apart: the instruction pathway, never used elsewhere

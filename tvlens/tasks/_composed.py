@@ -9,7 +9,7 @@ Context:
       every toy word has an antonym and every antonym a capitalized form, so all 96 words.
     - ``toy/successor+antonym``: word -> the antonym of its successor (successor, then antonym).
     - ``capitalize+antonym`` (real models): word -> its antonym with the first letter capitalized,
-      from the shipped antonym list (119 pairs; ``str.capitalize`` is the capitalize map, which the
+      from the shipped antonym list (439 pairs; ``str.capitalize`` is the capitalize map, which the
       shipped capitalize list follows too).
 
 >>> from tvlens.tasks import get

@@ -108,7 +108,7 @@ class Task:
         >>> t = Task.from_pairs("upper", [("a", "A"), ("b", "B")], template="arrow")
         >>> q = t.with_template("qa")
         >>> q.name, q.prompt_text(q.examples[1], [q.examples[0]])
-        ('upper[qa]', 'Q: a\nA: A\n\nQ: b\nA:')
+        ('upper[qa]', 'Q: a\\nA: A\\n\\nQ: b\\nA:')
         """
         from tvlens.tasks._templates import template
 

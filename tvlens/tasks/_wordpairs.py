@@ -7,6 +7,8 @@ format (a JSON list of ``{"input": ..., "output": ...}``) load with
 >>> from tvlens.tasks import get
 >>> t = get("capital")
 >>> t.prompt_text(t.examples[0])
+'Q: Afghanistan\\nA:'
+>>> get("capital", template="arrow").prompt_text(t.examples[0])
 'Afghanistan ->'
 """
 
@@ -25,7 +27,7 @@ from tvlens.tasks._task import Task
 
 # the default template of the word-pair and function-vectors tasks (tvlens.tasks._templates);
 # chosen on SmolLM2 validation accuracy, see docs/real-model.md "The prompt template"
-DEFAULT_TEMPLATE = "arrow"
+DEFAULT_TEMPLATE = "qa"
 WORDPAIR_TASKS = ("capital", "capitalize", "antonym")
 
 _DESCRIPTIONS = {
