@@ -18,6 +18,7 @@ import functools
 import http.server
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,12 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
+    """The site built here with ``mkdocs build --strict``; or, with TVLENS_DOCS_SITE=dir, the one already built
+    there (.ci/docs builds it once, with the notebooks executed, and checks that one)."""
+    if os.environ.get("TVLENS_DOCS_SITE"):
+        out = Path(os.environ["TVLENS_DOCS_SITE"]).resolve()
+        assert (out / "index.html").exists(), f"TVLENS_DOCS_SITE={out} holds no built site"
+        return out
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
            "NO_MKDOCS_2_WARNING": "1"}
@@ -116,7 +123,7 @@ def test_every_page_offline_no_error_images_drawn(site, server, browser):
             "notebooks/03_heads.html"} <= set(pages), pages
     tab = Tab(browser, server)
     problems: list[str] = []
-    n_images = 0
+    n_images = n_plots = 0
     for rel in pages:
         tab.errors.clear()
         tab.open(rel)
@@ -135,10 +142,25 @@ def test_every_page_offline_no_error_images_drawn(site, server, browser):
             if _colours(img.screenshot()) < 8:
                 problems.append(f"{rel}: image {src} drawn blank")
             n_images += 1
+        # every plotly figure on the page (notebook outputs, when the notebooks were executed) drawn
+        plots = tab.page.locator("article .js-plotly-plot")
+        for i in range(plots.count()):
+            plot = plots.nth(i)
+            plot.scroll_into_view_if_needed()
+            if plot.locator(".main-svg").count() == 0 or (plot.bounding_box() or {"height": 0})["height"] < 100:
+                problems.append(f"{rel}: plotly figure {i} not drawn")
+        n_plots += plots.count()
         problems += [f"{rel}: {e}" for e in tab.errors]
     assert not tab.outside, f"requests left the machine: {sorted(set(tab.outside))[:10]}"
     assert not problems, "\n".join(problems)
     assert n_images >= 10, f"only {n_images} images on the whole site"
+    if _executed(site):
+        assert n_plots >= 5, f"the notebooks were executed but only {n_plots} plotly figures are drawn"
+
+
+def _executed(site: Path) -> bool:
+    """Whether the notebooks were executed at build time (their pages then hold output cells)."""
+    return re.search(r'class="[^"]*jp-OutputArea-output', (site / "notebooks" / "03_heads.html").read_text(encoding="utf-8")) is not None
 
 
 def test_search_works_offline(site, server, browser):

@@ -294,8 +294,9 @@ def screenshot_dashboard(page: Path, png: Path, head: tuple[int, int]) -> float:
             tab.mouse.move(5, 5)  # off the plot: no hover label over the cells
             tab.wait_for_timeout(500)
             top = tab.locator("h2").first.bounding_box()
-            bottom = tab.locator("#tvl-pattern").bounding_box()
-            clip = {"x": 0, "y": top["y"] - 10, "width": 1100, "height": bottom["y"] + bottom["height"] - top["y"] + 20}
+            boxes = [tab.locator(sel).bounding_box() for sel in ("#tvl-pattern", "#tvl-decoded")]
+            bottom = max(b["y"] + b["height"] for b in boxes)  # the selected head's panels, side by side or stacked
+            clip = {"x": 0, "y": top["y"] - 10, "width": 1100, "height": bottom - top["y"] + 20}
             raw = tab.screenshot(clip=clip, full_page=True)
         finally:
             browser.close()
