@@ -35,7 +35,7 @@ Image = pytest.importorskip("PIL.Image", reason="the docs extra is not installed
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = next((c for c in (os.environ.get("BROWSER_PATH"), "/usr/bin/chromium", shutil.which("chromium"),
                              shutil.which("chromium-browser")) if c and Path(c).exists()), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary")]
 
 
 @pytest.fixture(scope="module")
