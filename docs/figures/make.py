@@ -12,7 +12,8 @@ screenshotted in headless Chromium (Playwright, ``executable_path``) after a rea
 of its heatmap cells. PNGs are quantised to 256 colours so the whole set stays small.
 
 ``docs/figures/<model>/figures.json`` records, per image, the page it belongs on, the Python that
-made it, the seconds it took and its size; ``tests/test_docs_figures.py`` checks that every image
+made it, the seconds its analysis took (work shared by a group, such as training its LTVs, is
+counted once, on the group's first figure; ``tv.compare`` includes its own LTVs), and its size; ``tests/test_docs_figures.py`` checks that every image
 is listed there and shown on its page.
 
 Requires the ``docs`` extra (kaleido, playwright, pillow) and a Chromium binary.
