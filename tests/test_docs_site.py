@@ -150,6 +150,20 @@ def test_every_page_offline_no_error_images_drawn(site, server, browser):
             if plot.locator(".main-svg").count() == 0 or (plot.bounding_box() or {"height": 0})["height"] < 100:
                 problems.append(f"{rel}: plotly figure {i} not drawn")
         n_plots += plots.count()
+        # every embedded page (the dashboard of an executed notebook: an iframe) drawn too
+        frames = tab.page.locator("article iframe")
+        for i in range(frames.count()):
+            frame = frames.nth(i)
+            frame.scroll_into_view_if_needed()
+            try:
+                frame.content_frame.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=30_000)
+            except sync_api.TimeoutError:
+                problems.append(f"{rel}: iframe {i} has no drawn plotly figure")
+                continue
+            tab.page.wait_for_timeout(300)
+            if _colours(frame.screenshot()) < 8:
+                problems.append(f"{rel}: iframe {i} drawn blank")
+            n_plots += 1
         problems += [f"{rel}: {e}" for e in tab.errors]
     assert not tab.outside, f"requests left the machine: {sorted(set(tab.outside))[:10]}"
     assert not problems, "\n".join(problems)

@@ -196,8 +196,8 @@ def results(model, s: Setup, out: Path) -> list[Figure]:
     sw, t1 = _timed(lambda: tv.sweep(model, task, layers=s.sweep_layers, fv_shots=s.fv_shots, ltv_config=tv.LTVConfig(seed=0)))
     names = list(s.compare_tasks) if s.compare_tasks else tv.tasks.toy_task_names()
     cmp, t2 = _timed(lambda: tv.compare(model, [tv.tasks.get(n) for n in names], fv_shots=s.fv_shots, ltv_config=tv.LTVConfig(seed=0)))
-    _, aie = tv.function_vector(model, task, layer=1 if s.model == "toy" else s.heads_layer, top_k=10, shots=s.fv_shots,
-                                splits=tv.make_splits(task, seed=0), return_aie=True)
+    (_, aie), t3 = _timed(lambda: tv.function_vector(model, task, layer=1 if s.model == "toy" else s.heads_layer, top_k=10,
+                                                     shots=s.fv_shots, splits=tv.make_splits(task, seed=0), return_aie=True))
     layers = "every layer" if s.sweep_layers is None else f"layers={list(s.sweep_layers)}"
     return [Figure("sweep.png", "results.md", f"LTV, Vanilla TV and FV per layer on {s.sweep_task}",
                    f"tv.sweep(model, {s.sweep_task!r}, {'' if s.sweep_layers is None else layers + ', '}fv_shots={s.fv_shots}).plot()"
@@ -207,7 +207,7 @@ def results(model, s: Setup, out: Path) -> list[Figure]:
                    cmp.plot(), seconds=t2),
             Figure("aie.png", "results.md", f"the function vector's head AIE on {s.sweep_task}",
                    f"tv.function_vector(model, {s.sweep_task!r}, layer={1 if s.model == 'toy' else s.heads_layer}, top_k=10, "
-                   f"shots={s.fv_shots}, return_aie=True)[1].plot()", aie.plot())]
+                   f"shots={s.fv_shots}, return_aie=True)[1].plot()", aie.plot(), seconds=t3)]
 
 
 def _layers_text(model) -> str:
