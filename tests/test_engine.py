@@ -1,0 +1,195 @@
+"""The engine's oracle: every suffix run equals the full forward with the same edits (within 1e-5).
+
+Checked on the tiny architectures (LN, LNPre, RMS + GQA + rotary, and a shortformer model), left
+and right padding, one- and several-column suffixes, for every edit kind: the final residual
+stream, residuals at every layer, attention patterns, hook_z and gradients w.r.t. a leaf.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import tvlens as tv
+from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
+from tvlens import _engine as engine
+from tvlens._hooks import (AblateHeads, AddAt, AddPerRow, AddToHeads, Cache, PatchFrom, SetHeadPerRow, Span, intervene)
+
+ARCHS = {**TINY_ARCHS, "shortformer": dict(n_layers=3, n_heads=2, positional_embedding_type="shortformer")}
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def model(request, toy_tokenizer):
+    return make_tiny_model(toy_tokenizer, seed=5, **ARCHS[request.param])
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=2, n=5)  # mixed lengths
+
+
+def _names(model):
+    L = model.cfg.n_layers
+    return ([f"blocks.{lay}.hook_resid_pre" for lay in range(1, L)] + [f"blocks.{L - 1}.hook_resid_post"]
+            + [f"blocks.{lay}.attn.hook_pattern" for lay in range(1, L)] + [f"blocks.{lay}.attn.hook_z" for lay in range(1, L)])
+
+
+def full(model, batch, edits, names=(), replicas=1):
+    """The reference: one full forward of the (replicated) batch with ``edits``, every column."""
+    span = Span(batch.first_index.repeat(replicas), batch.last_index.repeat(replicas))
+    store = Cache(tuple(names))
+    with intervene(model, *edits, store, span=span):
+        resid = model(batch.tokens.repeat(replicas, 1), attention_mask=batch.attention_mask.repeat(replicas, 1),
+                      stop_at_layer=model.cfg.n_layers)
+    return resid, (store.store.calls[-1] if names else {})
+
+
+def assert_matches(out: engine.SuffixRun, ref_resid, ref_acts, c0: int) -> None:
+    assert out.c0 == c0
+    assert (out.resid - ref_resid[:, c0:]).abs().max().item() < TOL
+    for name, act in out.acts.items():
+        ref = ref_acts[name][:, :, c0:] if name.endswith("hook_pattern") else ref_acts[name][:, c0:]
+        assert act.shape == ref.shape, name
+        assert (act - ref).abs().max().item() < TOL, name
+
+
+def cases(model, batch):
+    """(label, edits, positions the prefix is built for, start layer, replicas)."""
+    cfg, n = model.cfg, len(batch)
+    g = torch.Generator().manual_seed(0)
+    d = cfg.d_model
+    theta = 3 * torch.randn(2, d, generator=g)
+    means = {1: torch.randn(cfg.n_heads, cfg.d_head, generator=g), 2: torch.randn(cfg.n_heads, cfg.d_head, generator=g)}
+    heads = torch.tensor([(1, 0), (2, 1), (1, 1)]).repeat_interleave(n, 0)  # replica r patches its own head
+    src_span = Span(batch.first_index, batch.last_index)
+    src = Cache(("blocks.2.attn.hook_z",))
+    with torch.no_grad(), intervene(model, AddAt((tv.Site(0, -1),), theta[:1]), src, span=src_span):
+        model(batch.tokens, attention_mask=batch.attention_mask)  # the patch source: another run
+    return [
+        ("add", [AddAt((tv.Site(1, -1),), theta[:1])], (-1,), 1, 1),
+        ("replace", [AddAt((tv.Site(1, -1),), theta[:1], operation="replace")], (-1,), 1, 1),
+        ("add two columns", [AddAt((tv.Site(1, -1), tv.Site(2, -3)), theta)], (-3, -1), 1, 1),
+        ("add at BOS (full width)", [AddAt((tv.Site(1, 0),), theta[:1])], (0,), 1, 1),
+        ("per-row add", [AddPerRow(tv.Site(2, -2), torch.randn(n, d, generator=g))], (-2,), 2, 1),
+        ("zero head", [AblateHeads(((1, 0),), positions=(-1,))], (-1,), 1, 1),
+        ("mean heads, two columns", [AblateHeads(((1, 1), (2, 0)), "mean", means, positions=(-2, -1))], (-2,), 1, 1),
+        ("one head per replica", [SetHeadPerRow(heads, torch.randn(3 * n, cfg.d_head, generator=g))], (-1,), 1, 3),
+        ("patch from another run", [PatchFrom(src.store, ("blocks.2.attn.hook_z",), (-1,), (0,))], (-1,), 2, 1),
+        ("add and zero head", [AddAt((tv.Site(1, -1),), theta[:1]), AblateHeads(((2, 1),), positions=(-1,))], (-1,), 1, 1),
+    ]
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_every_suffix_run_equals_the_full_forward(model, prompts, padding, caplog):
+    batch = prompts.tokenize(model, padding_side=padding)
+    names = _names(model)
+    caplog.set_level(logging.INFO, logger="tvlens._engine")
+    with torch.no_grad():
+        clean, _ = full(model, batch, [])
+        for label, edits, positions, start, replicas in cases(model, batch):
+            pre = engine.prefix(model, batch, positions=positions, layer=start)
+            assert pre.fallback is None
+            if positions == (-1,) and padding == "left":
+                assert pre.width == 1, label  # left padding: one column
+            out = engine.run(pre, edits, start=start, replicas=replicas, names=names)
+            ref, acts = full(model, batch, edits, names, replicas)
+            assert_matches(out, ref, acts, pre.c0)
+            assert (ref - clean.repeat(replicas, 1, 1)).abs().max() > 1e-3, label  # the edit does something
+            assert_no_hooks_left(model)
+    assert "full forward" not in caplog.text  # every run above took the suffix
+
+
+def test_a_zero_edit_changes_nothing_and_the_base_run_is_the_clean_one(model, prompts):
+    batch = prompts.tokenize(model)
+    with torch.no_grad():
+        pre = engine.prefix(model, batch, layer=1)
+        clean, _ = full(model, batch, [])
+        assert (pre.final() - clean[torch.arange(len(batch)), batch.last_index]).abs().max() < TOL
+        zero = engine.run(pre, [AddAt((tv.Site(1, -1),), torch.zeros(1, model.cfg.d_model))])
+        assert torch.equal(zero.resid, engine.run(pre).resid)
+        assert (zero.last() - pre.final()).abs().max() < TOL
+    assert_no_hooks_left(model)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_base_edits_are_in_the_prefix_and_runs_resume_at_any_later_layer(model, prompts, padding):
+    batch = prompts.tokenize(model, padding_side=padding)
+    theta = 3 * torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    steer = AddAt((tv.Site(1, -1),), theta)
+    names = _names(model)
+    with torch.no_grad():
+        pre = engine.prefix(model, batch, base=[steer], layer=1)
+        steered, _ = full(model, batch, [steer])
+        assert (pre.final() - steered[torch.arange(len(batch)), batch.last_index]).abs().max() < TOL
+        for start in (1, 2):
+            ablate = AblateHeads(((start, 1),), positions=(-1,))
+            out = engine.run(pre, [ablate], start=start, names=names)
+            ref, acts = full(model, batch, [steer, ablate], names)
+            assert_matches(out, ref, acts, pre.c0)
+    assert_no_hooks_left(model)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_gradients_wrt_a_leaf_equal_the_full_forwards(model, prompts, padding):
+    batch = prompts.tokenize(model, padding_side=padding)
+    cfg, n = model.cfg, len(batch)
+    rows = torch.arange(n)
+    pre = engine.prefix(model, batch, layer=1)
+
+    def grads(run_suffix: bool):
+        theta = torch.zeros(1, cfg.d_model, requires_grad=True)
+        delta = torch.zeros(n, 2, cfg.n_heads, cfg.d_head, requires_grad=True)
+        edits = [AddAt((tv.Site(1, -1),), theta), AddToHeads((1, 2), delta)]
+        if run_suffix:
+            last = engine.run(pre, edits).last()
+        else:
+            resid, _ = full(model, batch, edits)
+            last = resid[rows, batch.last_index]
+        p = engine.p_gold(engine.final_logits(model, last), batch.answer_ids)
+        return torch.autograd.grad(p.sum(), [theta, delta])
+
+    for a, b in zip(grads(True), grads(False)):
+        assert b.abs().max() > 0  # not vacuous
+        assert (a - b).abs().max().item() < TOL
+    assert_no_hooks_left(model)
+
+
+def test_an_edit_before_the_prefix_end_falls_back_to_a_full_forward_and_says_so(model, prompts, caplog):
+    batch = prompts.tokenize(model)
+    early = AddAt((tv.Site(1, -3),), torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(2)))
+    below = AblateHeads(((0, 0),), positions=(-1,))
+    with torch.no_grad():
+        pre = engine.prefix(model, batch, layer=1)
+        for edits, start in (([early], 1), ([below], 1)):
+            with caplog.at_level(logging.INFO, logger="tvlens._engine"):
+                caplog.clear()
+                out = engine.run(pre, edits, start=start)
+            assert "full forward" in caplog.text
+            ref, _ = full(model, batch, edits)
+            assert_matches(out, ref, {}, pre.c0)
+    assert_no_hooks_left(model)
+
+
+def test_sub_batches_under_a_budget_equal_one_run(model, prompts):
+    batch = prompts.tokenize(model)
+    with torch.no_grad():
+        pre = engine.prefix(model, batch, layer=1)
+        edits = [AblateHeads(((1, 0),), positions=(-1,))]
+        small = engine.Budget(max_bytes=1)
+        assert engine.rows_per_pass(pre, budget=small) == 1
+        split = engine.run_rows(pre, edits, budget=small)
+        whole = engine.run(pre, edits).last()
+        assert (split - whole).abs().max() < TOL
+    assert engine.rows_per_pass(pre, budget=engine.Budget(max_bytes=2**40, max_rows=7)) == 7
+
+
+def test_an_exception_inside_a_run_leaves_no_hook(model, prompts):
+    batch = prompts.tokenize(model)
+    pre = engine.prefix(model, batch)
+    bad = AddPerRow(tv.Site(1, -1), torch.zeros(len(batch) + 1, model.cfg.d_model))  # wrong row count
+    with pytest.raises(tv.errors.ConfigError), torch.no_grad():
+        engine.run(pre, [bad], start=1)
+    assert_no_hooks_left(model)
