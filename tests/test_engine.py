@@ -117,8 +117,8 @@ def test_a_zero_edit_changes_nothing_and_the_base_run_is_the_clean_one(model, pr
 @pytest.mark.parametrize("padding", ["left", "right"])
 def test_base_edits_are_in_the_prefix_and_runs_resume_at_any_later_layer(model, prompts, padding):
     batch = prompts.tokenize(model, padding_side=padding)
-    theta = 3 * torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
-    steer = AddAt((tv.Site(1, -1),), theta)
+    theta = 3 * torch.randn(2, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    steer = AddAt((tv.Site(1, -1), tv.Site(2, -1)), theta)  # a site at a layer a run resumes at, too
     names = _names(model)
     with torch.no_grad():
         pre = engine.prefix(model, batch, base=[steer], layer=1)
@@ -192,4 +192,64 @@ def test_an_exception_inside_a_run_leaves_no_hook(model, prompts):
     bad = AddPerRow(tv.Site(1, -1), torch.zeros(len(batch) + 1, model.cfg.d_model))  # wrong row count
     with pytest.raises(tv.errors.ConfigError), torch.no_grad():
         engine.run(pre, [bad], start=1)
+    assert_no_hooks_left(model)
+
+
+# --- the clients equal the full-width references they replaced ---------------------------------
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_aie_and_exact_saliency_equal_their_full_width_references(model, prompts, padding):
+    from tvlens._reference import aie_full_width, exact_drops_full_width
+    from tvlens.analysis.saliency import exact_drops
+    from tvlens.baselines.function_vector import aie_batched, aie_loop
+
+    cfg = model.cfg
+    batch = prompts.tokenize(model, padding_side=padding)
+    g = torch.Generator().manual_seed(3)
+    mean_z = 3 * torch.randn(cfg.n_layers, cfg.n_heads, cfg.d_head, generator=g)
+    heads = [(lay, h) for lay in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    fast = aie_batched(model, batch, mean_z, heads, heads_per_pass=3)
+    loop = aie_loop(model, batch, mean_z, heads)  # one full forward per head
+    assert loop.abs().max() > 1e-4 and (fast - loop).abs().max() < TOL
+    # TransformerLens's start_at_layer drops shortformer positions: the old full-width path is exact elsewhere only
+    shortformer = cfg.positional_embedding_type == "shortformer"
+    if not shortformer:
+        assert (aie_full_width(model, batch, mean_z, heads, heads_per_pass=3) - fast).abs().max() < TOL
+    theta = 3 * torch.randn(2, cfg.d_model, generator=g)
+    v = tv.TaskVector(theta, (tv.Site(1, -1), tv.Site(2, -2)), task="toy/antonym", model_fingerprint=tv.fingerprint(model))
+    later = [hd for hd in heads if hd[0] >= 1]
+    d1, p1 = exact_drops(model, v, batch, later)
+    assert d1.abs().max() > 1e-4
+    if not shortformer:
+        d2, p2 = exact_drops_full_width(model, v, batch, later, heads_per_pass=2)
+        assert (d1 - d2).abs().max() < TOL and (p1 - p2).abs().max() < TOL
+    else:  # against full forwards, head by head
+        rows = torch.arange(len(batch))
+        for j, (lay, h) in enumerate(later[:3]):
+            edits = [AddAt(v.sites, v.values), AblateHeads(((lay, h),), positions=(-1,))]
+            resid, _ = full(model, batch, edits)
+            p = engine.p_gold(engine.final_logits(model, resid[rows, batch.last_index]), batch.answer_ids)
+            assert (d1[:, j] - (p1 - p)).abs().max() < TOL
+    assert_no_hooks_left(model)
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean", "path"])
+def test_ablation_conditions_equal_their_full_width_reference(model, prompts, kind):
+    from tvlens._reference import measure_conditions_full_width
+    from tvlens.analysis.ablation import measure_conditions
+
+    if model.cfg.positional_embedding_type == "shortformer":
+        pytest.skip("the reference resumes through start_at_layer, which drops shortformer positions")
+    batch = prompts.tokenize(model)
+    theta = 3 * torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(4))
+    v = tv.TaskVector(theta, (tv.Site(1, -1),), task="toy/antonym", model_fingerprint=tv.fingerprint(model))
+    sets = [((1, 0), (2, 1)), ((2, 0),), ()]
+    for positions in ((-1,), (-2, -1)):
+        new = measure_conditions(model, v, batch, sets, kind, positions=positions, batch_size=2)
+        ref = measure_conditions_full_width(model, v, batch, sets, kind, positions=positions, batch_size=2)
+        flat = lambda r: [r[0], r[1], *r[2]]  # noqa: E731
+        for (a, p), (ra, rp) in zip(flat(new), flat(ref)):
+            assert a == ra and abs(p - rp) < TOL
+        assert max(abs(p - new[1][1]) for _, p in new[2]) > 1e-6  # ablating moves p(gold)
     assert_no_hooks_left(model)

@@ -43,15 +43,15 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float, Int
 
-from tvlens._hooks import (AblateHeads, AddAt, AddPerRow, AddToHeads, Cache, Edit, PatchFrom, SetHeadPerRow, Span,
-                           intervene)
+from tvlens._hooks import (AblateHeads, Activations, AddAt, AddPerRow, AddToHeads, Cache, Edit, PatchFrom, SetHeadPerRow,
+                           Span, intervene)
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.sites import resolve_columns
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "p_gold", "prefix", "rows_per_pass", "run", "to_model"]
+__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run", "to_model"]
 
 
 # --- the model's head and the one device/dtype move ----------------------------------------------
@@ -216,6 +216,7 @@ class SuffixRun:
     resid: Float[torch.Tensor, "batch suffix d_model"]  # before ln_final
     acts: dict[str, torch.Tensor]  # hook name -> activation of the suffix columns (patterns: suffix query rows)
     last_col: Int[torch.Tensor, " batch"]  # each row's last token, as a column of the suffix
+    store: Activations | None = None  # the same activations with their call's positions (a PatchFrom source)
 
     def at_last(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [batch, suffix, ...] at each row's last token."""
@@ -286,7 +287,7 @@ def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
     span = Span(sub.first_index, sub.last_index)
     names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(l0 + 1, cfg.n_layers))
     store = Cache(names)
-    final = _blocks(model, x, l0, keys, values, mask, sp, [*base, store], span)
+    final = _blocks(model, x, l0, keys, values, mask, sp, [store, *base], span)  # cached before the base edits there
     resid = {l0: x, **{lay: store.store[f"blocks.{lay}.hook_resid_pre"] for lay in range(l0 + 1, cfg.n_layers)},
              cfg.n_layers: final}
     return keys, values, resid, sp
@@ -344,7 +345,7 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
             out = model(to_model(model, batch.tokens[reps]), attention_mask=mask, stop_at_layer=cfg.n_layers)
         c0 = pre.c0
         acts = {n: _suffix_cols(n, a, c0) for n, a in store.store.calls[-1].items()} if names else {}
-        return SuffixRun(c0, out[:, c0:], acts, batch.last_index[reps] - c0)
+        return SuffixRun(c0, out[:, c0:], acts, batch.last_index[reps] - c0, store.store if names else None)
     if not start >= pre.l0:
         raise ConfigError(f"start={start} lies below the prefix's lowest layer {pre.l0}")
     idx = reps.to(pre.mask.device)
@@ -357,7 +358,7 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
         sp = None if pre.shortformer is None else pre.shortformer[idx]
         out = _blocks(model, x, start, keys, values, mask, sp, [*base, *edits, store], span)
     acts = dict(store.store.calls[-1]) if names and store.store.calls else {}
-    return SuffixRun(pre.c0, out, acts, batch.last_index[reps] - pre.c0)
+    return SuffixRun(pre.c0, out, acts, batch.last_index[reps] - pre.c0, store.store if names else None)
 
 
 def _suffix_cols(name: str, act: torch.Tensor, c0: int) -> torch.Tensor:
@@ -377,6 +378,13 @@ def _why_not_suffix(pre: Prefix, edits: Sequence[Edit], start: int, span: Span) 
     if first_column(edits, span) < pre.c0:
         return f"an edit writes a column before the prefix's end {pre.c0}"
     return None
+
+
+def head_chunks(heads: Sequence[tuple[int, int]], per: int) -> list[list[tuple[int, int]]]:
+    """``heads`` grouped by layer (ascending) in chunks of at most ``per``: the replicas of one run."""
+    layers = sorted({lay for lay, _ in heads})
+    return [[hd for hd in heads if hd[0] == lay][i : i + per] for lay in layers
+            for i in range(0, sum(hd[0] == lay for hd in heads), per)]
 
 
 def run_rows(pre: Prefix, edits: Callable[[Int[torch.Tensor, " row"]], Sequence[Edit]] | Sequence[Edit] = (), *,
