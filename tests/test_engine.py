@@ -289,3 +289,19 @@ def test_suffix_runs_equal_the_full_forward_on_smollm2(smollm2, padding):
             assert (logits - ref_logits).abs().max() < 1e-3
             assert torch.equal(logits.argmax(-1), ref_logits.argmax(-1))
     assert_no_hooks_left(model)
+
+
+def test_a_model_the_cache_cannot_serve_runs_full_forwards_and_says_so(toy_tokenizer, prompts, caplog):
+    ungrouped = make_tiny_model(toy_tokenizer, seed=6, **TINY_ARCHS["gqa_rms"], ungroup_grouped_query_attention=True)
+    batch = prompts.tokenize(ungrouped)
+    steer = AddAt((tv.Site(1, -1),), torch.randn(1, ungrouped.cfg.d_model, generator=torch.Generator().manual_seed(7)))
+    ablate = AblateHeads(((2, 1),), positions=(-1,))
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="tvlens._engine"):
+        pre = engine.prefix(ungrouped, batch, base=[steer], layer=1)
+        assert pre.fallback and "ungroup_grouped_query_attention" in caplog.text
+        out = engine.run(pre, [ablate], start=2)
+        ref, _ = full(ungrouped, batch, [steer, ablate])
+        assert_matches(out, ref, {}, 0)
+        steered, _ = full(ungrouped, batch, [steer])
+        assert (pre.final() - steered[torch.arange(len(batch)), batch.last_index]).abs().max() < TOL
+    assert_no_hooks_left(ungrouped)

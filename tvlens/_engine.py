@@ -203,9 +203,8 @@ class Prefix:
         return self.batch.tokens.shape[1] - self.c0
 
     def final(self) -> Float[torch.Tensor, "batch d_model"]:
-        """The base run's final residual at each prompt's last token."""
-        rows = torch.arange(len(self))
-        return self.resid[self.model.cfg.n_layers][rows, (self.batch.last_index - self.c0).to(self.mask.device)]
+        """The base run's final residual at each prompt's last token (a full forward when runs fall back)."""
+        return run(self, start=self.model.cfg.n_layers).last()
 
 
 @dataclass(frozen=True, eq=False)
@@ -346,8 +345,6 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
         c0 = pre.c0
         acts = {n: _suffix_cols(n, a, c0) for n, a in store.store.calls[-1].items()} if names else {}
         return SuffixRun(c0, out[:, c0:], acts, batch.last_index[reps] - c0, store.store if names else None)
-    if not start >= pre.l0:
-        raise ConfigError(f"start={start} lies below the prefix's lowest layer {pre.l0}")
     idx = reps.to(pre.mask.device)
     x = pre.resid[start][idx]
     if start == cfg.n_layers:
