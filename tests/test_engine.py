@@ -87,16 +87,19 @@ def cases(model, batch):
     ]
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "blocks"])
 @pytest.mark.parametrize("padding", ["left", "right"])
-def test_every_suffix_run_equals_the_full_forward(model, prompts, padding, caplog):
+def test_every_suffix_run_equals_the_full_forward(model, prompts, padding, lean, caplog):
     batch = prompts.tokenize(model, padding_side=padding)
     names = _names(model)
     caplog.set_level(logging.INFO, logger="tvlens._engine")
     with torch.no_grad():
         clean, _ = full(model, batch, [])
         for label, edits, positions, start, replicas in cases(model, batch):
-            pre = engine.prefix(model, batch, positions=positions, layer=start)
+            pre = engine.prefix(model, batch, positions=positions, layer=start, lean=lean)
             assert pre.fallback is None
+            covered = lean and model.cfg.positional_embedding_type != "shortformer"  # the lean blocks' coverage
+            assert (pre.lean_stack(names, start) is not None) == covered
             if positions == (-1,) and padding == "left":
                 assert pre.width == 1, label  # left padding: one column
             out = engine.run(pre, edits, start=start, replicas=replicas, names=names)
@@ -137,12 +140,13 @@ def test_base_edits_are_in_the_prefix_and_runs_resume_at_any_later_layer(model, 
     assert_no_hooks_left(model)
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "blocks"])
 @pytest.mark.parametrize("padding", ["left", "right"])
-def test_gradients_wrt_a_leaf_equal_the_full_forwards(model, prompts, padding):
+def test_gradients_wrt_a_leaf_equal_the_full_forwards(model, prompts, padding, lean):
     batch = prompts.tokenize(model, padding_side=padding)
     cfg, n = model.cfg, len(batch)
     rows = torch.arange(n)
-    pre = engine.prefix(model, batch, layer=1)
+    pre = engine.prefix(model, batch, layer=1, lean=lean)
 
     def grads(run_suffix: bool):
         theta = torch.zeros(1, cfg.d_model, requires_grad=True)

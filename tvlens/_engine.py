@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float, Int
 
-from tvlens._hooks import (AblateHeads, Activations, AddAt, AddPerRow, AddToHeads, Cache, Edit, PatchFrom, SetHeadPerRow,
-                           Span, intervene)
+from tvlens._hooks import (AblateHeads, Activations, AddAt, AddPerRow, AddToHeads, Cache, CallPositions, Edit, PatchFrom,
+                           SetHeadPerRow, Span, intervene)
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.sites import resolve_columns
@@ -189,10 +189,23 @@ class Prefix:
     shortformer: torch.Tensor | None  # shortformer models: [batch, suffix, d_model] positions of the suffix columns
     base: tuple[Edit, ...] = ()  # edits applied in ``resid`` (they write only suffix columns at layers >= l0)
     fallback: str | None = None  # why runs take the full forward (None: they take the suffix)
+    lean: bool = True  # runs may take the shared-prefix lean blocks (tvlens._engine_lean) where they apply
     mask: torch.Tensor = field(init=False)  # [batch, pos] full attention mask on the model's device
+    _stack: list = field(init=False, default_factory=list, repr=False)  # the lean blocks, built on first use
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mask", to_model(self.model, self.batch.attention_mask))
+
+    def lean_stack(self, names: Sequence[str], start: int):
+        """The shared-prefix lean blocks for a run calling hooks ``names`` from ``start`` (None: TransformerLens's)."""
+        from tvlens._engine_lean import SharedPrefixStack, lean_hooks_reason
+
+        if not self.lean or lean_hooks_reason(self.model, names, max(start, self.l0)) is not None:
+            return None
+        if not self._stack:
+            with torch.no_grad():
+                self._stack.append(SharedPrefixStack(self.model, self.l0, self.c0, self.mask, self.keys, self.values))
+        return self._stack[0]
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -227,11 +240,12 @@ class SuffixRun:
 
 
 def prefix(model, batch: PromptBatch, *, positions: Sequence[int] | None = (-1,), layer: int = 0,
-           base: Sequence[Edit] = (), edits: Sequence[Edit] = (), prepare_rows: int = 64) -> Prefix:
+           base: Sequence[Edit] = (), edits: Sequence[Edit] = (), prepare_rows: int = 64, lean: bool = True) -> Prefix:
     """The prefix of ``batch`` for runs that write ``positions`` (and whatever ``edits`` write) at ``layer`` and later.
 
     ``base`` edits are applied in the stored residual streams (every run includes them).
     ``positions=None``: runs may write any column (the prefix is empty; runs are full width).
+    ``lean=False``: runs always take TransformerLens's blocks (the lean blocks are tested against them).
     """
     cfg = model.cfg
     span = Span(batch.first_index, batch.last_index)
@@ -264,7 +278,7 @@ def prefix(model, batch: PromptBatch, *, positions: Sequence[int] | None = (-1,)
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
     return Prefix(model, batch, c0, l0, tuple(cat(k) for k in keys), tuple(cat(v) for v in values),
                   {lay: torch.cat(xs) for lay, xs in resid.items()}, None if pos_parts[0] is None else torch.cat(pos_parts),
-                  tuple(base))
+                  tuple(base), lean=lean)
 
 
 def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
@@ -349,6 +363,12 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
     x = pre.resid[start][idx]
     if start == cfg.n_layers:
         out = x
+    elif (stack := pre.lean_stack(_hook_names(model, [*base, *edits, store]), start)) is not None:
+        at = CallPositions(pre.c0, pre.width, span)
+        with intervene(model, *base, *edits, store, span=span, at=at):
+            out = x
+            for lay in range(start, cfg.n_layers):
+                out = stack.block(lay, out, rows.to(x.device), replicas)
     else:
         keys = [None if k is None else k[idx] for k in pre.keys]
         values = [None if v is None else v[idx] for v in pre.values]
@@ -356,6 +376,10 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
         out = _blocks(model, x, start, keys, values, mask, sp, [*base, *edits, store], span)
     acts = dict(store.store.calls[-1]) if names and store.store.calls else {}
     return SuffixRun(pre.c0, out, acts, batch.last_index[reps] - pre.c0, store.store if names else None)
+
+
+def _hook_names(model, edits: Sequence[Edit]) -> list[str]:
+    return [n for e in edits for n in e.hook_names(model)]
 
 
 def _suffix_cols(name: str, act: torch.Tensor, c0: int) -> torch.Tensor:

@@ -164,7 +164,7 @@ def measure_conditions(model, vector: TaskVector, batch: PromptBatch, sets: Sequ
         return float((logits.argmax(-1) == g).float().mean()), float(p.mean())
 
     zero_shot = measure(clean)
-    none, p_none = measure(steered)
+    none, p_none = measure(steered, edits_for(()))  # the same suffix runs as the ablated sets: no ablation = no change, exactly
     return zero_shot, (none, p_none), [measure(steered, edits_for(hs)) for hs in sets]
 
 
