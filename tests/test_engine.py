@@ -17,7 +17,8 @@ from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
 from tvlens import _engine as engine
 from tvlens._hooks import (AblateHeads, AddAt, AddPerRow, AddToHeads, Cache, PatchFrom, SetHeadPerRow, Span, intervene)
 
-ARCHS = {**TINY_ARCHS, "shortformer": dict(n_layers=3, n_heads=2, positional_embedding_type="shortformer")}
+ARCHS = {**TINY_ARCHS, "shortformer": dict(n_layers=3, n_heads=2, positional_embedding_type="shortformer"),
+         "gated_gqa": dict(TINY_ARCHS["gqa_rms"], gated_mlp=True, act_fn="silu")}  # SmolLM2's layout
 TOL = 1e-5
 
 

@@ -92,6 +92,22 @@ class SharedPrefixStack:
         self.model = model
         self.attn = {lay: SharedPrefixAttention(model.blocks[lay].attn, keys[lay], values[lay], attention_mask[:, :c0], suffix_pos)
                      for lay in range(l0, model.cfg.n_layers)}
+        # TransformerLens's gated MLP copies its transposed weights on every call: copied once here
+        self.gated = {lay: tuple(w.detach().T.contiguous() for w in (mlp.W_gate, mlp.W_in, mlp.W_out))
+                      for lay in range(l0, model.cfg.n_layers)
+                      if type(mlp := model.blocks[lay].mlp).__name__ == "GatedMLP" and not model.cfg.is_layer_norm_activation()}
+
+    def _mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The block's MLP output (before hook_mlp_out): TransformerLens's ops, weights transposed once."""
+        import torch.nn.functional as F
+
+        block = self.model.blocks[layer]
+        mlp = block.mlp
+        if layer not in self.gated or any(hp.fwd_hooks for hp in (mlp.hook_pre, mlp.hook_pre_linear, mlp.hook_post)):
+            return block.apply_mlp(x)  # calls the MLP's hooks and hook_mlp_out
+        w_gate, w_in, w_out = self.gated[layer]
+        post = mlp.act_fn(F.linear(x, w_gate)) * F.linear(x, w_in) + mlp.b_in  # as GatedMLP.forward
+        return block.hook_mlp_out(F.linear(post, w_out, mlp.b_out))
 
     def block(self, layer: int, resid: Float[torch.Tensor, "row suffix d_model"], prompts: torch.Tensor, replicas: int):
         """``model.blocks[layer]`` on rows that are ``replicas`` replicas of ``prompts`` (replica-major)."""
@@ -100,4 +116,4 @@ class SharedPrefixStack:
         ok = self.suffix_ok[prompts.repeat(replicas)]
         attn_out = block.hook_attn_out(self.attn[layer](norm(block.ln1, resid), prompts, replicas, self.prefix_ok[prompts], ok))
         mid = block.hook_resid_mid(resid + attn_out)
-        return block.hook_resid_post(mid + block.apply_mlp(norm(block.ln2, mid)))
+        return block.hook_resid_post(mid + self._mlp(layer, norm(block.ln2, mid)))
