@@ -438,14 +438,14 @@ _CALLS = itertools.count()
 class _Tracker:
     """Follows forward calls and gives each block call its :class:`CallPositions`."""
 
-    def __init__(self, model, span: Span | None) -> None:
+    def __init__(self, model, span: Span | None, at: CallPositions | None = None) -> None:
         self.model, self.span = model, span
         self.events: list = []  # since the last block call: tokens embedded, "hooked" once hook_embed saw them
         self.last_block = -1
         self.call = next(_CALLS)  # a new id for each forward call (unique across contexts)
-        self.current: CallPositions | None = None
+        self.current: CallPositions | None = at  # fixed positions: hook points called without their block
         self.mask: torch.Tensor | None = None
-        self.resolved = -1  # the id of the call that ``current`` describes
+        self.resolved = self.call if at is not None else -1  # the id of the call that ``current`` describes
         self.session: tuple[int, int, Span] | None = None  # generation: (batch, columns so far, prompt span)
 
     def on_embed(self, module, args) -> None:
@@ -511,13 +511,14 @@ class _Tracker:
 
 
 @contextlib.contextmanager
-def intervene(model, *edits: Edit, span: Span | None = None) -> Iterator[None]:
+def intervene(model, *edits: Edit, span: Span | None = None, at: CallPositions | None = None) -> Iterator[None]:
     """Run ``model`` with ``edits`` inside the block; every hook is removed on the way out.
 
     ``span`` fixes each row's prompt span (absolute columns) instead of reading it from the
-    attention mask, e.g. for prompts followed by teacher-forced answer tokens.
+    attention mask, e.g. for prompts followed by teacher-forced answer tokens. ``at`` gives the
+    positions of a caller that calls blocks' hook points itself (no block forward to read them from).
     """
-    tracker = _Tracker(model, span)
+    tracker = _Tracker(model, span, at)
     by_name: dict[str, list[Edit]] = {}
     for e in edits:
         for n in e.hook_names(model):

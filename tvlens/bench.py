@@ -115,6 +115,113 @@ def bench_saliency(name: str, model, vector, prompts, *, min_seconds: float = 2.
     return BenchResult(name, exact, grad, details)
 
 
+def _peak_memory_mb(model) -> float:
+    """Peak memory so far: CUDA allocations on a GPU model, else the process's peak resident set (Linux: KiB)."""
+    if str(model.cfg.device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _against_reference(name: str, model, reference: Callable[[], object], engine_fn: Callable[[], object],
+                       diff: Callable[[object, object], float], details: dict, *, min_seconds: float) -> BenchResult:
+    """Time ``reference`` (the full-width path) and ``engine_fn`` (last-column suffix runs) in one run."""
+    out = {}
+    baseline = _time_per_call(lambda: out.__setitem__("ref", reference()), min_calls=1, min_seconds=min_seconds)
+    fast = _time_per_call(lambda: out.__setitem__("new", engine_fn()), min_calls=1, min_seconds=min_seconds)
+    details = {**details, "max_abs_diff": diff(out["ref"], out["new"]), "threads": torch.get_num_threads(),
+               "peak_memory_mb": _peak_memory_mb(model)}
+    log.info("%s: full width %.4f s, engine %.4f s", name, baseline, fast)
+    return BenchResult(name, baseline, fast, details)
+
+
+def bench_engine_aie(name: str, model, batch, *, heads=None, min_seconds: float = 2.0) -> BenchResult:
+    """Seconds for the function-vector AIE of ``heads`` (default: all): full-width replicas vs last-column runs."""
+    from tvlens._reference import aie_full_width
+    from tvlens.baselines.function_vector import aie_batched
+
+    cfg = model.cfg
+    mean_z = torch.randn(cfg.n_layers, cfg.n_heads, cfg.d_head, generator=torch.Generator().manual_seed(0)).to(cfg.device)
+    heads = heads or [(lay, h) for lay in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    return _against_reference(name, model, lambda: aie_full_width(model, batch, mean_z, heads),
+                              lambda: aie_batched(model, batch, mean_z, heads), lambda a, b: float((a - b).abs().max()),
+                              {"heads": len(heads), "prompts": len(batch), "prompt_tokens": int(batch.tokens.shape[1])},
+                              min_seconds=min_seconds)
+
+
+def bench_engine_saliency(name: str, model, vector, batch, *, heads=None, min_seconds: float = 2.0) -> BenchResult:
+    """Seconds for exact saliency (every head at and after the injection layer zeroed at N): full width vs last column."""
+    from tvlens._reference import exact_drops_full_width
+    from tvlens.analysis.saliency import exact_drops
+
+    cfg = model.cfg
+    first = min(s.layer for s in vector.sites)
+    heads = heads or [(lay, h) for lay in range(first, cfg.n_layers) for h in range(cfg.n_heads)]
+    return _against_reference(name, model, lambda: exact_drops_full_width(model, vector, batch, heads),
+                              lambda: exact_drops(model, vector, batch, heads), lambda a, b: float((a[0] - b[0]).abs().max()),
+                              {"heads": len(heads), "prompts": len(batch), "prompt_tokens": int(batch.tokens.shape[1]),
+                               "injection_layer": first}, min_seconds=min_seconds)
+
+
+def bench_engine_ablation(name: str, model, vector, batch, kind: str, *, n_sets: int = 3, min_seconds: float = 2.0) -> BenchResult:
+    """Seconds for head ablation's conditions (zero-shot, θ, ``n_sets`` random sets of 10% of the heads ablated at N)."""
+    from tvlens._reference import measure_conditions_full_width
+    from tvlens.analysis._inputs import pool_heads, random_head_sets
+    from tvlens.analysis.ablation import measure_conditions
+
+    first = min(s.layer for s in vector.sites)
+    pool = pool_heads(model, first)
+    sets = random_head_sets(pool, max(1, len(pool) // 10), n_sets, 0)
+
+    def diff(a, b) -> float:
+        flat = lambda r: [r[0], r[1], *r[2]]  # noqa: E731
+        if any(x[0] != y[0] for x, y in zip(flat(a), flat(b))):
+            return float("inf")  # an accuracy differs
+        return max(abs(x[1] - y[1]) for x, y in zip(flat(a), flat(b)))
+
+    return _against_reference(name, model, lambda: measure_conditions_full_width(model, vector, batch, sets, kind),
+                              lambda: measure_conditions(model, vector, batch, sets, kind), diff,
+                              {"kind": kind, "sets": n_sets, "heads_per_set": len(sets[0]), "prompts": len(batch),
+                               "prompt_tokens": int(batch.tokens.shape[1]), "injection_layer": first}, min_seconds=min_seconds)
+
+
+def _smollm2_shape_with_tokenizer(tokenizer, *, n_layers: int = 30, seed: int = 0):
+    """A random model of SmolLM2-135M's layout (d_model 576, 9 query / 3 key-value heads, rotary, RMS, gated SiLU)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from tvlens.vector import TaskVector
+
+    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=576, n_heads=9, n_key_value_heads=3, d_head=64, d_mlp=1536,
+                                  n_ctx=256, d_vocab=len(tokenizer.get_vocab()), act_fn="silu", gated_mlp=True,
+                                  normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=64,
+                                  final_rms=True, seed=seed)
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.eval()
+    theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(seed))
+    layer = n_layers // 2
+    return model, TaskVector(values=theta, sites=(Site(layer, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=n_layers)
+
+
+def engine_benchmarks(*, quick: bool = False) -> list[BenchResult]:
+    """Issue #17's entries: AIE (10-shot), exact saliency and zero/mean/path ablation, full width vs the engine,
+    on a SmolLM2-shaped random model with the toy tokenizer (``quick``: fewer layers and prompts)."""
+    import tvlens as tv
+
+    min_s = 0.0 if quick else 2.0
+    toy = tv.load_model("toy")
+    model, vector = _smollm2_shape_with_tokenizer(toy.tokenizer, n_layers=6 if quick else 30)
+    splits = tv.make_splits(tv.tasks.get("toy/antonym"))
+    ten = tv.make_prompts(splits, "train", k=10, n=4 if quick else 25).tokenize(model)  # Todd et al.: 25 corrupted prompts
+    results = [bench_engine_aie("engine_fv_aie_smollm2_shape_10shot", model, ten, min_seconds=min_s)]
+    zero_shot = tv.make_prompts(splits, "test", n=8 if quick else 64).tokenize(model)
+    results.append(bench_engine_saliency("engine_exact_saliency_smollm2_shape", model, vector, ten, min_seconds=min_s))
+    for kind in ("zero", "mean", "path"):
+        results.append(bench_engine_ablation(f"engine_{kind}_ablation_smollm2_shape", model, vector, zero_shot, kind,
+                                             min_seconds=min_s))
+    return results
+
+
 def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -194,7 +301,7 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     mid, mid_vector = _gpt2_shape_with_tokenizer(model.tokenizer)
     results.append(bench_saliency("saliency_gpt2_shape_exact_vs_one_pass", mid, mid_vector,
                                   tv.make_prompts(splits, "test", n=8 if quick else 25), min_seconds=min_s))
-    return results
+    return results + engine_benchmarks(quick=quick)
 
 
 def _gpt2_shape_with_tokenizer(tokenizer, seed: int = 0):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
+from tvlens._engine import final_logits as final_logits  # re-exported: the one head on last-token residuals
 from tvlens._hooks import Edit, Span, intervene
 from tvlens._result import Result
 from tvlens.prompts import PaddingSide, PromptBatch, PromptSet
@@ -126,17 +127,6 @@ class EvalResult(Result):
         cond = f" {self.label}" if self.label else ""
         lo, hi = self.ci95
         return f"EvalResult({self.task!r}{cond} k={self.k} {self.split} n={self.n}: acc={self.accuracy:.3f} [95% CI {lo:.2f}-{hi:.2f}]{lab})"
-
-
-def final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
-    """The model's head (ln_final, unembedding, soft cap) on last-token residuals only: unembedding
-    every column would cost rows x positions x d_vocab floats (gigabytes for a 50k vocabulary)."""
-    x = resid[:, None]  # [batch, 1, d_model]
-    if model.cfg.normalization_type is not None:
-        x = model.ln_final(x)
-    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
-    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
-    return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def last_token_logits(

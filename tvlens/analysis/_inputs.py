@@ -22,7 +22,8 @@ from jaxtyping import Float, Int
 from tvlens._hooks import AddAt, Edit, Span, intervene
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError
-from tvlens.evaluate import final_logits as final_logits  # re-exported: the analyses' one head on last-token residuals
+from tvlens._engine import final_logits as final_logits  # re-exported: the analyses' one head on last-token residuals
+from tvlens._engine import p_gold as p_gold  # re-exported
 from tvlens.prompts import PromptBatch, PromptSet, make_prompts, make_splits
 from tvlens.vector import TaskVector
 
@@ -87,10 +88,6 @@ def steer_edit(vector: TaskVector) -> AddAt:
     return AddAt(vector.sites, vector.values.detach(), vector.scale, vector.operation, vector.out_of_range)
 
 
-
-
-def p_gold(logits: Float[torch.Tensor, "batch d_vocab"], gold: Int[torch.Tensor, " batch"]) -> Float[torch.Tensor, " batch"]:
-    return logits.float().softmax(-1)[torch.arange(len(gold)), gold.to(logits.device)]
 
 
 def span_of(batch: PromptBatch) -> Span:

@@ -32,8 +32,9 @@ import torch
 from tvlens._hooks import AblateHeads, Activations, Cache, Edit, PatchFrom, intervene
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_int, no_type_check
+from tvlens import _engine as engine
 from tvlens.analysis._inputs import (Head, check_heads, check_vector, final_logits, heads_from, injection, pool_heads,
-                                     random_head_sets, resid_before, resolve_prompts, run_last, sites_from, span_of, steer_edit)
+                                     random_head_sets, resolve_prompts, span_of, steer_edit)
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
@@ -117,6 +118,56 @@ def clean_z(model, sub: PromptBatch, layers: Sequence[int]) -> Activations:
     return store.store
 
 
+def measure_conditions(model, vector: TaskVector, batch: PromptBatch, sets: Sequence[Sequence[Head]], kind: Kind, *,
+                       positions: Sequence[int] | None = (-1,), means_from: str = "steered", batch_size: int = 64
+                       ) -> tuple[tuple[float, float], tuple[float, float], list[tuple[float, float]]]:
+    """(accuracy, mean p(gold)) without θ, with θ, and with θ and each head set of ``sets`` ablated (``kind``)."""
+    layer, _ = injection(vector)
+    steer = steer_edit(vector)
+    used = sorted({lay for hs in sets for lay, _ in hs})
+    # the columns before the first ablated position or site and the blocks before the first ablated
+    # head or site are the same in every run: computed once per condition (with θ, without θ)
+    first = min([layer, *used])
+    ablated = None if positions is None else tuple(positions)  # None: every column is computed
+    with torch.no_grad():
+        steered = engine.prefix(model, batch, positions=ablated, layer=first, base=[steer], prepare_rows=batch_size)
+        clean = engine.prefix(model, batch, positions=ablated, layer=first, edits=[steer], prepare_rows=batch_size)
+    means = None
+    if kind == "mean" and used:
+        names = [f"blocks.{lay}.attn.hook_z" for lay in used]
+        with torch.no_grad():
+            z = engine.run_rows(steered if means_from == "steered" else clean, start=first, names=names,
+                                read=lambda r: torch.stack([r.at_last(r.acts[nm]).float() for nm in names], 1))
+        means = {lay: z[:, i].mean(0) for i, lay in enumerate(used)}  # [head, d_head]
+    sources: dict[tuple[int, int], Activations] = {}  # path patching: each sub-batch's run without θ, computed once
+    z_names = [f"blocks.{lay}.attn.hook_z" for lay in used]
+
+    def edits_for(hs):
+        def make(rows: torch.Tensor):
+            src = None
+            if kind == "path" and hs:
+                where = (int(rows[0]), len(rows))
+                if where not in sources:
+                    sources[where] = engine.run(clean, start=first, rows=rows, names=z_names).store
+                src = sources[where]
+            return ablation_edits(hs, kind, means=means, clean=src, positions=positions)
+        return make
+
+    gold = batch.answer_ids
+
+    def measure(pre: engine.Prefix, es=()) -> tuple[float, float]:
+        with torch.no_grad():
+            resid = engine.run_rows(pre, es, start=first) if es else pre.final()
+            logits = final_logits(model, resid).float()
+        g = gold.to(logits.device)
+        p = logits.softmax(-1)[torch.arange(len(g)), g]
+        return float((logits.argmax(-1) == g).float().mean()), float(p.mean())
+
+    zero_shot = measure(clean)
+    none, p_none = measure(steered, edits_for(()))  # the same suffix runs as the ablated sets: no ablation = no change, exactly
+    return zero_shot, (none, p_none), [measure(steered, edits_for(hs)) for hs in sets]
+
+
 @no_type_check  # checks its arguments
 def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=None, kind: Kind = "zero", n_random: int = 5,
                   seed: int = 0, fraction: float = 0.1, pool=None, positions: Sequence[int] | None = (-1,),
@@ -140,44 +191,8 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
     sets = random_head_sets(pool, len(key), n_random, seed, exclude=key)
     ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
     batch = ps.tokenize(model)
-    steer = steer_edit(vector)
-    used = sorted({lay for hs in [key, *sets] for lay, _ in hs})
-    means = None
-    if kind == "mean" and used:
-        names = [f"blocks.{lay}.attn.hook_z" for lay in used]
-        _, acts = run_last(model, batch, [steer] if means_from == "steered" else [], batch_size=batch_size, names=names)
-        means = {lay: acts[f"blocks.{lay}.attn.hook_z"].mean(0) for lay in used}  # [head, d_head]
-    # the blocks before the first ablated head or site are the same in every run: computed once
-    first = min([layer, *used])
-    steered = (first, resid_before(model, batch, first, [steer], batch_size=batch_size))
-    tail = sites_from(vector, first)
-    sources: dict[int, Activations] = {}  # path patching: each sub-batch's run without θ, computed once
-
-    def edits_for(hs):
-        def make(sub: PromptBatch):
-            clean = None
-            if kind == "path" and hs:
-                where = sub.tokens.data_ptr()  # sub-batches are views of one tensor: their address names them
-                if where not in sources:
-                    sources[where] = clean_z(model, sub, used)
-                clean = sources[where]
-            return [*tail, *ablation_edits(hs, kind, means=means, clean=clean, positions=positions)]
-        return make
-
-    gold = batch.answer_ids
-
-    def measure(es, start=steered) -> tuple[float, float]:
-        resid, _ = run_last(model, batch, es, batch_size=batch_size, start=start)
-        with torch.no_grad():
-            logits = final_logits(model, resid).float()
-        g = gold.to(logits.device)
-        p = logits.softmax(-1)[torch.arange(len(g)), g]
-        return float((logits.argmax(-1) == g).float().mean()), float(p.mean())
-
-    zero_shot, _ = measure([], start=None)
-    none, p_none = measure(tail)
-    acc_key, p_key = measure(edits_for(key))
-    rand = [measure(edits_for(hs)) for hs in sets]
+    (zero_shot, _), (none, p_none), ((acc_key, p_key), *rand) = measure_conditions(
+        model, vector, batch, [key, *sets], kind, positions=positions, means_from=means_from, batch_size=batch_size)
     accs = [a for a, _ in rand]
     return AblationResult(ps.task.name, kind, tuple(key), none, acc_key, accs, statistics.fmean(accs) if accs else float("nan"),
                           statistics.stdev(accs) if len(accs) > 1 else 0.0, tuple(sets), zero_shot, p_none, p_key,

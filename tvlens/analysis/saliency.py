@@ -6,9 +6,10 @@ Context:
     with the gradient of p(gold first token), from ONE forward and ONE backward pass for all
     heads (a zero ``AddToHeads`` edit that requires grad). ``a · dp/da`` is the first-order
     estimate of the drop in p(gold) when the head's output at N is zeroed.
-    ``mode="exact"``: that drop measured, head by head, batched: the steered run's residual
-    stream before layer l' is cached once, and a chunk of layer-l' heads resumes from it with
-    the batch replicated once per head, each replica zeroing its own head at N.
+    ``mode="exact"``: that drop measured, head by head, batched: the steered run's prefix is
+    computed once (:mod:`tvlens._engine`), and a chunk of layer-l' heads runs only the last
+    column from block l' with the batch replicated once per head, each replica zeroing its own
+    head at N.
     Either way ``scores[l, h]`` = mean over queries of ``|a · dp/da|`` (grad) or of ``|drop|``
     (exact); ``attribution`` keeps the signed mean. Heads before the injection layer are not
     scored by default (``layers=``): they cannot read θ.
@@ -31,7 +32,9 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from tvlens._hooks import AddAt, AddToHeads, Cache, SetHeadPerRow, Span, intervene
+from tvlens import _engine as engine
+from tvlens._engine import head_chunks
+from tvlens._hooks import AddToHeads, Cache, SetHeadPerRow, intervene
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_float, no_type_check
 from tvlens.analysis._inputs import check_vector, final_logits, injection, p_gold, resolve_prompts, span_of, steer_edit
@@ -40,9 +43,6 @@ from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
 
 __all__ = ["HeadSaliency", "head_saliency", "spearman"]
-
-MAX_ROWS = 512  # default cap on rows per forward pass of the exact mode (prompts x heads in a chunk)
-
 
 @dataclass(frozen=True, eq=False, repr=False)
 class HeadSaliency(Result):
@@ -124,14 +124,6 @@ def spearman(a, b) -> float:
     return float(ra.corr(rb))  # Pearson correlation of the ranks
 
 
-def _tail(vector: TaskVector, after: int) -> list:
-    """The vector's edit restricted to sites after layer ``after`` (those before are in a cached stream)."""
-    keep = [i for i, s in enumerate(vector.sites) if s.layer > after]
-    if not keep:
-        return []
-    return [AddAt(tuple(vector.sites[i] for i in keep), vector.values[keep].detach(), vector.scale, vector.operation, vector.out_of_range)]
-
-
 def grad_attribution(model, vector: TaskVector, batch: PromptBatch, layers: list[int], *,
                      batch_size: int = 32) -> tuple[Float[torch.Tensor, "batch layer head"], Float[torch.Tensor, " batch"]]:
     """``a · dp(gold)/da`` of every head of ``layers`` at each prompt's last token, and p(gold), θ injected."""
@@ -153,38 +145,27 @@ def grad_attribution(model, vector: TaskVector, batch: PromptBatch, layers: list
 
 
 def exact_drops(model, vector: TaskVector, batch: PromptBatch, heads: list[tuple[int, int]], *,
-                heads_per_pass: int | None = None, progress: bool = False) -> tuple[Float[torch.Tensor, "batch head"], Float[torch.Tensor, " batch"]]:
+                heads_per_pass: int | None = None, progress: bool = False, budget: engine.Budget = engine.Budget()
+                ) -> tuple[Float[torch.Tensor, "batch head"], Float[torch.Tensor, " batch"]]:
     """p(gold) with θ minus p(gold) with θ and head h's output at N zeroed, for each of ``heads``; and p(gold).
 
-    Many heads per forward pass: the batch is replicated once per head of a chunk; a chunk of
-    layer-l' heads resumes from the steered run's cached residual stream before l'.
+    Many heads per forward pass: the batch is replicated once per head of a chunk. The steered
+    run's prefix (keys and values of the columns before the last, or before θ's first column)
+    is computed once; a chunk of layer-l' heads runs only the remaining columns from block l'
+    (:func:`tvlens._engine.run`). ``heads_per_pass`` defaults to what ``budget`` allows.
     """
-    cfg = model.cfg
     n = len(batch)
-    per = heads_per_pass or max(1, MAX_ROWS // n)
-    layers = sorted({lay for lay, _ in heads})
-    span = span_of(batch)
-    rows = torch.arange(n)
+    first = min([lay for lay, _ in heads] + [s.layer for s in vector.sites])
     with torch.no_grad():
-        store = Cache(tuple(f"blocks.{lay}.hook_resid_pre" for lay in layers))
-        with intervene(model, steer_edit(vector), store, span=span):  # the steer edit runs first: cached streams hold θ
-            resid = model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=cfg.n_layers)
-        base = p_gold(final_logits(model, resid[rows, batch.last_index.to(resid.device)]), batch.answer_ids).cpu()  # [n]
+        pre = engine.prefix(model, batch, positions=(-1,), layer=first, base=[steer_edit(vector)])
+        base = p_gold(final_logits(model, pre.final()), batch.answer_ids).cpu()  # [n]
         drops: dict[tuple[int, int], torch.Tensor] = {}
-        chunks = [[hd for hd in heads if hd[0] == lay][i : i + per] for lay in layers
-                  for i in range(0, sum(hd[0] == lay for hd in heads), per)]
-        for chunk in tqdm(chunks, desc="exact head saliency", unit="pass", disable=not progress):
-            lay = chunk[0][0]
-            cached = store.store[f"blocks.{lay}.hook_resid_pre"]  # [n, pos, d_model]
-            c = len(chunk)
+        per = heads_per_pass or max(1, engine.rows_per_pass(pre, budget=budget) // n)
+        for chunk in tqdm(head_chunks(heads, per), desc="exact head saliency", unit="pass", disable=not progress):
+            lay, c = chunk[0][0], len(chunk)
             hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c*n, 2]: replica j zeroes head j
-            zero = torch.zeros(c * n, cfg.d_head)
-            rep = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
-            with intervene(model, *_tail(vector, lay), SetHeadPerRow(hl, zero), span=rep):
-                out = model(cached.repeat(c, 1, 1), start_at_layer=lay, stop_at_layer=cfg.n_layers,
-                            attention_mask=batch.attention_mask.repeat(c, 1).to(cached.device))  # [c*n, pos, d_model]
-            last = out[torch.arange(c * n), batch.last_index.repeat(c).to(out.device)]
-            p = p_gold(final_logits(model, last), batch.answer_ids.repeat(c)).cpu().reshape(c, n)  # [head, prompt]
+            out = engine.run(pre, [SetHeadPerRow(hl, torch.zeros(c * n, model.cfg.d_head))], start=lay, replicas=c)
+            p = p_gold(final_logits(model, out.last()), batch.answer_ids.repeat(c)).cpu().reshape(c, n)  # [head, prompt]
             for hd, row in zip(chunk, base[None] - p):
                 drops[hd] = row
     return torch.stack([drops[hd] for hd in heads], 1), base

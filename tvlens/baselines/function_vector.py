@@ -15,7 +15,8 @@ Context:
     The patching is batched: the corrupted batch is replicated once per head of a chunk and each
     replica patches its own head (:class:`tvlens.interventions.SetHeadPerRow`), so a model with
     L x H heads needs about ``L * H / heads_per_pass`` forward passes, not L * H; and a chunk of
-    layer-l heads resumes from the cached residual stream before layer l.
+    layer-l heads runs only the last column from block l (:mod:`tvlens._engine`: every earlier
+    column's keys and values are computed once).
     ``hook_z`` and ``W_O`` are per *query* head, so grouped-query attention models work unchanged.
 
 The AIE is returned beside the vector: ``tv.function_vector(..., return_aie=True)`` gives
@@ -38,20 +39,19 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
-from tvlens._hooks import SetHeadPerRow, Span, ablate_heads, cache, intervene
+from tvlens import _engine as engine
+from tvlens._engine import final_logits, head_chunks, p_gold
+from tvlens._hooks import SetHeadPerRow, Span, ablate_heads, cache
 from tvlens._result import Result
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError, PromptError
-from tvlens.evaluate import final_logits, last_token_logits
+from tvlens.evaluate import last_token_logits
 from tvlens.prompts import PromptBatch, PromptSet, TaskSplits, make_prompts, make_splits
 from tvlens.sites import Site, check_sites, site_grid
 from tvlens.tasks._task import Example, Task
 from tvlens.vector import TaskVector
 
 __all__ = ["AIEResult", "function_vector", "head_aie"]
-
-MAX_ROWS = 512  # default cap on rows per patched forward pass (corrupted prompts x heads in a chunk)
-
 
 @dataclass(frozen=True, eq=False, repr=False)
 class AIEResult(Result):
@@ -110,45 +110,27 @@ def _shuffled_labels(prompts: PromptSet, seed: int) -> PromptSet:
     return PromptSet(prompts.task, prompts.split, prompts.k, prompts.queries, tuple(demos), prompts.seed)
 
 
-def _p_gold(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-    return logits.float().softmax(-1)[torch.arange(len(gold)), gold]
-
-
-
-
 def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]], *,
-                heads_per_pass: int | None = None) -> Float[torch.Tensor, " head"]:
+                heads_per_pass: int | None = None, budget: engine.Budget = engine.Budget()) -> Float[torch.Tensor, " head"]:
     """AIE of each of ``heads`` on ``batch`` (corrupted prompts), many heads per forward pass.
 
-    Heads are grouped by layer: the corrupted run's residual stream before layer ``l`` is cached
-    once, and a chunk of layer-``l`` heads resumes from it (``start_at_layer=l``), each replica of
-    the batch patching its own head, so the layers below ``l`` are not recomputed.
+    One prefix of the corrupted batch (every column but the last, at every layer) is computed
+    once; a chunk of layer-``l`` heads then runs only the last column from block ``l`` up
+    (:func:`tvlens._engine.run`), each replica of the batch patching its own head.
+    ``heads_per_pass`` defaults to what ``budget`` allows.
     """
     n = len(batch)
-    per = heads_per_pass or max(1, MAX_ROWS // n)
-    span1 = Span(batch.first_index, batch.last_index)
-    layers = sorted({layer for layer, _ in heads})
     with torch.no_grad():
-        with cache(model, [f"blocks.{layer}.hook_resid_pre" for layer in layers], span=span1) as acts:
-            logits = model(batch.tokens, attention_mask=batch.attention_mask)
-        base = _p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)  # [n]
+        pre = engine.prefix(model, batch, positions=(-1,), layer=min(layer for layer, _ in heads))
+        base = p_gold(final_logits(model, pre.final()), batch.answer_ids)  # [n]
         result: dict[tuple[int, int], float] = {}
-        for layer in layers:
-            mine = [hd for hd in heads if hd[0] == layer]
-            resid = acts[f"blocks.{layer}.hook_resid_pre"]  # [n, pos, d_model]
-            for i in range(0, len(mine), per):
-                chunk = mine[i : i + per]
-                c = len(chunk)
-                hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c * n, 2]: replica j = head j
-                values = mean_z[hl[:, 0], hl[:, 1]]  # [c * n, d_head]
-                span = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
-                with intervene(model, SetHeadPerRow(hl, values), span=span):
-                    out = model(resid.repeat(c, 1, 1), start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
-                                attention_mask=batch.attention_mask.repeat(c, 1).to(resid.device))  # [c*n, pos, d_model]
-                last = final_logits(model, out[torch.arange(c * n), batch.last_index.repeat(c)])  # [c*n, vocab]
-                p = _p_gold(last, batch.answer_ids.repeat(c)).reshape(c, n)  # [head, prompt]
-                for hd, v in zip(chunk, (p - base[None].to(p.device)).mean(1).tolist()):
-                    result[hd] = v
+        for chunk in head_chunks(heads, heads_per_pass or max(1, engine.rows_per_pass(pre, budget=budget) // n)):
+            layer, c = chunk[0][0], len(chunk)
+            hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c * n, 2]: replica j = head j
+            out = engine.run(pre, [SetHeadPerRow(hl, mean_z[hl[:, 0], hl[:, 1]])], start=layer, replicas=c)
+            p = p_gold(final_logits(model, out.last()), batch.answer_ids.repeat(c)).reshape(c, n)  # [head, prompt]
+            for hd, v in zip(chunk, (p - base[None].to(p.device)).mean(1).tolist()):
+                result[hd] = v
     return torch.tensor([result[hd] for hd in heads])
 
 
@@ -156,13 +138,13 @@ def aie_loop(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[
     """The reference: one patched forward pass per head (mean ablation of that head at the last token)."""
     n = len(batch)
     with torch.no_grad():
-        base = _p_gold(last_token_logits(model, batch, batch_size=n), batch.answer_ids)
+        base = p_gold(last_token_logits(model, batch, batch_size=n), batch.answer_ids)
         out = []
         span = Span(batch.first_index, batch.last_index)
         for layer, head in heads:
             with ablate_heads(model, [(layer, head)], how="mean", means={layer: mean_z[layer]}, positions=[-1], span=span):
                 logits = model(batch.tokens, attention_mask=batch.attention_mask)
-            p = _p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)
+            p = p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)
             out.append(float((p - base).mean()))
     return torch.tensor(out)
 
@@ -211,7 +193,7 @@ def head_aie(model, task: Task | str, *, shots: int = 10, n_clean: int = 100, n_
     xb = corrupt.tokenize(model)
     aie = aie_batched(model, xb, mean_z.to(cfg.device), heads, heads_per_pass=heads_per_pass)
     with torch.no_grad():
-        p_corrupt = float(_p_gold(last_token_logits(model, xb), xb.answer_ids).mean())
+        p_corrupt = float(p_gold(last_token_logits(model, xb), xb.answer_ids).mean())
     return AIEResult(task.name, aie.reshape(cfg.n_layers, cfg.n_heads), mean_z, p_corrupt, acc, len(clean), len(corrupt), shots)
 
 

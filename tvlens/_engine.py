@@ -1,0 +1,426 @@
+"""The one forward pass: a prompt batch's prefix computed once, then suffix runs with edits.
+
+Context:
+    Attention is causal: an edit at column c and layer l changes nothing at earlier columns, nor
+    anything below layer l. A :class:`Prefix` of a :class:`~tvlens.prompts.PromptBatch` holds,
+    for every layer from ``l0`` on, the keys and values of the columns before ``c0`` (the first
+    column any later edit touches; TransformerLens's own KV cache builds them) and the residual
+    stream of the remaining columns before each of those layers, computed with the prefix's
+    ``base`` edits (e.g. a task vector at the last token). :func:`run` then runs only columns
+    ``c0..`` from a layer ``start >= l0`` up, through TransformerLens's blocks attending to the
+    cached keys and values, with any :mod:`tvlens._hooks` edits (the base edits at ``start`` and
+    later are applied again), optionally with every prompt replicated (``replicas``: one head per
+    replica), and returns the final residual stream of those columns and any activations asked
+    for (``names``: hook_z, patterns, residuals), differentiable when run under grad.
+
+    Positions (left or right padding, rotary and absolute positions, GQA, shortformer) follow
+    from the full attention mask TransformerLens is given at every block. A run whose edits touch
+    a column before ``c0``, a layer below ``start`` or a hook outside the blocks, or a model the
+    cache cannot serve, falls back to a full forward by itself (with the same edits; logged).
+    Tests hold every suffix run against the full forward (``tests/test_engine.py``).
+
+Intuition:
+    On 10-shot prompts (~80 tokens) a last-token patch needs one column of work per replica,
+    not 80; the prefix's keys and values are shared by every replica.
+
+>>> import torch, tvlens as tv
+>>> from tvlens import _engine as engine
+>>> from tvlens._hooks import AblateHeads
+>>> model = tv.load_model("toy")
+>>> batch = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=2, n=4).tokenize(model)
+>>> pre = engine.prefix(model, batch)  # last column edited; suffix = 1 column
+>>> out = engine.run(pre, [AblateHeads(((1, 0),), positions=(-1,))], start=1)
+>>> engine.final_logits(model, out.last()).shape == (4, model.cfg.d_vocab)
+True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+
+from tvlens._hooks import (AblateHeads, Activations, AddAt, AddPerRow, AddToHeads, Cache, CallPositions, Edit, PatchFrom,
+                           SetHeadPerRow, Span, intervene)
+from tvlens.errors import ConfigError
+from tvlens.prompts import PromptBatch
+from tvlens.sites import resolve_columns
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run", "to_model"]
+
+
+# --- the model's head and the one device/dtype move ----------------------------------------------
+
+
+def to_model(model, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the model's device, floating tensors in the model's dtype (the one place tensors move)."""
+    dev = model.cfg.device
+    return x.to(device=dev, dtype=model.cfg.dtype) if x.is_floating_point() else x.to(dev)
+
+
+def final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_vocab"]:
+    """The model's head (ln_final, unembedding, soft cap) on last-token residuals only: unembedding
+    every column would cost rows x positions x d_vocab floats (gigabytes for a 50k vocabulary)."""
+    x = resid[:, None]  # [batch, 1, d_model]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def p_gold(logits: Float[torch.Tensor, "batch d_vocab"], gold: Int[torch.Tensor, " batch"]) -> Float[torch.Tensor, " batch"]:
+    """Softmax probability (float32) of each row's gold token."""
+    return logits.float().softmax(-1)[torch.arange(len(gold)), gold.to(logits.device)]
+
+
+# --- which columns and layers an edit touches --------------------------------------------------
+
+
+def _layer_of(name: str) -> int | None:
+    """The block of a hook point ``blocks.{l}.*`` (None outside the blocks)."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+def _positions(edit: Edit) -> tuple[int, ...] | None:
+    """The prompt positions an edit may write (None: any column, e.g. an unknown edit kind)."""
+    if isinstance(edit, AddAt):
+        return tuple(s.position for s in edit.sites)
+    if isinstance(edit, AddPerRow):
+        return (edit.site.position,)
+    if isinstance(edit, (SetHeadPerRow, AddToHeads)):
+        return (edit.position,)
+    if isinstance(edit, (AblateHeads, PatchFrom)):
+        return edit.positions
+    if isinstance(edit, _FromLayer):
+        return _positions(edit.edit)
+    return None
+
+
+def first_column(edits: Sequence[Edit], span: Span, positions: Sequence[int] = ()) -> int:
+    """The earliest column any of ``edits`` (or any of ``positions``) writes in any row (0 when one may write anywhere)."""
+    c0 = int(span.last.max()) + 1
+    todo = [tuple(positions)]
+    for e in edits:
+        if isinstance(e, Cache):
+            continue  # reads only
+        pos = _positions(e)
+        if pos is None:
+            return 0
+        todo.append(pos)
+    for pos in todo:
+        for p in pos:
+            cols = resolve_columns(p, span.last, span.first, "clip")  # clipped: never after a written column
+            present = cols[cols >= 0]
+            if len(present):
+                c0 = min(c0, int(present.min()))
+    return c0
+
+
+def lowest_layer(model, edits: Sequence[Edit]) -> int | None:
+    """The lowest block any of ``edits`` hooks (None when one hooks outside the blocks)."""
+    layers = [_layer_of(n) for e in edits if not isinstance(e, Cache) for n in e.hook_names(model)]
+    if any(x is None for x in layers):
+        return None
+    return min(layers, default=model.cfg.n_layers)
+
+
+@dataclass(frozen=True, eq=False)
+class _FromLayer(Edit):
+    """``edit`` restricted to its hook points at blocks ``layer`` and later (a run resumed at ``layer``)."""
+
+    edit: Edit
+    layer: int
+
+    def hook_names(self, model) -> tuple[str, ...]:
+        return tuple(n for n in self.edit.hook_names(model) if (_layer_of(n) or 0) >= self.layer)
+
+    def apply(self, name, act, pos):
+        return self.edit.apply(name, act, pos)
+
+
+def cache_unsupported_reason(model) -> str | None:
+    """Why suffix runs cannot serve ``model`` (None when they can)."""
+    cfg = model.cfg
+    if cfg.n_key_value_heads is not None and cfg.ungroup_grouped_query_attention:
+        return "TransformerLens's KV cache does not support cfg.ungroup_grouped_query_attention"
+    if cfg.n_devices > 1:
+        return "a model split over several devices"
+    if cfg.attention_dir != "causal":
+        return "bidirectional attention"
+    return None
+
+
+# --- the memory budget -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The one sub-batching policy: rows per suffix run under a memory budget."""
+
+    max_bytes: int = 2**30  # activations one run may hold (rows x columns x layers)
+    max_rows: int = 4096  # cap on rows per run, whatever the estimate
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_rows < 1:
+            raise ConfigError(f"Budget needs positive max_bytes and max_rows, got {self.max_bytes}, {self.max_rows}")
+
+
+# --- the prefix and the suffix runs ------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Prefix:
+    """A batch computed up to column ``c0`` at every layer from ``l0`` (see the module docstring)."""
+
+    model: object
+    batch: PromptBatch
+    c0: int  # first column suffix runs compute
+    l0: int  # lowest layer a suffix run may start at
+    keys: tuple[torch.Tensor | None, ...]  # per layer: [batch, c0, kv_head, d_head] (None below l0)
+    values: tuple[torch.Tensor | None, ...]
+    resid: dict[int, torch.Tensor]  # layer -> [batch, suffix, d_model] before that block (base edits below it applied); n_layers: final
+    shortformer: torch.Tensor | None  # shortformer models: [batch, suffix, d_model] positions of the suffix columns
+    base: tuple[Edit, ...] = ()  # edits applied in ``resid`` (they write only suffix columns at layers >= l0)
+    fallback: str | None = None  # why runs take the full forward (None: they take the suffix)
+    lean: bool = True  # runs may take the shared-prefix lean blocks (tvlens._engine_lean) where they apply
+    mask: torch.Tensor = field(init=False)  # [batch, pos] full attention mask on the model's device
+    _stack: list = field(init=False, default_factory=list, repr=False)  # the lean blocks, built on first use
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask", to_model(self.model, self.batch.attention_mask))
+
+    def lean_stack(self, names: Sequence[str], start: int):
+        """The shared-prefix lean blocks for a run calling hooks ``names`` from ``start`` (None: TransformerLens's)."""
+        from tvlens._engine_lean import SharedPrefixStack, lean_hooks_reason
+
+        if not self.lean or lean_hooks_reason(self.model, names, max(start, self.l0)) is not None:
+            return None
+        if not self._stack:
+            with torch.no_grad():
+                self._stack.append(SharedPrefixStack(self.model, self.l0, self.c0, self.mask, self.keys, self.values))
+        return self._stack[0]
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    @property
+    def width(self) -> int:
+        """Columns of a suffix run."""
+        return self.batch.tokens.shape[1] - self.c0
+
+    def final(self) -> Float[torch.Tensor, "batch d_model"]:
+        """The base run's final residual at each prompt's last token (a full forward when runs fall back)."""
+        return run(self, start=self.model.cfg.n_layers).last()
+
+
+@dataclass(frozen=True, eq=False)
+class SuffixRun:
+    """What a suffix run read: the final residual stream and ``names`` at columns ``c0..``."""
+
+    c0: int
+    resid: Float[torch.Tensor, "batch suffix d_model"]  # before ln_final
+    acts: dict[str, torch.Tensor]  # hook name -> activation of the suffix columns (patterns: suffix query rows)
+    last_col: Int[torch.Tensor, " batch"]  # each row's last token, as a column of the suffix
+    store: Activations | None = None  # the same activations with their call's positions (a PatchFrom source)
+
+    def at_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [batch, suffix, ...] at each row's last token."""
+        return x[torch.arange(len(self.last_col)), self.last_col.to(x.device)]
+
+    def last(self) -> Float[torch.Tensor, "batch d_model"]:
+        """The final residual at each row's last token."""
+        return self.at_last(self.resid)
+
+
+def prefix(model, batch: PromptBatch, *, positions: Sequence[int] | None = (-1,), layer: int = 0,
+           base: Sequence[Edit] = (), edits: Sequence[Edit] = (), prepare_rows: int = 64, lean: bool = True) -> Prefix:
+    """The prefix of ``batch`` for runs that write ``positions`` (and whatever ``edits`` write) at ``layer`` and later.
+
+    ``base`` edits are applied in the stored residual streams (every run includes them).
+    ``positions=None``: runs may write any column (the prefix is empty; runs are full width).
+    ``lean=False``: runs always take TransformerLens's blocks (the lean blocks are tested against them).
+    """
+    cfg = model.cfg
+    span = Span(batch.first_index, batch.last_index)
+    c0 = 0 if positions is None else first_column([*base, *edits], span, positions)
+    c0 = min(c0, int(batch.last_index.min()))  # every last token is computed (the reads)
+    low = lowest_layer(model, [*base, *edits])
+    reason = cache_unsupported_reason(model)
+    if low is None:
+        reason = reason or "an edit hooks a point outside the blocks"
+    l0 = min(layer, cfg.n_layers if low is None else low)
+    if not 0 <= l0 <= cfg.n_layers:
+        raise ConfigError(f"layer must lie in 0..{cfg.n_layers}, got {layer}")
+    if reason:
+        log.info("suffix runs fall back to full forwards: %s", reason)
+        return Prefix(model, batch, 0, 0, (None,) * cfg.n_layers, (None,) * cfg.n_layers, {}, None, tuple(base), reason)
+    keys: list[list[torch.Tensor]] = [[] for _ in range(cfg.n_layers)]
+    values: list[list[torch.Tensor]] = [[] for _ in range(cfg.n_layers)]
+    resid: dict[int, list[torch.Tensor]] = {}
+    pos_parts = []
+    with torch.no_grad():
+        for start in range(0, len(batch), prepare_rows):
+            sub = batch[start : start + prepare_rows]
+            k, v, r, sp = _prepare(model, sub, c0, l0, tuple(base))
+            for lay in range(l0, cfg.n_layers):
+                keys[lay].append(k[lay])
+                values[lay].append(v[lay])
+            for lay, x in r.items():
+                resid.setdefault(lay, []).append(x)
+            pos_parts.append(sp)
+    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    return Prefix(model, batch, c0, l0, tuple(cat(k) for k in keys), tuple(cat(v) for v in values),
+                  {lay: torch.cat(xs) for lay, xs in resid.items()}, None if pos_parts[0] is None else torch.cat(pos_parts),
+                  tuple(base), lean=lean)
+
+
+def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
+    """Keys/values of columns < c0 (TransformerLens's KV cache) and the suffix residuals of one sub-batch."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    cfg = model.cfg
+    toks, mask = to_model(model, sub.tokens), to_model(model, sub.attention_mask)
+    cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(sub))
+    if c0 > 0:
+        model(toks[:, :c0], past_kv_cache=cache, attention_mask=mask[:, :c0], return_type=None)
+    cache.freeze()
+    x = model(toks[:, c0:], past_kv_cache=cache, attention_mask=mask[:, c0:], stop_at_layer=l0)  # [b, suffix, d_model]
+    sp = None
+    if cfg.positional_embedding_type == "shortformer":  # added to every block's queries and keys
+        sp = model.pos_embed(toks[:, c0:], c0, mask)
+    keys = {lay: cache.entries[lay].past_keys for lay in range(l0, cfg.n_layers)}
+    values = {lay: cache.entries[lay].past_values for lay in range(l0, cfg.n_layers)}
+    span = Span(sub.first_index, sub.last_index)
+    names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(l0 + 1, cfg.n_layers))
+    store = Cache(names)
+    final = _blocks(model, x, l0, keys, values, mask, sp, [store, *base], span)  # cached before the base edits there
+    resid = {l0: x, **{lay: store.store[f"blocks.{lay}.hook_resid_pre"] for lay in range(l0 + 1, cfg.n_layers)},
+             cfg.n_layers: final}
+    return keys, values, resid, sp
+
+
+def _blocks(model, x, start: int, keys, values, mask, shortformer, edits: Sequence[Edit], span: Span):
+    """Blocks ``start..`` on the suffix columns ``x`` attending to the cached prefix, inside ``edits``."""
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    with intervene(model, *edits, span=span):
+        for lay in range(start, model.cfg.n_layers):
+            entry = TransformerLensKeyValueCacheEntry(keys[lay], values[lay], frozen=True)
+            x = model.blocks[lay](x, past_kv_cache_entry=entry, attention_mask=mask, shortformer_pos_embed=shortformer)
+    return x
+
+
+def rows_per_pass(pre: Prefix, start: int | None = None, *, grad: bool = False, budget: Budget = Budget()) -> int:
+    """Rows one suffix run from ``start`` may take under ``budget`` (the one sub-batching policy)."""
+    cfg = pre.model.cfg
+    start = pre.l0 if start is None else start
+    w = pre.width if pre.fallback is None else pre.batch.tokens.shape[1]
+    total = pre.batch.tokens.shape[1]
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    d_mlp = cfg.d_mlp or 4 * cfg.d_model
+    per_layer = (2 * total * n_kv * cfg.d_head  # keys and values with the prefix appended
+                 + 3 * cfg.n_heads * w * total  # scores, pattern, masked copy
+                 + w * (3 * d_mlp + 8 * cfg.d_model + 3 * cfg.n_heads * cfg.d_head))
+    layers = max(1, cfg.n_layers - start) if grad else 1
+    per_row = 4 * (per_layer * layers + 3 * cfg.d_vocab)  # float32 bytes, plus the logits at the last token
+    return int(max(1, min(budget.max_rows, budget.max_bytes // per_row)))
+
+
+def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, replicas: int = 1,
+        rows: Int[torch.Tensor, " row"] | None = None, names: Sequence[str] = ()) -> SuffixRun:
+    """Columns ``c0..`` of ``pre``'s prompts (``rows``, each ``replicas`` times) from block ``start`` up, with ``edits``.
+
+    Row ``r * len(rows) + i`` of the run is replica ``r`` of prompt ``rows[i]`` (per-row edits
+    index those rows). ``names``: hook points whose activations are returned (suffix columns).
+    Differentiable under ``torch.enable_grad``; the caller chooses grad or not.
+    """
+    model, cfg = pre.model, pre.model.cfg
+    start = pre.l0 if start is None else int(start)
+    rows = torch.arange(len(pre)) if rows is None else rows.cpu()
+    reps = rows.repeat(replicas)  # [replicas * rows] prompt row of each run row
+    batch = pre.batch
+    span = Span(batch.first_index[reps], batch.last_index[reps])
+    reason = pre.fallback or _why_not_suffix(pre, edits, start, span)
+    store = Cache(tuple(names))
+    base = [_FromLayer(e, start) for e in pre.base] if reason is None else list(pre.base)
+    mask = pre.mask[reps.to(pre.mask.device)]
+    if reason is not None:
+        if pre.fallback is None:
+            log.info("full forward instead of a suffix run: %s", reason)
+        with intervene(model, *base, *edits, store, span=span):
+            out = model(to_model(model, batch.tokens[reps]), attention_mask=mask, stop_at_layer=cfg.n_layers)
+        c0 = pre.c0
+        acts = {n: _suffix_cols(n, a, c0) for n, a in store.store.calls[-1].items()} if names else {}
+        return SuffixRun(c0, out[:, c0:], acts, batch.last_index[reps] - c0, store.store if names else None)
+    idx = reps.to(pre.mask.device)
+    x = pre.resid[start][idx]
+    if start == cfg.n_layers:
+        out = x
+    elif (stack := pre.lean_stack(_hook_names(model, [*base, *edits, store]), start)) is not None:
+        at = CallPositions(pre.c0, pre.width, span)
+        with intervene(model, *base, *edits, store, span=span, at=at):
+            out = x
+            for lay in range(start, cfg.n_layers):
+                out = stack.block(lay, out, rows.to(x.device), replicas)
+    else:
+        keys = [None if k is None else k[idx] for k in pre.keys]
+        values = [None if v is None else v[idx] for v in pre.values]
+        sp = None if pre.shortformer is None else pre.shortformer[idx]
+        out = _blocks(model, x, start, keys, values, mask, sp, [*base, *edits, store], span)
+    acts = dict(store.store.calls[-1]) if names and store.store.calls else {}
+    return SuffixRun(pre.c0, out, acts, batch.last_index[reps] - pre.c0, store.store if names else None)
+
+
+def _hook_names(model, edits: Sequence[Edit]) -> list[str]:
+    return [n for e in edits for n in e.hook_names(model)]
+
+
+def _suffix_cols(name: str, act: torch.Tensor, c0: int) -> torch.Tensor:
+    """A full-width activation restricted to the suffix columns (patterns: the suffix query rows)."""
+    return act[:, :, c0:] if name.endswith(("hook_pattern", "hook_attn_scores")) else act[:, c0:]
+
+
+def _why_not_suffix(pre: Prefix, edits: Sequence[Edit], start: int, span: Span) -> str | None:
+    model = pre.model
+    low = lowest_layer(model, edits)
+    if low is None:
+        return "an edit hooks a point outside the blocks"
+    if low < start:
+        return f"an edit hooks block {low}, below the run's start {start}"
+    if start < pre.l0:
+        return f"start {start} lies below the prefix's lowest layer {pre.l0}"
+    if first_column(edits, span) < pre.c0:
+        return f"an edit writes a column before the prefix's end {pre.c0}"
+    return None
+
+
+def head_chunks(heads: Sequence[tuple[int, int]], per: int) -> list[list[tuple[int, int]]]:
+    """``heads`` grouped by layer (ascending) in chunks of at most ``per``: the replicas of one run."""
+    layers = sorted({lay for lay, _ in heads})
+    return [[hd for hd in heads if hd[0] == lay][i : i + per] for lay in layers
+            for i in range(0, sum(hd[0] == lay for hd in heads), per)]
+
+
+def run_rows(pre: Prefix, edits: Callable[[Int[torch.Tensor, " row"]], Sequence[Edit]] | Sequence[Edit] = (), *,
+             start: int | None = None, budget: Budget = Budget(), read: Callable[[SuffixRun], torch.Tensor] | None = None,
+             names: Sequence[str] = ()) -> torch.Tensor:
+    """Every prompt of ``pre`` through :func:`run` in sub-batches under ``budget``, ``read`` of each concatenated.
+
+    ``edits`` may be a function of the sub-batch's prompt rows. ``read`` defaults to the final
+    residual at each prompt's last token.
+    """
+    per = rows_per_pass(pre, start, grad=torch.is_grad_enabled(), budget=budget)
+    read = read or SuffixRun.last
+    out = []
+    for lo in range(0, len(pre), per):
+        rows = torch.arange(lo, min(lo + per, len(pre)))
+        es = edits(rows) if callable(edits) else edits
+        out.append(read(run(pre, es, start=start, rows=rows, names=names)))
+    return torch.cat(out)
