@@ -285,6 +285,7 @@ def test_suffix_runs_equal_the_full_forward_on_smollm2(smollm2, padding):
     with torch.no_grad():
         for edits, positions, replicas in cases:
             pre = engine.prefix(model, batch, positions=positions, layer=15)
+            assert pre.lean_stack(names, 15) is not None  # the shared-prefix blocks cover SmolLM2
             out = engine.run(pre, edits, start=15, replicas=replicas, names=names)
             ref, acts = full(model, batch, edits, names, replicas)
             # float32 on residuals of norm ~1e2-1e3: the two orders of summation agree to ~1e-6 of the largest entry
