@@ -9,7 +9,8 @@ import tvlens as tv
 from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
 from tvlens import interventions as iv
 from tvlens.analysis import AblationResult, head_ablation, head_saliency
-from tvlens.analysis.ablation import ablation_edits, clean_z
+from tvlens._reference import clean_z
+from tvlens.analysis.ablation import ablation_edits
 from tvlens.errors import ConfigError
 
 ARCHS = {name: TINY_ARCHS[name] for name in ("ln", "gqa_rms")}

@@ -9,15 +9,17 @@ Context:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Float
 
 from tvlens._engine import final_logits, head_chunks, p_gold
-from tvlens._hooks import AddAt, Cache, SetHeadPerRow, Span, intervene
+from tvlens._hooks import Activations, AddAt, Cache, SetHeadPerRow, Span, intervene
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
 
-__all__ = ["aie_full_width", "exact_drops_full_width", "measure_conditions_full_width"]
+__all__ = ["aie_full_width", "clean_z", "exact_drops_full_width", "measure_conditions_full_width"]
 
 MAX_ROWS = 512  # rows per patched forward pass of the old paths (prompts x heads in a chunk)
 
@@ -85,12 +87,20 @@ def exact_drops_full_width(model, vector: TaskVector, batch: PromptBatch, heads:
     return torch.stack([drops[hd] for hd in heads], 1), base
 
 
+def clean_z(model, sub: PromptBatch, layers: Sequence[int]) -> Activations:
+    """``attn.hook_z`` of ``layers`` on ``sub`` without θ (the source of path patching)."""
+    store = Cache(tuple(f"blocks.{lay}.attn.hook_z" for lay in layers))
+    with torch.no_grad(), intervene(model, store, span=Span(sub.first_index, sub.last_index)):
+        model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)
+    return store.store
+
+
 def measure_conditions_full_width(model, vector: TaskVector, batch: PromptBatch, sets, kind: str, *,
                                   positions=(-1,), means_from: str = "steered", batch_size: int = 64):
     """:func:`tvlens.analysis.ablation.measure_conditions` as before the engine: full-width runs resumed
     before the first ablated layer, path-patching sources from full forwards."""
     from tvlens.analysis._inputs import resid_before, run_last, sites_from
-    from tvlens.analysis.ablation import ablation_edits, clean_z
+    from tvlens.analysis.ablation import ablation_edits
 
     steer = AddAt(vector.sites, vector.values.detach(), vector.scale, vector.operation, vector.out_of_range)
     layer = min(s.layer for s in vector.sites)

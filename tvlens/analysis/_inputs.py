@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 
 from tvlens._hooks import AddAt, Edit, Span, intervene
 from tvlens._validate import no_type_check

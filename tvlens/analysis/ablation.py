@@ -29,12 +29,12 @@ from typing import Literal
 
 import torch
 
-from tvlens._hooks import AblateHeads, Activations, Cache, Edit, PatchFrom, intervene
+from tvlens._hooks import AblateHeads, Activations, Edit, PatchFrom
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_int, no_type_check
 from tvlens import _engine as engine
 from tvlens.analysis._inputs import (Head, check_heads, check_vector, final_logits, heads_from, injection, pool_heads,
-                                     random_head_sets, resolve_prompts, span_of, steer_edit)
+                                     random_head_sets, resolve_prompts, steer_edit)
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
@@ -110,14 +110,6 @@ def ablation_edits(heads: Sequence[Head], kind: Kind, *, means: dict | None = No
     return [PatchFrom(clean, (f"blocks.{lay}.attn.hook_z",), pos, tuple(hs)) for lay, hs in sorted(by_layer.items())]
 
 
-def clean_z(model, sub: PromptBatch, layers: Sequence[int]) -> Activations:
-    """``attn.hook_z`` of ``layers`` on ``sub`` without θ (the source of path patching)."""
-    store = Cache(tuple(f"blocks.{lay}.attn.hook_z" for lay in layers))
-    with torch.no_grad(), intervene(model, store, span=span_of(sub)):
-        model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)
-    return store.store
-
-
 def measure_conditions(model, vector: TaskVector, batch: PromptBatch, sets: Sequence[Sequence[Head]], kind: Kind, *,
                        positions: Sequence[int] | None = (-1,), means_from: str = "steered", batch_size: int = 64
                        ) -> tuple[tuple[float, float], tuple[float, float], list[tuple[float, float]]]:
@@ -160,8 +152,7 @@ def measure_conditions(model, vector: TaskVector, batch: PromptBatch, sets: Sequ
             resid = engine.run_rows(pre, es, start=first) if es else pre.final()
             logits = final_logits(model, resid).float()
         g = gold.to(logits.device)
-        p = logits.softmax(-1)[torch.arange(len(g)), g]
-        return float((logits.argmax(-1) == g).float().mean()), float(p.mean())
+        return float((logits.argmax(-1) == g).float().mean()), float(engine.p_gold(logits, g).mean())
 
     zero_shot = measure(clean)
     none, p_none = measure(steered, edits_for(()))  # the same suffix runs as the ablated sets: no ablation = no change, exactly
