@@ -424,3 +424,25 @@ def run_rows(pre: Prefix, edits: Callable[[Int[torch.Tensor, " row"]], Sequence[
         es = edits(rows) if callable(edits) else edits
         out.append(read(run(pre, es, start=start, rows=rows, names=names)))
     return torch.cat(out)
+
+
+# --- for clients that read other columns or run inside contexts the engine cannot see into -------
+
+
+def head_logits(model, resid: Float[torch.Tensor, "row d_model"]) -> Float[torch.Tensor, "row d_vocab"]:
+    """:func:`final_logits`'s map on residuals of any columns (the LTV loss's targets), differentiable,
+    without ``model.unembed``'s per-call contiguous copy of W_U (~150 MB for GPT-2) and with fused norms."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    from tvlens._engine_lean import _NORMS, norm
+
+    ln = getattr(model, "ln_final", None)  # absent when cfg.normalization_type is None
+    if ln is not None:
+        resid = norm(ln, resid) if type(ln).__name__ in _NORMS else ln(resid[:, None])[:, 0]
+    return apply_softcap(resid @ model.W_U + model.b_U, model.cfg.output_logits_soft_cap)  # [row, d_vocab]
+
+
+def full_width(model, batch: PromptBatch, reason: str) -> Prefix:
+    """A prefix whose runs are full forwards (e.g. inside a caller's context manager the engine cannot see into)."""
+    log.info("suffix runs fall back to full forwards: %s", reason)
+    return Prefix(model, batch, 0, 0, (None,) * model.cfg.n_layers, (None,) * model.cfg.n_layers, {}, None, (), reason)

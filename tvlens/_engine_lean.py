@@ -1,28 +1,134 @@
 """The engine's fast suffix blocks: replicas share their prompt's cached keys and values.
 
 Context:
-    TransformerLens's blocks, given a KV-cache entry, concatenate the cached keys and values
-    with the new ones and rotate every key again on every call, so a suffix run of ``c``
-    replicas of ``n`` prompts moves ``c * n * pos`` keys per layer although only ``n`` distinct
-    prefixes exist. Here the prefix keys are rotated once (:class:`tvlens.ltv._lean._LeanAttention`
-    fuses the weights) and every replica's queries meet its prompt's prefix keys in one matmul
-    per prompt (replicas stacked along the query axis, no copy); the few suffix keys are
-    handled apart and both parts share one softmax. The block's hook points that edits use
-    (``hook_resid_pre``, ``attn.hook_pattern``, ``attn.hook_z``, ``hook_attn_out``,
-    ``hook_resid_mid``, the MLP's hooks, ``hook_mlp_out``, ``hook_resid_post``) are called
-    in TransformerLens's order; :func:`lean_hooks_reason` sends any other hook, and any
-    architecture :func:`tvlens.ltv._lean.lean_unsupported_reason` does not cover, to the
-    TransformerLens blocks. The oracle tests hold both against the full forward.
+    On short suffixes a block's cost is per-operation overhead, not arithmetic: a TransformerLens
+    block runs about sixty small tensor operations and, given a KV-cache entry, concatenates the
+    cached keys and values with the new ones and rotates every key again on every call, so a
+    suffix run of ``c`` replicas of ``n`` prompts moves ``c * n * pos`` keys per layer although
+    only ``n`` distinct prefixes exist. Here the weights are fused once (QKV as one matrix, W_O
+    flattened, norms as ``F.layer_norm`` / ``F.rms_norm``), the prefix keys are rotated once, and
+    every replica's queries meet its prompt's prefix keys in one matmul per prompt (replicas
+    stacked along the query axis, no copy); the few suffix keys are handled apart and both parts
+    share one softmax. The block's hook points that edits use (``hook_resid_pre``,
+    ``attn.hook_pattern``, ``attn.hook_z``, ``hook_attn_out``, ``hook_resid_mid``, the MLP's hooks,
+    ``hook_mlp_out``, ``hook_resid_post``) are called in TransformerLens's order (attention-only and
+    parallel attention/MLP blocks included); :func:`lean_hooks_reason` sends any other hook, and
+    any architecture :func:`lean_unsupported_reason` does not cover, to the TransformerLens blocks.
+    The oracle tests (``tests/test_engine.py``, ``tests/test_ltv_lean.py``) hold both against the
+    full forward.
 """
+
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Bool, Float
 
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from tvlens.ltv._lean import _LeanAttention, lean_unsupported_reason, norm
+
+_NORMS = {"LayerNorm": "LN", "LayerNormPre": "LNPre", "RMSNorm": "RMS", "RMSNormPre": "RMSPre", "Identity": None}
+_OFF_FLAGS = ("use_attn_in", "use_split_qkv_input", "use_qk_norm", "use_logn_attn", "use_attention_sinks",
+              "use_normalization_before_and_after", "load_in_4bit", "use_dynamic_ntk_rope")
+
+
+def lean_unsupported_reason(model, layers: range) -> str | None:
+    """Why the lean path cannot run ``layers`` of ``model`` (None when it can)."""
+    from transformer_lens.components import Attention, GroupedQueryAttention, TransformerBlock
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    cfg = model.cfg
+    for flag in _OFF_FLAGS:
+        if getattr(cfg, flag, False):
+            return f"cfg.{flag}"
+    if getattr(cfg, "clip_qkv", None) is not None:
+        return "cfg.clip_qkv"
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES or (cfg.original_architecture or "").startswith("Olmo"):
+        return f"architecture {cfg.original_architecture}"
+    if cfg.positional_embedding_type not in ("standard", "rotary"):
+        return f"positional embedding {cfg.positional_embedding_type!r}"
+    if cfg.attention_dir != "causal":
+        return "bidirectional attention"
+    if cfg.n_devices > 1:
+        return "a model split over several devices"
+    if getattr(cfg, "num_experts", None):
+        return "mixture-of-experts MLP"
+    for layer in layers:
+        block = model.blocks[layer]
+        if type(block) is not TransformerBlock:
+            return f"block type {type(block).__name__}"
+        if type(block.attn) not in (Attention, GroupedQueryAttention):
+            return f"attention type {type(block.attn).__name__}"
+        if block.attn.attn_type != "global" or getattr(block.attn, "_attention_dir_override", None) not in (None, "causal"):
+            return "local attention"
+        for name in ("ln1", "ln2"):
+            mod = getattr(block, name, None)
+            if mod is not None and type(mod).__name__ not in _NORMS:
+                return f"normalisation {type(mod).__name__}"
+    ln_final = getattr(model, "ln_final", None)
+    if ln_final is not None and type(ln_final).__name__ not in _NORMS:
+        return f"normalisation {type(model.ln_final).__name__}"
+    return None
+
+
+def norm(mod, x: torch.Tensor) -> torch.Tensor:
+    """TransformerLens's LayerNorm / LayerNormPre / RMSNorm / RMSNormPre / Identity as one fused op."""
+    kind = _NORMS[type(mod).__name__]
+    if kind is None:
+        return x
+    dtype = x.dtype
+    if dtype not in (torch.float32, torch.float64):  # TransformerLens normalises in float32
+        y = F.layer_norm(x.float(), x.shape[-1:], eps=mod.eps) if kind.startswith("LN") else F.rms_norm(x.float(), x.shape[-1:], eps=mod.eps)
+        y = y.to(dtype)
+        if kind == "LN":
+            return y * mod.w + mod.b
+        return y * mod.w if kind == "RMS" else y
+    if kind == "LN":
+        return F.layer_norm(x, x.shape[-1:], mod.w, mod.b, mod.eps)
+    if kind == "LNPre":
+        return F.layer_norm(x, x.shape[-1:], eps=mod.eps)
+    return F.rms_norm(x, x.shape[-1:], mod.w if kind == "RMS" else None, mod.eps)
+
+
+class _LeanAttention:
+    """One layer's attention weights fused once, and its prefix keys rotated once (the shared part)."""
+
+    def __init__(self, attn, keys, values, prefix_mask, suffix_pos) -> None:
+        from transformer_lens.components import GroupedQueryAttention
+
+        cfg = attn.cfg
+        grouped = isinstance(attn, GroupedQueryAttention) and not cfg.ungroup_grouped_query_attention
+        w_k, b_k = (attn._W_K, attn._b_K) if grouped else (attn.W_K, attn.b_K)
+        w_v, b_v = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
+        self.attn = attn
+        self.n_heads, self.n_kv = attn.W_Q.shape[0], w_k.shape[0]
+        self.d_head = attn.W_Q.shape[-1]
+        with torch.no_grad():
+            flat = lambda w: w.detach().permute(1, 0, 2).reshape(w.shape[1], -1)  # noqa: E731  [d_model, heads*d_head]
+            self.w_qkv = torch.cat([flat(attn.W_Q), flat(w_k), flat(w_v)], dim=1).contiguous()
+            self.b_qkv = torch.cat([attn.b_Q.detach().reshape(-1), b_k.detach().reshape(-1), b_v.detach().reshape(-1)])
+            self.w_o = attn.W_O.detach().reshape(-1, attn.W_O.shape[-1]).contiguous()  # [heads*d_head, d_model]
+            self.b_o = attn.b_O.detach()
+        self.scale = attn.attn_scale
+        self.softcap = cfg.attn_scores_soft_cap
+        self.rotary = cfg.positional_embedding_type == "rotary"
+        self.keys, self.values = keys, values
+        if self.rotary:
+            with torch.no_grad():
+                width = prefix_mask.shape[1] + suffix_pos.shape[1]
+                # TransformerLens grows its rotary tables lazily: let it cover every position first
+                attn.apply_rotary(torch.zeros(1, width, 1, self.d_head, dtype=attn.rotary_cos.dtype, device=attn.rotary_cos.device))
+                if keys.shape[1]:  # TransformerLens rotates the cached keys on every call; once is enough
+                    self.keys = attn.apply_rotary(keys, 0, prefix_mask)
+                self.cos = attn.rotary_cos[suffix_pos][:, :, None, :]  # [batch, suffix, 1, rotary_dim]
+                self.sin = attn.rotary_sin[suffix_pos][:, :, None, :]
+            self.rotary_dim = cfg.rotary_dim
+
+    def _rotate(self, x, cos, sin):
+        x_rot, x_pass = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        return torch.cat([x_rot * cos + self.attn.rotate_every_two(x_rot) * sin, x_pass], dim=-1)
+
 
 _FIRED = ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
           "hook_resid_post")
@@ -31,8 +137,8 @@ _FIRED = ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
 def lean_hooks_reason(model, names, start: int) -> str | None:
     """Why the lean blocks cannot serve hooks ``names`` from layer ``start`` (None when they can)."""
     cfg = model.cfg
-    if cfg.attn_only or cfg.parallel_attn_mlp or cfg.use_attn_result or cfg.use_hook_mlp_in:
-        return "block layout (attn_only, parallel attention/MLP, attention result or mlp_in hooks)"
+    if cfg.use_attn_result or cfg.use_hook_mlp_in:
+        return "block layout (attention result or mlp_in hooks)"
     if reason := lean_unsupported_reason(model, range(start, cfg.n_layers)):
         return reason
     for n in names:
@@ -95,12 +201,10 @@ class SharedPrefixStack:
         # TransformerLens's gated MLP copies its transposed weights on every call: copied once here
         self.gated = {lay: tuple(w.detach().T.contiguous() for w in (mlp.W_gate, mlp.W_in, mlp.W_out))
                       for lay in range(l0, model.cfg.n_layers)
-                      if type(mlp := model.blocks[lay].mlp).__name__ == "GatedMLP" and not model.cfg.is_layer_norm_activation()}
+                      if type(mlp := getattr(model.blocks[lay], "mlp", None)).__name__ == "GatedMLP" and not model.cfg.is_layer_norm_activation()}
 
     def _mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """The block's MLP output (before hook_mlp_out): TransformerLens's ops, weights transposed once."""
-        import torch.nn.functional as F
-
         block = self.model.blocks[layer]
         mlp = block.mlp
         if layer not in self.gated or any(hp.fwd_hooks for hp in (mlp.hook_pre, mlp.hook_pre_linear, mlp.hook_post)):
@@ -115,5 +219,9 @@ class SharedPrefixStack:
         resid = block.hook_resid_pre(resid)
         ok = self.suffix_ok[prompts.repeat(replicas)]
         attn_out = block.hook_attn_out(self.attn[layer](norm(block.ln1, resid), prompts, replicas, self.prefix_ok[prompts], ok))
+        if self.model.cfg.attn_only:
+            return block.hook_resid_post(resid + attn_out)
+        if self.model.cfg.parallel_attn_mlp:  # GPT-J / NeoX: attention and MLP both read resid_pre
+            return block.hook_resid_post(resid + attn_out + self._mlp(layer, norm(block.ln2, resid)))
         mid = block.hook_resid_mid(resid + attn_out)
         return block.hook_resid_post(mid + self._mlp(layer, norm(block.ln2, mid)))

@@ -14,8 +14,7 @@ True
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -23,24 +22,30 @@ import torch
 from jaxtyping import Float, Int
 
 from tvlens._engine import final_logits as final_logits  # re-exported: the one head on last-token residuals
-from tvlens._hooks import Edit, Span, intervene
+from tvlens._hooks import Edit
 from tvlens._result import Result
 from tvlens.prompts import PaddingSide, PromptBatch, PromptSet
 
 Intervention = Callable[[PromptBatch], AbstractContextManager] | Edit | Sequence[Edit]
-"""Edits of :mod:`tvlens.interventions` (applied to each sub-batch with its prompt spans), or a
-callable that, given a (sub)batch, returns a context manager inside which the model runs
-intervened (e.g. :func:`tvlens.steering`)."""
+"""Edits of :mod:`tvlens.interventions` (applied to each sub-batch with its prompt spans),
+:func:`tvlens.steering` (its edit), or a callable that, given a (sub)batch, returns a context
+manager inside which the model runs intervened. Edits run on :mod:`tvlens._engine` (only the
+columns from the first edited one); a context manager gets a full forward (logged)."""
 
 
-def _context(model, intervention: Intervention | None, batch: PromptBatch) -> AbstractContextManager:
+def _edits(intervention: Intervention | None) -> list[Edit] | None:
+    """The edits of ``intervention`` (None: a context manager the engine cannot see into)."""
+    from tvlens.steer import steering
+
     if intervention is None:
-        return contextlib.nullcontext()
+        return []
     if isinstance(intervention, Edit):
-        intervention = (intervention,)
+        return [intervention]
     if isinstance(intervention, (tuple, list)):
-        return intervene(model, *intervention, span=Span(batch.first_index, batch.last_index))
-    return intervention(batch)
+        return list(intervention)
+    if isinstance(intervention, steering):
+        return [intervention.edit]
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +134,41 @@ class EvalResult(Result):
         return f"EvalResult({self.task!r}{cond} k={self.k} {self.split} n={self.n}: acc={self.accuracy:.3f} [95% CI {lo:.2f}-{hi:.2f}]{lab})"
 
 
+def conditions_logits(
+    model,
+    batch: PromptBatch,
+    interventions: Sequence[Intervention | None],
+    *,
+    batch_size: int = 64,
+) -> list[Float[torch.Tensor, "batch d_vocab"]]:
+    """Logits (float32) at each prompt's last real token under each of ``interventions`` (no grad).
+
+    Each sub-batch of ``batch_size`` prompts gets one engine prefix (the clean keys and values of
+    every column before the first one any intervention edits), shared by every intervention: each
+    runs only the remaining columns from its lowest edited layer. An intervention given as a
+    context manager (a callable of the sub-batch) runs a full forward inside it.
+    """
+    from tvlens import _engine as engine
+
+    parsed = [_edits(iv) for iv in interventions]
+    seen = [e for es in parsed if es and engine.lowest_layer(model, es) is not None for e in es]
+    out: list[list[torch.Tensor]] = [[] for _ in interventions]
+    with torch.no_grad():
+        for sub in batch.split(batch_size):
+            pre = None
+            for j, (iv, es) in enumerate(zip(interventions, parsed)):
+                if es is None:
+                    with iv(sub):
+                        last = engine.run(engine.full_width(model, sub, "an intervention given as a context manager")).last()
+                else:
+                    if pre is None:
+                        pre = engine.prefix(model, sub, positions=(-1,), layer=model.cfg.n_layers, edits=seen)
+                    low = engine.lowest_layer(model, es)
+                    last = engine.run(pre, es, start=pre.l0 if low is None else low).last()
+                out[j].append(final_logits(model, last).float())
+    return [torch.cat(o) for o in out]
+
+
 def last_token_logits(
     model,
     batch: PromptBatch,
@@ -136,14 +176,8 @@ def last_token_logits(
     intervention: Intervention | None = None,
     batch_size: int = 64,
 ) -> Float[torch.Tensor, "batch d_vocab"]:
-    """Logits at each prompt's last real token, computed in sub-batches (no grad)."""
-    out = []
-    with torch.no_grad():
-        for sub in batch.split(batch_size):
-            with _context(model, intervention, sub):
-                logits = model(sub.tokens, attention_mask=sub.attention_mask)  # [b, pos, vocab]
-            out.append(logits[torch.arange(len(sub)), sub.last_index].float())
-    return torch.cat(out)
+    """Logits at each prompt's last real token, computed in sub-batches on the engine (no grad)."""
+    return conditions_logits(model, batch, [intervention], batch_size=batch_size)[0]
 
 
 def evaluate(
@@ -155,14 +189,36 @@ def evaluate(
     padding_side: PaddingSide = "left",
     label: str = "",
 ) -> EvalResult:
-    """Accuracy of ``model`` on ``prompts`` (optionally inside ``intervention(batch)``)."""
+    """Accuracy of ``model`` on ``prompts`` (optionally with ``intervention``)."""
+    return evaluate_conditions(model, prompts, {label: intervention}, batch_size=batch_size, padding_side=padding_side)[label]
+
+
+def evaluate_conditions(
+    model,
+    prompts: PromptSet,
+    interventions: Mapping[str, Intervention | None],
+    *,
+    batch_size: int = 64,
+    padding_side: PaddingSide = "left",
+) -> dict[str, EvalResult]:
+    """:func:`evaluate` under each of ``interventions`` (label -> intervention) on the same prompts.
+
+    The prompts' unedited prefix is computed once per sub-batch and shared by every condition
+    (see :func:`conditions_logits`): evaluating, say, one vector per layer costs one forward
+    pass plus a few columns per condition.
+    """
     from tvlens._validate import check_int
 
     check_int("evaluate", "batch_size", batch_size, min=1)
-    if getattr(intervention, "vector", None) is not None:
-        intervention.vector.check_task(prompts.task if prompts.task is not None else "")
+    for iv in interventions.values():
+        if getattr(iv, "vector", None) is not None:
+            iv.vector.check_task(prompts.task if prompts.task is not None else "")
     batch = prompts.tokenize(model, padding_side=padding_side)
-    logits = last_token_logits(model, batch, intervention=intervention, batch_size=batch_size)
+    logits = conditions_logits(model, batch, list(interventions.values()), batch_size=batch_size)
+    return {lab: _result(prompts, batch, lg, lab) for lab, lg in zip(interventions, logits)}
+
+
+def _result(prompts: PromptSet, batch: PromptBatch, logits: Float[torch.Tensor, "batch d_vocab"], label: str) -> EvalResult:
     logprobs = logits.log_softmax(-1)
     pred = logits.argmax(-1)
     gold = batch.answer_ids

@@ -18,11 +18,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
-from transformer_lens.utilities.activation_functions import apply_softcap
-
 from tvlens.errors import ConfigError, PromptError
-from tvlens.ltv._lean import norm
-from tvlens.prompts import PromptSet, label_token_ids
+from tvlens.prompts import PromptBatch, PromptSet, label_token_ids
 from tvlens.sites import OutOfRange, Site, resolve_columns
 
 log = logging.getLogger(__name__)
@@ -48,6 +45,29 @@ class TargetBatch:
     def site_columns(self, sites: Sequence[Site], out_of_range: OutOfRange = "error") -> Int[torch.Tensor, "site batch"]:
         """Column of every site in every row (-1 where a skipped site is absent)."""
         return torch.stack([resolve_columns(s.position, self.prompt_last, self.prompt_first, out_of_range) for s in sites])
+
+    def prompt_batch(self) -> PromptBatch:
+        """These rows as the engine's :class:`~tvlens.prompts.PromptBatch` (prompt spans explicit)."""
+        right = bool((self.attention_mask[:, -1] == 0).any())
+        return _ForcedBatch(self.tokens, self.attention_mask, self.prompt_last, self.first_target,
+                            tuple((int(t),) for t in self.first_target), "right" if right else "left",
+                            prompt_first=self.prompt_first)
+
+
+@dataclass(frozen=True)
+class _ForcedBatch(PromptBatch):
+    """A prompt batch whose rows go on after each prompt (teacher-forced answer tokens): its prompt
+    spans cannot be read off the attention mask, so they are given."""
+
+    prompt_first: Int[torch.Tensor, " batch"] | None = None
+
+    @property
+    def first_index(self) -> Int[torch.Tensor, " batch"]:
+        return self.prompt_first
+
+    def __getitem__(self, index: slice) -> _ForcedBatch:
+        return _ForcedBatch(self.tokens[index], self.attention_mask[index], self.last_index[index], self.answer_ids[index],
+                            self.answer_tokens[index], self.padding_side, self.label_ids, self.prompt_first[index])
 
 
 @dataclass(frozen=True)
@@ -133,19 +153,11 @@ def weighted_nll(logits: Float[torch.Tensor, "target d_vocab"], tb: TargetBatch 
     return (nll * tb.tgt_weight).sum() / len(tb)
 
 
-def _add_at(resid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
-    """resid with ``vec`` added at (rows[i], cols[i]) for every i where cols[i] >= 0 (out of place)."""
-    ok = (cols >= 0) & (cols < resid.shape[1])
-    delta = torch.zeros_like(resid)
-    delta[rows[ok], cols[ok]] = vec.to(resid.dtype)
-    return resid + delta
-
-
 def fast_path_unsupported_reason(model) -> str | None:
-    """Why the prefix-cached path cannot run on ``model`` (None when it can)."""
-    if model.cfg.n_key_value_heads is not None and model.cfg.ungroup_grouped_query_attention:
-        return "TransformerLens's KV cache does not support cfg.ungroup_grouped_query_attention"
-    return None
+    """Why the prefix-cached path cannot run on ``model`` (None when it can): the engine's cache cannot serve it."""
+    from tvlens._engine import cache_unsupported_reason
+
+    return cache_unsupported_reason(model)
 
 
 class NaiveObjective:
@@ -174,104 +186,50 @@ class NaiveObjective:
 
 
 class FastObjective:
-    """Prefix-cached objective: the unaffected prefix is computed once, each step runs the rest.
+    """Prefix-cached objective on :mod:`tvlens._engine`: the unaffected prefix is computed once, each step runs the rest.
 
-    ``lean=None`` (default) runs the suffix through ``tvlens.ltv._lean.LeanStack`` when the
-    architecture is covered, else through TransformerLens's blocks; ``lean=False`` forces the
-    blocks (both are tested against ``NaiveObjective``). ``lean_reason`` says why lean is off.
+    The engine's prefix holds the keys and values of every column before ``c0`` (the earliest
+    injected column) and the residual stream before layer ``l0`` (the lowest injected layer) of
+    the others; a step is one differentiable suffix run from ``l0`` with theta added at its sites,
+    read at the teacher-forced target columns. ``lean=None`` (default) runs the suffix through the
+    engine's shared-prefix lean blocks (:mod:`tvlens._engine_lean`) when the architecture is
+    covered, else through TransformerLens's blocks; ``lean=False`` forces the blocks (both are
+    tested against ``NaiveObjective``). ``lean_reason`` says why lean is off.
     """
 
     def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], out_of_range: OutOfRange = "error", *,
                  prepare_batch_size: int = 64, lean: bool | None = None) -> None:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        from tvlens.ltv._lean import LeanStack, lean_unsupported_reason
+        from tvlens import _engine as engine
+        from tvlens._engine_lean import lean_hooks_reason
 
         if reason := fast_path_unsupported_reason(model):
             raise ConfigError(f"the fast path cannot run on this model ({reason}); use the naive path: LTVConfig(fast=False)")
-        self.model, self.tb, self.sites = model, tb, tuple(sites)
+        self.model, self.tb, self.sites, self.out_of_range = model, tb, tuple(sites), out_of_range
         self.targets = TargetIndex(tb)
         self.l0 = min(s.layer for s in self.sites)
-        cols = tb.site_columns(self.sites, out_of_range)  # [site, batch], -1 = absent
-        present = cols[cols >= 0]
-        # earliest affected column; with no site present anywhere only the last columns matter
-        self.c0 = int(present.min()) if len(present) else int(tb.prompt_last.min())
-        self.cols = torch.where(cols >= 0, cols - self.c0, -1)  # columns within the suffix
-        keys: list[list[torch.Tensor]] = [[] for _ in range(model.cfg.n_layers)]
-        values: list[list[torch.Tensor]] = [[] for _ in range(model.cfg.n_layers)]
-        resid = []
-        with torch.no_grad():
-            for start in range(0, len(tb), prepare_batch_size):
-                sl = slice(start, start + prepare_batch_size)
-                toks, mask = tb.tokens[sl], tb.attention_mask[sl]
-                cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, toks.shape[0])
-                if self.c0 > 0:
-                    model(toks[:, : self.c0], past_kv_cache=cache, attention_mask=mask[:, : self.c0], return_type=None)
-                cache.freeze()
-                # residual at layer l0 for the suffix columns, attending to the cached prefix
-                resid.append(model(toks[:, self.c0 :], past_kv_cache=cache, attention_mask=mask[:, self.c0 :], stop_at_layer=self.l0))
-                for layer in range(self.l0, model.cfg.n_layers):
-                    keys[layer].append(cache.entries[layer].past_keys)
-                    values[layer].append(cache.entries[layer].past_values)
-        # per layer [batch, c0, n_kv_heads, d_head]; layers below l0 are not needed
-        self.keys = [torch.cat(k) if layer >= self.l0 else None for layer, k in enumerate(keys)]
-        self.values = [torch.cat(v) if layer >= self.l0 else None for layer, v in enumerate(values)]
-        self.resid = torch.cat(resid)  # [batch, suffix, d_model]
-        self.shortformer = None  # shortformer models add positions to every block's queries and keys
-        if model.cfg.positional_embedding_type == "shortformer":
-            with torch.no_grad():
-                self.shortformer = model.pos_embed(tb.tokens[:, self.c0 :], self.c0, tb.attention_mask)
-        self.lean_reason = lean_unsupported_reason(model, range(self.l0, model.cfg.n_layers)) if lean is not False else "lean=False"
+        tb.site_columns(self.sites, out_of_range)  # fail here, not mid-training, on a site a prompt lacks
+        probe = self._edit(torch.zeros(len(self.sites), model.cfg.d_model))
+        names = probe.hook_names(model)
+        self.lean_reason = lean_hooks_reason(model, names, self.l0) if lean is not False else "lean=False"
         if lean and self.lean_reason:
             raise ConfigError(f"the lean fast path does not cover this model ({self.lean_reason}); pass lean=None (auto) or lean=False")
-        self.lean = None if self.lean_reason else LeanStack(model, self.l0, self.c0, tb.attention_mask, self.keys, self.values)
-        if self.lean is not None:
-            self.keys = self.values = None  # the lean stack holds them (rotary keys pre-rotated)
+        self.pre = engine.prefix(model, tb.prompt_batch(), positions=(), layer=self.l0, edits=[probe],
+                                 prepare_rows=prepare_batch_size, lean=lean is not False)
+        self.c0 = self.pre.c0  # first column a step computes
+        self.lean = self.pre.lean_stack(names, self.l0)  # None: TransformerLens's blocks
 
-    def _cache(self, idx: torch.Tensor | None):
-        """A frozen KV cache of the prefix for rows ``idx`` (views when idx is None or contiguous)."""
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+    def _edit(self, theta: Float[torch.Tensor, "site d_model"]):
+        from tvlens._hooks import AddAt
 
-        if idx is None:
-            pick = lambda t: t  # noqa: E731
-        elif len(idx) and bool((idx[1:] - idx[:-1] == 1).all()):
-            lo, hi = int(idx[0]), int(idx[-1]) + 1
-            pick = lambda t: t[lo:hi]  # noqa: E731  (a view: no copy)
-        else:
-            pick = lambda t: t[idx]  # noqa: E731
-        mask = pick(self.tb.attention_mask)
-        # layers below l0 are never run by the fast path: their entries stay empty
-        entries = [
-            TransformerLensKeyValueCacheEntry(pick(k), pick(v), frozen=True) if layer >= self.l0 else None
-            for layer, (k, v) in enumerate(zip(self.keys, self.values))
-        ]
-        return TransformerLensKeyValueCache(entries, mask[:, : self.c0], frozen=True), mask
+        return AddAt(self.sites, theta, out_of_range=self.out_of_range)
 
     def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
-        model = self.model
-        t = self.targets.gather(idx)
-        cols = self.cols if idx is None else self.cols[:, idx]
-        resid = self.resid if idx is None else self.resid[idx]
-        rows = torch.arange(len(t))  # a minibatch may repeat rows (small splits, large epochs)
-        if self.lean is None:
-            cache, mask = self._cache(idx)
-            pos = None if self.shortformer is None else self.shortformer if idx is None else self.shortformer[idx]
-        for layer in range(self.l0, model.cfg.n_layers):
-            for i, s in enumerate(self.sites):
-                if s.layer == layer:
-                    resid = _add_at(resid, rows, cols[i], theta[i])
-            if self.lean is not None:
-                resid = self.lean.block(layer, resid, idx)
-            else:
-                resid = model.blocks[layer](resid, past_kv_cache_entry=cache[layer], attention_mask=mask, shortformer_pos_embed=pos)
-        resid = resid[t.tgt_row, t.tgt_col - self.c0]  # [target, d_model]
-        ln_final = getattr(model, "ln_final", None)  # absent when cfg.normalization_type is None
-        if ln_final is not None:
-            resid = norm(ln_final, resid) if self.lean is not None else ln_final(resid[:, None])[:, 0]
-        # same map as model.unembed, without its per-call contiguous copy of W_U (~150 MB for GPT-2)
-        logits = resid @ model.W_U + model.b_U  # [target, d_vocab]
-        return apply_softcap(logits, model.cfg.output_logits_soft_cap), t
+        from tvlens import _engine as engine
+
+        t = self.targets.gather(idx)  # a minibatch may repeat rows (small splits, large epochs)
+        out = engine.run(self.pre, [self._edit(theta)], start=self.l0, rows=idx)
+        resid = out.resid[t.tgt_row, t.tgt_col - self.c0]  # [target, d_model]
+        return engine.head_logits(self.model, resid), t
 
     def loss(self, theta, idx=None):
         logits, t = self.target_logits(theta, idx)
