@@ -9,9 +9,9 @@ Context:
     long), more copies than ``d_model`` by default, with held-out copies for R^2.
 
     Every copy changes nothing below layer l nor before the last token, so the prompts' prefix
-    is computed once (keys/values of every earlier column, and the residual at layer l) with
-    tvlens's prefix-cached LTV objective (:class:`tvlens.ltv.FastObjective`, tested against full
-    forward passes) and each copy runs only the last column through blocks l..L-1. The
+    is computed once (keys/values of every earlier column, and the residual at layer l) by
+    :func:`tvlens._engine.prefix` and each copy is a replica of a suffix run through blocks
+    l..L-1 (:func:`tvlens._engine.run`, tested against full forward passes). The
     *reconstructed* vector ``W theta`` is added to the final state and decoded by ``ln_final`` and
     ``W_U``; its accuracy is set beside real injection.
 
@@ -45,46 +45,35 @@ __all__ = ["LinearFit", "final_states", "linear_propagation"]
 
 
 class _Suffix:
-    """Final last-token states of a fixed prompt set for many per-row vectors at one site (prefix cached)."""
+    """Final last-token states of a fixed prompt set for many per-row vectors at one site (an engine prefix)."""
 
     def __init__(self, model, prompts, site) -> None:
-        from tvlens.ltv._objective import FastObjective, build_targets, fast_path_unsupported_reason
+        from tvlens import _engine as engine
 
-        if reason := fast_path_unsupported_reason(model):
+        if reason := engine.cache_unsupported_reason(model):
             raise ConfigError(f"linear propagation needs the prefix-cached path, which cannot run here ({reason}); "
                               "load the model without ungroup_grouped_query_attention")
         self.model, self.site = model, site
-        self.tb = build_targets(model, prompts, padding_side="left", multi_token=False)
-        self.obj = FastObjective(model, self.tb, [site])
-        self.n = len(self.tb)
-        self.gold = self.tb.first_target
+        batch = prompts.tokenize(model, padding_side="left")
+        with torch.no_grad():
+            self.pre = engine.prefix(model, batch, positions=(site.position,), layer=site.layer)
+        self.n = len(batch)
+        self.gold = batch.answer_ids
 
     def states(self, thetas: Float[torch.Tensor, "copy d_model"], *, rows_per_pass: int = 512
                ) -> Float[torch.Tensor, "copy query d_model"]:
         """Final state (pre-ln_final) at each query's last token with ``thetas[c]`` injected, every copy c."""
-        obj, model = self.obj, self.model
+        from tvlens import _engine as engine
+        from tvlens._hooks import AddPerRow
+
         per = max(1, rows_per_pass // self.n)  # copies per pass
         out = []
         with torch.no_grad():
             for start in range(0, len(thetas), per):
                 th = thetas[start : start + per]
-                idx = torch.arange(self.n).repeat(len(th))  # [copy * query] rows of the prompt set
-                vec = th.repeat_interleave(self.n, 0)  # [copy * query, d_model]: one copy per row
-                resid = obj.resid[idx]  # [rows, suffix, d_model]
-                cols = obj.cols[0][idx]
-                if obj.lean is None:
-                    cache, mask = obj._cache(idx)
-                rows = torch.arange(len(idx))
-                for layer in range(obj.l0, model.cfg.n_layers):
-                    if layer == self.site.layer:
-                        ok = cols >= 0
-                        resid = resid.index_put((rows[ok], cols[ok]), vec[ok].to(resid.dtype), accumulate=True)
-                    if obj.lean is not None:
-                        resid = obj.lean.block(layer, resid, idx)
-                    else:
-                        resid = model.blocks[layer](resid, past_kv_cache_entry=cache[layer], attention_mask=mask)
-                last = self.tb.prompt_last[idx] - obj.c0
-                out.append(resid[rows, last].float().reshape(len(th), self.n, -1))  # [copy, query, d_model]
+                vec = th.repeat_interleave(self.n, 0)  # [copy * query, d_model]: replica c of every query gets copy c
+                run = engine.run(self.pre, [AddPerRow(self.site, vec)], start=self.site.layer, replicas=len(th))
+                out.append(run.last().float().reshape(len(th), self.n, -1))  # [copy, query, d_model]
         return torch.cat(out)
 
 

@@ -30,21 +30,17 @@ def site_residual_rms(
     Measured without any vector, on the first ``max_rows`` prompts of ``tb``; rows where a skipped
     site is absent do not count. A site absent from every row gets the mean of the others.
     """
+    from tvlens import _engine as engine
+
     n = min(len(tb), max_rows)
     cols = tb.site_columns(sites, out_of_range)[:, :n]
-    names = {s.hook_name for s in sites}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(
-            tb.tokens[:n],
-            attention_mask=tb.attention_mask[:n],
-            names_filter=lambda name: name in names,
-            stop_at_layer=max(s.layer for s in sites) + 1,
-        )
+    with torch.no_grad():  # the engine's prefix holds the residual before every layer from the lowest site's on
+        pre = engine.prefix(model, tb.prompt_batch()[:n], positions=[s.position for s in sites], layer=min(s.layer for s in sites))
     rms = torch.full((len(sites),), float("nan"))
     for i, site in enumerate(sites):
         present = cols[i] >= 0
         if present.any():
-            resid = cache[site.hook_name][torch.arange(n)[present], cols[i][present]].float()
+            resid = pre.resid[site.layer][torch.arange(n)[present], cols[i][present] - pre.c0].float()  # [row, d_model]
             rms[i] = resid.pow(2).mean(-1).sqrt().mean()
     if rms.isnan().all():
         return torch.ones(len(sites))
