@@ -166,3 +166,28 @@ def test_bench_linear_copies_entry(tiny_model):
     assert {"name", "baseline_s", "fast_s", "ratio", "batch"} <= set(d) and d["batch"] == 12
     assert d["max_abs_diff"] < 1e-4  # the prefix-cached states are the full forward's
     json.dumps(d)
+
+
+@pytest.mark.parametrize("padding_arch", ["shortformer", "gqa_rms"])
+def test_final_states_equal_full_forwards_with_a_per_row_vector(toy_tokenizer, padding_arch):
+    """The copies' suffix runs (engine replicas) equal full forwards, shortformer positions included."""
+    from tests.conftest import TINY_ARCHS
+    from tvlens._hooks import AddPerRow, Cache, Span, intervene
+
+    kw = TINY_ARCHS.get(padding_arch) or dict(n_layers=3, n_heads=2, positional_embedding_type="shortformer")
+    model = make_tiny_model(toy_tokenizer, seed=4, **kw)
+    prompts = _prompts(n=6, k=2)
+    v = _vector(model, 1, torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)))
+    thetas = 3 * torch.randn(3, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    got = final_states(model, v, prompts, thetas)  # [copy, query, d_model]
+    batch = prompts.tokenize(model, padding_side="left")
+    n, final = len(batch), f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    for c in range(len(thetas)):
+        store = Cache((final,))
+        with torch.no_grad(), intervene(model, AddPerRow(tv.Site(1, -1), thetas[c].expand(n, -1)), store,
+                                        span=Span(batch.first_index, batch.last_index)):
+            model(batch.tokens, attention_mask=batch.attention_mask, return_type=None)
+        ref = store.store[final][torch.arange(n), batch.last_index]
+        assert (got[c] - ref).abs().max() < 1e-5
+    assert (got[0] - got[1]).abs().max() > 1e-3
+    assert_no_hooks_left(model)

@@ -311,3 +311,21 @@ def test_a_model_the_cache_cannot_serve_runs_full_forwards_and_says_so(toy_token
         steered, _ = full(ungrouped, batch, [steer])
         assert (pre.final() - steered[torch.arange(len(batch)), batch.last_index]).abs().max() < TOL
     assert_no_hooks_left(ungrouped)
+
+
+@pytest.mark.parametrize("layout", [dict(attn_only=True, normalization_type=None),
+                                    dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rotary_dim=8)],
+                         ids=["attn_only", "parallel_attn_mlp"])
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_the_lean_blocks_cover_attention_only_and_parallel_blocks(toy_tokenizer, prompts, layout, padding):
+    model = make_tiny_model(toy_tokenizer, seed=8, n_layers=3, n_heads=2, **layout)
+    batch = prompts.tokenize(model, padding_side=padding)
+    names = _names(model)
+    with torch.no_grad():
+        for label, edits, positions, start, replicas in cases(model, batch):
+            pre = engine.prefix(model, batch, positions=positions, layer=start)
+            assert pre.lean_stack(names, start) is not None, label
+            out = engine.run(pre, edits, start=start, replicas=replicas, names=names)
+            ref, acts = full(model, batch, edits, names, replicas)
+            assert_matches(out, ref, acts, pre.c0)
+    assert_no_hooks_left(model)

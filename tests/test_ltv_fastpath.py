@@ -76,3 +76,26 @@ def test_fast_equals_naive_when_sites_fall_outside_short_prompts(toy_tokenizer, 
         assert abs(ln.item() - lf.item()) < 1e-5 and (gn - gf).abs().max() < 1e-5
         absent = gn.abs().sum(-1) == 0
         assert absent.tolist() == ([True, True, False, False, False, True] if policy == "skip" else [False] * 6)
+
+
+ENGINE_ARCHS = ["ln", "lnpre", "gqa_rms", "shortformer"]
+
+
+@pytest.mark.parametrize("lean", [None, False], ids=["auto", "blocks"])
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("arch", ENGINE_ARCHS)
+def test_engine_objective_gradients_equal_the_full_forward_on_the_tiny_archs(toy_tokenizer, arch, side, lean):
+    """FastObjective is a suffix run on the engine: loss and d loss / d theta equal the naive full forward (1e-5)."""
+    from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
+
+    kw = TINY_ARCHS.get(arch) or dict(n_layers=3, n_heads=2, positional_embedding_type="shortformer")
+    model = make_tiny_model(toy_tokenizer, seed=12, **kw)
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=2, n=8)  # mixed lengths
+    sites = (tv.Site(1, -2), tv.Site(1, -1), tv.Site(2, -1))
+    tb = build_targets(model, ps, padding_side=side)
+    theta = (0.5 * torch.randn(len(sites), model.cfg.d_model, generator=torch.Generator().manual_seed(2))).requires_grad_()
+    fast = FastObjective(model, tb, sites, lean=lean)
+    assert (fast.lean is not None) == (lean is None and arch != "shortformer"), fast.lean_reason
+    assert fast.pre.fallback is None and fast.pre.width < tb.tokens.shape[1]  # a real suffix
+    assert_objectives_agree(NaiveObjective(model, tb, sites), fast, theta, (None, torch.tensor([6, 1, 1, 3])))
+    assert_no_hooks_left(model)
