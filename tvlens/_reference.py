@@ -15,11 +15,11 @@ import torch
 from jaxtyping import Float
 
 from tvlens._engine import final_logits, head_chunks, p_gold
-from tvlens._hooks import Activations, AddAt, Cache, SetHeadPerRow, Span, intervene
+from tvlens._hooks import Activations, AddAt, Cache, Edit, SetHeadPerRow, Span, intervene
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
 
-__all__ = ["aie_full_width", "clean_z", "exact_drops_full_width", "measure_conditions_full_width"]
+__all__ = ["aie_full_width", "clean_z", "exact_drops_full_width", "measure_conditions_full_width", "steered_logits_full_forward"]
 
 MAX_ROWS = 512  # rows per patched forward pass of the old paths (prompts x heads in a chunk)
 
@@ -134,3 +134,19 @@ def measure_conditions_full_width(model, vector: TaskVector, batch: PromptBatch,
         return float((logits.argmax(-1) == g).float().mean()), float(p_gold(logits, g).mean())
 
     return measure([], start=None), measure(tail), [measure(edits_for(hs)) for hs in sets]
+
+
+def steered_logits_full_forward(model, batch: PromptBatch, conditions: Sequence[Sequence[Edit]], *, batch_size: int = 64
+                                ) -> list[Float[torch.Tensor, "batch d_vocab"]]:
+    """:func:`tvlens.evaluate.conditions_logits` as before the engine: per condition and sub-batch one full
+    forward with the edits hooked in, every column unembedded, the last token's logits kept."""
+    out = []
+    with torch.no_grad():
+        for edits in conditions:
+            parts = []
+            for sub in batch.split(batch_size):
+                with intervene(model, *edits, span=Span(sub.first_index, sub.last_index)):
+                    logits = model(sub.tokens, attention_mask=sub.attention_mask)  # [b, pos, d_vocab]
+                parts.append(logits[torch.arange(len(sub)), sub.last_index.to(logits.device)].float())
+            out.append(torch.cat(parts))
+    return out

@@ -186,6 +186,55 @@ def bench_engine_ablation(name: str, model, vector, batch, kind: str, *, n_sets:
                                "prompt_tokens": int(batch.tokens.shape[1]), "injection_layer": first}, min_seconds=min_seconds)
 
 
+def bench_engine_steered_eval(name: str, model, batch, layers, *, batch_size: int = 64, seed: int = 0,
+                              min_seconds: float = 2.0) -> BenchResult:
+    """Seconds to evaluate the unsteered run and one random vector at each of ``layers`` (last token) on ``batch``:
+    a full forward with the edit hooked in per condition (``tvlens._reference``) vs ``evaluate``'s engine path
+    (one prefix per sub-batch shared by every condition, each condition's last column from its layer).
+
+    ``one_condition_*`` time a single steered evaluation (the vector at the middle of ``layers``) both ways.
+    """
+    from tvlens._hooks import AddAt
+    from tvlens._reference import steered_logits_full_forward
+    from tvlens.evaluate import conditions_logits
+
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    conditions = [[]] + [[AddAt((Site(lay, -1),), 4 * torch.randn(1, cfg.d_model, generator=g))] for lay in layers]
+    one = [conditions[1 + len(layers) // 2]]
+    gold = batch.answer_ids
+
+    def diff(a, b) -> float:
+        if any(not torch.equal((x.argmax(-1) == gold.to(x.device)), (y.argmax(-1) == gold.to(y.device))) for x, y in zip(a, b)):
+            return float("inf")  # a correct/wrong verdict differs: accuracies would move
+        return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+    res = _against_reference(name, model, lambda: steered_logits_full_forward(model, batch, conditions, batch_size=batch_size),
+                             lambda: conditions_logits(model, batch, conditions, batch_size=batch_size), diff,
+                             {"conditions": len(conditions), "layers": list(layers), "prompts": len(batch),
+                              "prompt_tokens": int(batch.tokens.shape[1]), "d_vocab": cfg.d_vocab}, min_seconds=min_seconds)
+    ref1 = _time_per_call(lambda: steered_logits_full_forward(model, batch, one, batch_size=batch_size), min_calls=1,
+                          min_seconds=min_seconds)
+    new1 = _time_per_call(lambda: conditions_logits(model, batch, one, batch_size=batch_size), min_calls=1, min_seconds=min_seconds)
+    return BenchResult(res.name, res.baseline_s, res.fast_s, {**res.details, "one_condition_baseline_s": ref1,
+                                                               "one_condition_fast_s": new1, "one_condition_ratio": ref1 / new1})
+
+
+def smollm2_steered_eval(*, quick: bool = False) -> BenchResult:
+    """The steered-evaluation entry on SmolLM2-135M itself (``tv.load_model("smollm2")``), 8-shot antonym prompts.
+
+    Not part of ``tvlens bench`` (it needs the real model): ``python -c "from tvlens.bench import smollm2_steered_eval as
+    f; print(f().as_dict())"``.
+    """
+    import tvlens as tv
+
+    model = tv.load_model("smollm2")
+    splits = tv.make_splits(tv.tasks.get("antonym"))
+    batch = tv.make_prompts(splits, "test", k=8, n=16 if quick else 64).tokenize(model)
+    return bench_engine_steered_eval("engine_steered_eval_smollm2_8shot", model, batch, range(0, 30, 5),
+                                     min_seconds=0.0 if quick else 2.0)
+
+
 def _smollm2_shape_with_tokenizer(tokenizer, *, n_layers: int = 30, seed: int = 0):
     """A random model of SmolLM2-135M's layout (d_model 576, 9 query / 3 key-value heads, rotary, RMS, gated SiLU)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -204,7 +253,8 @@ def _smollm2_shape_with_tokenizer(tokenizer, *, n_layers: int = 30, seed: int = 
 
 
 def engine_benchmarks(*, quick: bool = False) -> list[BenchResult]:
-    """Issue #17's entries: AIE (10-shot), exact saliency and zero/mean/path ablation, full width vs the engine,
+    """Issue #17's entries: AIE (10-shot), exact saliency, zero/mean/path ablation and steered evaluation
+    (8-shot), the kept references vs the engine,
     on a SmolLM2-shaped random model with the toy tokenizer (``quick``: fewer layers and prompts)."""
     import tvlens as tv
 
@@ -219,6 +269,9 @@ def engine_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     for kind in ("zero", "mean", "path"):
         results.append(bench_engine_ablation(f"engine_{kind}_ablation_smollm2_shape", model, vector, zero_shot, kind,
                                              min_seconds=min_s))
+    eight = tv.make_prompts(splits, "test", k=8, n=16 if quick else 64).tokenize(model)
+    layers = range(0, model.cfg.n_layers, max(1, model.cfg.n_layers // 6))  # six vectors (sweep-like) and the unsteered run
+    results.append(bench_engine_steered_eval("engine_steered_eval_smollm2_shape_8shot", model, eight, layers, min_seconds=min_s))
     return results
 
 

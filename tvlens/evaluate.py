@@ -160,6 +160,8 @@ def conditions_logits(
                 if es is None:
                     with iv(sub):
                         last = engine.run(engine.full_width(model, sub, "an intervention given as a context manager")).last()
+                elif len(interventions) == 1:  # one condition: its edits are the prefix's base, no second run
+                    last = engine.prefix(model, sub, positions=(-1,), layer=model.cfg.n_layers, base=es).final()
                 else:
                     if pre is None:
                         pre = engine.prefix(model, sub, positions=(-1,), layer=model.cfg.n_layers, edits=seen)

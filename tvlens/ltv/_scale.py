@@ -36,11 +36,14 @@ def site_residual_rms(
     cols = tb.site_columns(sites, out_of_range)[:, :n]
     with torch.no_grad():  # the engine's prefix holds the residual before every layer from the lowest site's on
         pre = engine.prefix(model, tb.prompt_batch()[:n], positions=[s.position for s in sites], layer=min(s.layer for s in sites))
+        # a model the cache cannot serve: a (logged) full forward that reads the sites' hooks
+        acts = engine.run(pre, names=sorted({s.hook_name for s in sites})).acts if pre.fallback else None
     rms = torch.full((len(sites),), float("nan"))
     for i, site in enumerate(sites):
         present = cols[i] >= 0
         if present.any():
-            resid = pre.resid[site.layer][torch.arange(n)[present], cols[i][present] - pre.c0].float()  # [row, d_model]
+            stream = pre.resid[site.layer] if acts is None else acts[site.hook_name]  # [row, suffix, d_model]
+            resid = stream[torch.arange(n)[present], cols[i][present] - pre.c0].float()  # [row, d_model]
             rms[i] = resid.pow(2).mean(-1).sqrt().mean()
     if rms.isnan().all():
         return torch.ones(len(sites))
