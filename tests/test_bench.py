@@ -38,3 +38,15 @@ def test_bench_saliency_entry(tiny_model):
     assert d["heads"] == tiny_model.cfg.n_layers * tiny_model.cfg.n_heads and d["prompts"] == 4
     assert d["ratio"] == d["baseline_s"] / d["fast_s"] and -1 <= d["spearman"] <= 1
     json.dumps(d)
+
+
+def test_bench_steered_eval_entry(tiny_model):
+    from tvlens.bench import bench_engine_steered_eval
+
+    batch = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=8, n=6).tokenize(tiny_model)
+    d = bench_engine_steered_eval("tiny_steered", tiny_model, batch, range(tiny_model.cfg.n_layers), batch_size=4,
+                                  min_seconds=0.0).as_dict()
+    assert d["conditions"] == 1 + tiny_model.cfg.n_layers and d["prompts"] == 6
+    assert d["max_abs_diff"] < 1e-5  # the engine's logits are the full forward's, verdicts identical
+    assert d["ratio"] == d["baseline_s"] / d["fast_s"] and d["one_condition_ratio"] > 0
+    json.dumps(d)
