@@ -5,7 +5,8 @@ import torch
 
 import tvlens as tv
 from tests.conftest import assert_no_hooks_left, make_tiny_model
-from tvlens.baselines.function_vector import AIEResult, _clean_and_corrupted, aie_batched, aie_loop
+from tvlens._reference import aie_loop
+from tvlens.baselines.function_vector import AIEResult, _clean_and_corrupted, aie_batched
 
 
 def _batch(model, n=5, k=3):

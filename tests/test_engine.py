@@ -212,7 +212,8 @@ def test_an_exception_inside_a_run_leaves_no_hook(model, prompts):
 def test_aie_and_exact_saliency_equal_their_full_width_references(model, prompts, padding):
     from tvlens._reference import aie_full_width, exact_drops_full_width
     from tvlens.analysis.saliency import exact_drops
-    from tvlens.baselines.function_vector import aie_batched, aie_loop
+    from tvlens._reference import aie_loop
+    from tvlens.baselines.function_vector import aie_batched
 
     cfg = model.cfg
     batch = prompts.tokenize(model, padding_side=padding)
@@ -241,6 +242,41 @@ def test_aie_and_exact_saliency_equal_their_full_width_references(model, prompts
             resid, _ = full(model, batch, edits)
             p = engine.p_gold(engine.final_logits(model, resid[rows, batch.last_index]), batch.answer_ids)
             assert (d1[:, j] - (p1 - p)).abs().max() < TOL
+    assert_no_hooks_left(model)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_one_pass_gradient_saliency_equals_its_full_forward_reference(model, prompts, padding):
+    from tvlens._reference import grad_attribution_full_width
+    from tvlens.analysis.saliency import grad_attribution
+
+    cfg = model.cfg
+    batch = prompts.tokenize(model, padding_side=padding)
+    theta = 3 * torch.randn(2, cfg.d_model, generator=torch.Generator().manual_seed(8))
+    v = tv.TaskVector(theta, (tv.Site(1, -1), tv.Site(2, -2)), task="toy/antonym", model_fingerprint=tv.fingerprint(model))
+    for layers in ([1, 2], [0, 2]):  # from the injection layer; from below it (the prefix starts lower)
+        a1, p1 = grad_attribution(model, v, batch, layers, batch_size=2)
+        a2, p2 = grad_attribution_full_width(model, v, batch, layers, batch_size=3)
+        assert a2.abs().max() > 1e-4  # not vacuous
+        assert (a1 - a2).abs().max() < TOL and (p1 - p2).abs().max() < TOL
+    assert_no_hooks_left(model)
+
+
+def test_full_width_reads_equal_a_cached_forward(model, prompts):
+    batch = prompts.tokenize(model, padding_side="right")
+    steer = AddAt((tv.Site(1, -1),), torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(9)))
+    names = ["blocks.1.hook_resid_pre", "blocks.2.attn.hook_z", "blocks.2.attn.hook_pattern"]
+    cols = torch.stack([batch.first_index, batch.last_index - 1], 1)  # [batch, 2]: two columns a row
+    last, acts = engine.forward(model, batch, [steer], names=names[:2], at=cols, whole=names[2:], batch_size=2)
+    ref, ref_acts = full(model, batch, [steer], names)
+    rows = torch.arange(len(batch))
+    close = lambda a, b: a.shape == b.shape and (a - b).abs().max() < TOL  # noqa: E731 (sub-batches of 2 vs one of 5)
+    assert close(last, ref[rows, batch.last_index])
+    for n in names[:2]:
+        assert close(acts[n], ref_acts[n][rows[:, None], cols])
+    assert close(acts[names[2]], ref_acts[names[2]])
+    with pytest.raises(tv.errors.ConfigError):
+        engine.forward(model, batch, names=names[:1], whole=names[:1])
     assert_no_hooks_left(model)
 
 

@@ -51,7 +51,8 @@ from tvlens.sites import resolve_columns
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run", "to_model"]
+__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "forward", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run",
+           "to_model"]
 
 
 # --- the model's head and the one device/dtype move ----------------------------------------------
@@ -446,3 +447,49 @@ def full_width(model, batch: PromptBatch, reason: str) -> Prefix:
     """A prefix whose runs are full forwards (e.g. inside a caller's context manager the engine cannot see into)."""
     log.info("suffix runs fall back to full forwards: %s", reason)
     return Prefix(model, batch, 0, 0, (None,) * model.cfg.n_layers, (None,) * model.cfg.n_layers, {}, None, (), reason)
+
+
+# --- full-width reads: one forward pass where every column is read -----------------------------
+
+
+def _gather(name: str, act: torch.Tensor, last: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``act`` of one sub-batch at each row's column(s) ``cols`` ([b] or [b, k]); patterns: the last query's row."""
+    rows = torch.arange(len(act), device=act.device)
+    if name.endswith(("hook_pattern", "hook_attn_scores")):  # [b, head, query, key]: every key of the last query
+        return act[rows, :, last.to(act.device)].float()
+    cols = cols.to(act.device)
+    return (act[rows[:, None], cols] if cols.ndim == 2 else act[rows, cols]).float()
+
+
+def forward(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[Edit]] | Sequence[Edit] = (), *,
+            names: Sequence[str] = (), at: Int[torch.Tensor, "batch ..."] | None = None, whole: Sequence[str] = (),
+            batch_size: int = 64) -> tuple[Float[torch.Tensor, "batch d_model"], dict[str, torch.Tensor]]:
+    """Full forward passes of ``batch`` (sub-batches of ``batch_size``, no grad) with ``edits``: for reads that
+    need the whole prompt (a prefix would save nothing), e.g. activations at every layer or every column.
+
+    Returns the final residual at each prompt's last token (float32) and ``{name: activation}``:
+    ``names`` at each row's column ``at`` (``[batch]``, or ``[batch, k]`` for k columns a row;
+    default its last token; attention patterns: the last token's query row over every key),
+    ``whole`` at every column. ``edits`` may be a function of the sub-batch (per-row sources stay
+    aligned) and are installed before the reads, so a read at an edited hook sees the edit.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if set(names) & set(whole):
+        raise ConfigError(f"a hook point is asked for both at columns and whole: {sorted(set(names) & set(whole))}")
+    out, caught = [], {n: [] for n in [*names, *whole]}
+    with torch.no_grad():
+        for i, sub in enumerate(batch.split(batch_size)):
+            es = list(edits(sub) if callable(edits) else edits)
+            store = Cache(tuple(dict.fromkeys([*names, *whole])))
+            with intervene(model, *es, store, span=Span(sub.first_index, sub.last_index)):
+                resid = model(to_model(model, sub.tokens), attention_mask=to_model(model, sub.attention_mask),
+                              stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
+            rows = torch.arange(len(sub))
+            out.append(resid[rows, sub.last_index.to(resid.device)].float())
+            cols = sub.last_index if at is None else at[i * batch_size : i * batch_size + len(sub)]
+            for n in names:
+                caught[n].append(_gather(n, store.store[n], sub.last_index, cols))
+            for n in whole:
+                caught[n].append(store.store[n].float())
+    return torch.cat(out), {n: torch.cat(v) for n, v in caught.items()}

@@ -9,17 +9,18 @@ Context:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float
 
 from tvlens._engine import final_logits, head_chunks, p_gold
-from tvlens._hooks import Activations, AddAt, Cache, Edit, SetHeadPerRow, Span, intervene
+from tvlens._hooks import Activations, AddAt, AddToHeads, Cache, Edit, SetHeadPerRow, Span, intervene
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
 
-__all__ = ["aie_full_width", "clean_z", "exact_drops_full_width", "measure_conditions_full_width", "steered_logits_full_forward"]
+__all__ = ["aie_full_width", "aie_loop", "clean_z", "exact_drops_full_width", "grad_attribution_full_width",
+           "measure_conditions_full_width", "resid_before", "run_last", "sites_from", "steered_logits_full_forward"]
 
 MAX_ROWS = 512  # rows per patched forward pass of the old paths (prompts x heads in a chunk)
 
@@ -99,7 +100,6 @@ def measure_conditions_full_width(model, vector: TaskVector, batch: PromptBatch,
                                   positions=(-1,), means_from: str = "steered", batch_size: int = 64):
     """:func:`tvlens.analysis.ablation.measure_conditions` as before the engine: full-width runs resumed
     before the first ablated layer, path-patching sources from full forwards."""
-    from tvlens.analysis._inputs import resid_before, run_last, sites_from
     from tvlens.analysis.ablation import ablation_edits
 
     steer = AddAt(vector.sites, vector.values.detach(), vector.scale, vector.operation, vector.out_of_range)
@@ -150,3 +150,101 @@ def steered_logits_full_forward(model, batch: PromptBatch, conditions: Sequence[
                 parts.append(logits[torch.arange(len(sub)), sub.last_index.to(logits.device)].float())
             out.append(torch.cat(parts))
     return out
+
+
+# --- the full-width loops the analyses ran before the engine (moved from tvlens.analysis._inputs) ---
+
+
+def run_last(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[Edit]] | Sequence[Edit] = (), *,
+             batch_size: int = 64, names: Sequence[str] = (),
+             start: tuple[int, torch.Tensor] | None = None,
+             at: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Final residual at each prompt's last token [batch, d_model] (no grad), with ``edits``.
+
+    ``edits`` may be a function of the sub-batch. ``names``: hook points whose activation at each
+    prompt's last token is also returned (``{name: [batch, ...]}``). ``start=(layer, resid)``
+    resumes from a cached residual stream before ``layer`` ([batch, pos, d_model], see
+    :func:`resid_before`) instead of running the earlier blocks again. ``at``: each row's column
+    to read ``names`` at instead of its last token (attention patterns: still the last token's row).
+    """
+    out, caught = [], {n: [] for n in names}
+    with torch.no_grad():
+        for i, sub in enumerate(batch.split(batch_size)):
+            es = list(edits(sub) if callable(edits) else edits)
+            store = Cache(tuple(names))
+            with intervene(model, *es, store, span=Span(sub.first_index, sub.last_index)):
+                if start is None:
+                    resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
+                else:
+                    x = start[1][i * batch_size : i * batch_size + len(sub)]
+                    resid = model(x, start_at_layer=start[0], stop_at_layer=model.cfg.n_layers,
+                                  attention_mask=sub.attention_mask.to(x.device))
+            rows = torch.arange(len(sub))
+            out.append(resid[rows, sub.last_index.to(resid.device)].float())
+            cols = sub.last_index if at is None else at[i * batch_size : i * batch_size + len(sub)]
+            for n in names:
+                act = store.store[n]
+                # hook_pattern is [b, head, query, key]: keep the last query's row; others [b, pos, ...]
+                caught[n].append(act[rows, :, sub.last_index.to(act.device)].float() if n.endswith("hook_pattern")
+                                 else act[rows, cols.to(act.device)].float())
+    return torch.cat(out), {n: torch.cat(v) for n, v in caught.items()}
+
+
+def resid_before(model, batch: PromptBatch, layer: int, edits: Sequence[Edit] = (), *,
+                 batch_size: int = 64) -> Float[torch.Tensor, "batch pos d_model"]:
+    """The residual stream before block ``layer`` (``edits`` at earlier hooks applied), for :func:`run_last`'s ``start``."""
+    out = []
+    with torch.no_grad():
+        for sub in batch.split(batch_size):
+            with intervene(model, *edits, span=Span(sub.first_index, sub.last_index)):
+                out.append(model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=layer))  # [b, pos, d_model]
+    return torch.cat(out)
+
+
+def sites_from(vector: TaskVector, layer: int) -> list[Edit]:
+    """The vector's edit restricted to its sites at ``layer`` and later (for a run resumed before ``layer``)."""
+    keep = [i for i, s in enumerate(vector.sites) if s.layer >= layer]
+    if not keep:
+        return []
+    return [AddAt(tuple(vector.sites[i] for i in keep), vector.values[keep].detach(), vector.scale, vector.operation,
+                  vector.out_of_range)]
+
+
+def aie_loop(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]]) -> Float[torch.Tensor, " head"]:
+    """The function-vector AIE as a loop: one patched forward pass per head (mean ablation of that head at the last token)."""
+    from tvlens._hooks import ablate_heads
+    from tvlens.evaluate import last_token_logits
+
+    n = len(batch)
+    with torch.no_grad():
+        base = p_gold(last_token_logits(model, batch, batch_size=n), batch.answer_ids)
+        out = []
+        span = Span(batch.first_index, batch.last_index)
+        for layer, head in heads:
+            with ablate_heads(model, [(layer, head)], how="mean", means={layer: mean_z[layer]}, positions=[-1], span=span):
+                logits = model(batch.tokens, attention_mask=batch.attention_mask)
+            p = p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)
+            out.append(float((p - base).mean()))
+    return torch.tensor(out)
+
+
+def grad_attribution_full_width(model, vector: TaskVector, batch: PromptBatch, layers: list[int], *,
+                                batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tvlens.analysis.saliency.grad_attribution` as before the engine: a full forward and backward pass."""
+    cfg = model.cfg
+    names = tuple(f"blocks.{lay}.attn.hook_z" for lay in layers)
+    steer = AddAt(vector.sites, vector.values.detach(), vector.scale, vector.operation, vector.out_of_range)
+    attrs, ps = [], []
+    for sub in batch.split(batch_size):
+        delta = torch.zeros(len(sub), len(layers), cfg.n_heads, cfg.d_head, device=cfg.device, requires_grad=True)
+        store = Cache(names)
+        with torch.enable_grad(), intervene(model, steer, store, AddToHeads(tuple(layers), delta),
+                                            span=Span(sub.first_index, sub.last_index)):
+            resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=cfg.n_layers)  # [b, pos, d_model]
+            rows = torch.arange(len(sub))
+            p = p_gold(final_logits(model, resid[rows, sub.last_index.to(resid.device)]), sub.answer_ids)  # [b]
+            (grad,) = torch.autograd.grad(p.sum(), delta)
+        z = torch.stack([store.store[n][rows, sub.last_index.to(store.store[n].device)] for n in names], 1)  # [b, layer, head, d_head]
+        attrs.append(torch.einsum("blhd,blhd->blh", z.float(), grad.float()).cpu())
+        ps.append(p.detach().cpu())
+    return torch.cat(attrs), torch.cat(ps)

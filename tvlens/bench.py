@@ -82,7 +82,8 @@ def bench_fv_aie(name: str, model, batch, *, heads_per_pass: int | None = None, 
 
     Both compute the same numbers (checked here: the largest difference is reported).
     """
-    from tvlens.baselines.function_vector import aie_batched, aie_loop
+    from tvlens._reference import aie_loop
+    from tvlens.baselines.function_vector import aie_batched
 
     cfg = model.cfg
     g = torch.Generator().manual_seed(0)

@@ -14,12 +14,12 @@ Context:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
 
-from tvlens._hooks import AddAt, Edit, Span, intervene
+from tvlens._hooks import AddAt, Span
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError
 from tvlens._engine import final_logits as final_logits  # re-exported: the analyses' one head on last-token residuals
@@ -88,67 +88,8 @@ def steer_edit(vector: TaskVector) -> AddAt:
     return AddAt(vector.sites, vector.values.detach(), vector.scale, vector.operation, vector.out_of_range)
 
 
-
-
 def span_of(batch: PromptBatch) -> Span:
     return Span(batch.first_index, batch.last_index)
-
-
-def run_last(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[Edit]] | Sequence[Edit] = (), *,
-             batch_size: int = 64, names: Sequence[str] = (),
-             start: tuple[int, torch.Tensor] | None = None,
-             at: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Final residual at each prompt's last token [batch, d_model] (no grad), with ``edits``.
-
-    ``edits`` may be a function of the sub-batch. ``names``: hook points whose activation at each
-    prompt's last token is also returned (``{name: [batch, ...]}``). ``start=(layer, resid)``
-    resumes from a cached residual stream before ``layer`` ([batch, pos, d_model], see
-    :func:`resid_before`) instead of running the earlier blocks again. ``at``: each row's column
-    to read ``names`` at instead of its last token (attention patterns: still the last token's row).
-    """
-    from tvlens._hooks import Cache
-
-    out, caught = [], {n: [] for n in names}
-    with torch.no_grad():
-        for i, sub in enumerate(batch.split(batch_size)):
-            es = list(edits(sub) if callable(edits) else edits)
-            store = Cache(tuple(names))
-            with intervene(model, *es, store, span=span_of(sub)):
-                if start is None:
-                    resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
-                else:
-                    x = start[1][i * batch_size : i * batch_size + len(sub)]
-                    resid = model(x, start_at_layer=start[0], stop_at_layer=model.cfg.n_layers,
-                                  attention_mask=sub.attention_mask.to(x.device))
-            rows = torch.arange(len(sub))
-            out.append(resid[rows, sub.last_index.to(resid.device)].float())
-            cols = sub.last_index if at is None else at[i * batch_size : i * batch_size + len(sub)]
-            for n in names:
-                act = store.store[n]
-                # hook_pattern is [b, head, query, key]: keep the last query's row; others [b, pos, ...]
-                caught[n].append(act[rows, :, sub.last_index.to(act.device)].float() if n.endswith("hook_pattern")
-                                 else act[rows, cols.to(act.device)].float())
-    return torch.cat(out), {n: torch.cat(v) for n, v in caught.items()}
-
-
-def resid_before(model, batch: PromptBatch, layer: int, edits: Sequence[Edit] = (), *,
-                 batch_size: int = 64) -> Float[torch.Tensor, "batch pos d_model"]:
-    """The residual stream before block ``layer`` (``edits`` at earlier hooks applied), for :func:`run_last`'s ``start``."""
-    out = []
-    with torch.no_grad():
-        for sub in batch.split(batch_size):
-            with intervene(model, *edits, span=span_of(sub)):
-                out.append(model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=layer))  # [b, pos, d_model]
-    return torch.cat(out)
-
-
-def sites_from(vector: TaskVector, layer: int) -> list[Edit]:
-    """The vector's edit restricted to its sites at ``layer`` and later (for a run resumed before ``layer``)."""
-    keep = [i for i, s in enumerate(vector.sites) if s.layer >= layer]
-    if not keep:
-        return []
-    return [AddAt(tuple(vector.sites[i] for i in keep), vector.values[keep].detach(), vector.scale, vector.operation,
-                  vector.out_of_range)]
 
 
 def check_heads(model, heads, what: str = "heads") -> tuple[Head, ...]:

@@ -215,15 +215,12 @@ class Circuit:
         return self._once("patterns", self._patterns)
 
     def _patterns(self):
-        from tvlens._hooks import Cache, Span, intervene
+        from tvlens import _engine as engine
 
         batch = self.prompts.subset([self.example]).tokenize(self.model)
         names = tuple(f"blocks.{i}.attn.hook_pattern" for i in range(self.model.cfg.n_layers))
-        store = Cache(names)
-        with torch.no_grad(), intervene(self.model, steer_edit(self.vector), store,
-                                        span=Span(batch.first_index, batch.last_index)):
-            self.model(batch.tokens, attention_mask=batch.attention_mask)
-        pats = torch.stack([store.store[n][0] for n in names]).float().cpu()  # [layer, head, pos, pos]
+        _, acts = engine.forward(self.model, batch, [steer_edit(self.vector)], whole=names)
+        pats = torch.stack([acts[n][0] for n in names]).cpu()  # [layer, head, pos, pos]
         tokens = tuple(self.model.tokenizer.decode([t]) for t in batch.tokens[0].tolist())
         return tokens, pats
 

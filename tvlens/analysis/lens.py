@@ -120,20 +120,14 @@ def lens_states(model, batch: PromptBatch, *, intervention=None, batch_size: int
     ``intervention``: a :mod:`tvlens.interventions` edit (or tuple of edits) applied during the run;
     it is installed before the cache, so a state at an injection site includes the vector.
     """
-    from tvlens._hooks import Cache, Edit, Span, intervene
+    from tvlens import _engine as engine
+    from tvlens._hooks import Edit
 
     L = model.cfg.n_layers
     names = [f"blocks.{k}.hook_resid_pre" for k in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     edits = () if intervention is None else (intervention,) if isinstance(intervention, Edit) else tuple(intervention)
-    out = []
-    with torch.no_grad():
-        for sub in batch.split(batch_size):
-            cache = Cache(tuple(names))
-            with intervene(model, *edits, cache, span=Span(sub.first_index, sub.last_index)):
-                model(sub.tokens, attention_mask=sub.attention_mask, return_type=None)
-            rows = torch.arange(len(sub))
-            out.append(torch.stack([cache.store[n][rows, sub.last_index] for n in names]).float())  # [layer, b, d]
-    return torch.cat(out, dim=1)
+    _, acts = engine.forward(model, batch, edits, names=names, batch_size=batch_size)  # {name: [batch, d_model]}
+    return torch.stack([acts[n] for n in names])  # [layer, batch, d_model]
 
 
 def lens_logits(model, states: Float[torch.Tensor, "*batch d_model"]) -> Float[torch.Tensor, "*batch d_vocab"]:

@@ -40,9 +40,10 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tvlens import _engine as engine
 from tvlens._result import Result
 from tvlens._validate import check_choice, no_type_check
-from tvlens.analysis._inputs import check_vector, final_logits, resolve_prompts, run_last, single_layer_theta, steer_edit
+from tvlens.analysis._inputs import check_vector, final_logits, resolve_prompts, single_layer_theta, steer_edit
 from tvlens.errors import ConfigError
 from tvlens.vector import TaskVector
 
@@ -161,7 +162,7 @@ def _steered_stats(model, vector: TaskVector, prompts, layers: list[int], batch_
     batch = prompts.tokenize(model)
     col = resolve_columns(vector.sites[0].position, batch.last_index, batch.first_index, "clip")  # [b]
     names = [f"blocks.{lay}.ln1.hook_scale" for lay in layers] + [f"blocks.{lay}.attn.hook_pattern" for lay in layers]
-    _, acts = run_last(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names, at=col)
+    _, acts = engine.forward(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names, at=col)
     inv = torch.stack([1.0 / acts[f"blocks.{lay}.ln1.hook_scale"][:, 0] for lay in layers], 1)  # [b, layer]
     rows = torch.arange(len(batch))
     att = torch.stack([acts[f"blocks.{lay}.attn.hook_pattern"][rows, :, col] for lay in layers], 1)  # [b, layer, head]
@@ -278,8 +279,8 @@ def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, ln:
     batch, inv, att = _steered_stats(model, vector, ps, layers, batch_size)  # [b, layer'], [b, layer', head]
     if ln == "folded":
         inv = torch.ones_like(inv)
-    r0, a0 = run_last(model, batch, batch_size=batch_size, names=outs)
-    r1, a1 = run_last(model, batch, [steer_edit(vector)], batch_size=batch_size, names=outs)
+    r0, a0 = engine.forward(model, batch, batch_size=batch_size, names=outs)
+    r1, a1 = engine.forward(model, batch, [steer_edit(vector)], batch_size=batch_size, names=outs)
     raw = raw.to(r0.device)
     rec = torch.einsum("bl,lhe->be", inv.to(r0.device), raw)  # [b, d_model]
     rec_w = torch.einsum("bl,blh,lhe->be", inv.to(r0.device), att.to(r0.device), raw)  # [b, d_model]

@@ -4,7 +4,8 @@ Context:
     ``mode="grad"`` (first-order attribution): with θ injected, every head's output at N
     (``attn.hook_z``, before ``W_O``; ``z · dp/dz`` equals ``(z W_O) · dp/d(z W_O)``) is dotted
     with the gradient of p(gold first token), from ONE forward and ONE backward pass for all
-    heads (a zero ``AddToHeads`` edit that requires grad). ``a · dp/da`` is the first-order
+    heads (a zero ``AddToHeads`` edit that requires grad), both over the last column only from
+    the first scored layer (the steered prefix computed once by :mod:`tvlens._engine`). ``a · dp/da`` is the first-order
     estimate of the drop in p(gold) when the head's output at N is zeroed.
     ``mode="exact"``: that drop measured, head by head, batched: the steered run's prefix is
     computed once (:mod:`tvlens._engine`), and a chunk of layer-l' heads runs only the last
@@ -34,10 +35,10 @@ from tqdm.auto import tqdm
 
 from tvlens import _engine as engine
 from tvlens._engine import head_chunks
-from tvlens._hooks import AddToHeads, Cache, SetHeadPerRow, intervene
+from tvlens._hooks import AddToHeads, SetHeadPerRow
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_float, no_type_check
-from tvlens.analysis._inputs import check_vector, final_logits, injection, p_gold, resolve_prompts, span_of, steer_edit
+from tvlens.analysis._inputs import check_vector, final_logits, injection, p_gold, resolve_prompts, steer_edit
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
@@ -126,19 +127,28 @@ def spearman(a, b) -> float:
 
 def grad_attribution(model, vector: TaskVector, batch: PromptBatch, layers: list[int], *,
                      batch_size: int = 32) -> tuple[Float[torch.Tensor, "batch layer head"], Float[torch.Tensor, " batch"]]:
-    """``a · dp(gold)/da`` of every head of ``layers`` at each prompt's last token, and p(gold), θ injected."""
+    """``a · dp(gold)/da`` of every head of ``layers`` at each prompt's last token, and p(gold), θ injected.
+
+    The steered run's prefix is computed once without grad (:mod:`tvlens._engine`); each
+    sub-batch then runs only the remaining columns from the first of ``layers`` under grad, with
+    a zero ``AddToHeads`` leaf at N whose gradient is every head's (causal attention: the earlier
+    columns do not depend on it).
+    """
     cfg = model.cfg
     names = tuple(f"blocks.{lay}.attn.hook_z" for lay in layers)
+    start = min(layers)
+    with torch.no_grad():
+        pre = engine.prefix(model, batch, positions=(-1,), layer=start, base=[steer_edit(vector)])
+    per = min(batch_size, engine.rows_per_pass(pre, start, grad=True))
     attrs, ps = [], []
-    for sub in batch.split(batch_size):
-        delta = torch.zeros(len(sub), len(layers), cfg.n_heads, cfg.d_head, device=cfg.device, requires_grad=True)
-        store = Cache(names)
-        with torch.enable_grad(), intervene(model, steer_edit(vector), store, AddToHeads(tuple(layers), delta), span=span_of(sub)):
-            resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=cfg.n_layers)  # [b, pos, d_model]
-            rows = torch.arange(len(sub))
-            p = p_gold(final_logits(model, resid[rows, sub.last_index.to(resid.device)]), sub.answer_ids)  # [b]
+    for lo in range(0, len(batch), per):
+        rows = torch.arange(lo, min(lo + per, len(batch)))
+        delta = torch.zeros(len(rows), len(layers), cfg.n_heads, cfg.d_head, device=cfg.device, requires_grad=True)
+        with torch.enable_grad():
+            out = engine.run(pre, [AddToHeads(tuple(layers), delta)], start=start, rows=rows, names=names)
+            p = p_gold(final_logits(model, out.last()), batch.answer_ids[rows])  # [b]
             (grad,) = torch.autograd.grad(p.sum(), delta)  # rows are independent: row b's grad is dp_b/dz_b
-        z = torch.stack([store.store[n][rows, sub.last_index.to(store.store[n].device)] for n in names], 1)  # [b, layer, head, d_head]
+        z = torch.stack([out.at_last(out.acts[n]) for n in names], 1).detach()  # [b, layer, head, d_head]
         attrs.append(torch.einsum("blhd,blhd->blh", z.float(), grad.float()).cpu())
         ps.append(p.detach().cpu())
     return torch.cat(attrs), torch.cat(ps)

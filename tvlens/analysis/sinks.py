@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 
+from tvlens import _engine as engine
 from tvlens._result import Result
 from tvlens._validate import check_int, no_type_check
 from tvlens.analysis._inputs import (check_heads, check_vector, heads_from, injection, pool_heads, random_head_sets,
-                                     resolve_prompts, run_last, steer_edit)
+                                     resolve_prompts, steer_edit)
 from tvlens.errors import ConfigError
 from tvlens.sites import resolve_columns
 from tvlens.vector import TaskVector
@@ -145,7 +146,7 @@ def attention_sinks(model, vector: TaskVector, task=None, key_heads=None, *, pro
     batch = ps.tokenize(model)
     cfg = model.cfg
     names = [f"blocks.{lay}.attn.hook_pattern" for lay in range(cfg.n_layers)]
-    _, acts = run_last(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names)
+    _, acts = engine.forward(model, batch, [steer_edit(vector)], batch_size=batch_size, names=names)
     att = torch.stack([acts[nm] for nm in names], 1)  # [batch, layer, head, key pos]: from each prompt's last token
     b, width = len(batch), att.shape[-1]
     rows = torch.arange(b)

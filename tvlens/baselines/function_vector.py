@@ -41,7 +41,7 @@ from jaxtyping import Float
 
 from tvlens import _engine as engine
 from tvlens._engine import final_logits, head_chunks, p_gold
-from tvlens._hooks import SetHeadPerRow, Span, ablate_heads, cache
+from tvlens._hooks import SetHeadPerRow
 from tvlens._result import Result
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError, PromptError
@@ -134,21 +134,6 @@ def aie_batched(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tup
     return torch.tensor([result[hd] for hd in heads])
 
 
-def aie_loop(model, batch: PromptBatch, mean_z: torch.Tensor, heads: list[tuple[int, int]]) -> Float[torch.Tensor, " head"]:
-    """The reference: one patched forward pass per head (mean ablation of that head at the last token)."""
-    n = len(batch)
-    with torch.no_grad():
-        base = p_gold(last_token_logits(model, batch, batch_size=n), batch.answer_ids)
-        out = []
-        span = Span(batch.first_index, batch.last_index)
-        for layer, head in heads:
-            with ablate_heads(model, [(layer, head)], how="mean", means={layer: mean_z[layer]}, positions=[-1], span=span):
-                logits = model(batch.tokens, attention_mask=batch.attention_mask)
-            p = p_gold(logits[torch.arange(n), batch.last_index], batch.answer_ids)
-            out.append(float((p - base).mean()))
-    return torch.tensor(out)
-
-
 def _clean_and_corrupted(model, task: Task, splits: TaskSplits, shots: int, n_clean: int, n_corrupt: int, seed: int):
     clean = make_prompts(splits, "train", k=shots, seed=seed)
     batch = clean.tokenize(model)
@@ -180,14 +165,11 @@ def head_aie(model, task: Task | str, *, shots: int = 10, n_clean: int = 100, n_
     cfg = model.cfg
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)]
     cb = clean.tokenize(model)
+    _, acts = engine.forward(model, cb, names=names, batch_size=batch_size)  # hook_z at each prompt's last token
+    z = torch.stack([acts[n].cpu() for n in names], 1)  # [b, layer, head, d_head]
     total = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head)
-    with torch.no_grad():
-        for sub in cb.split(batch_size):
-            with cache(model, names, span=Span(sub.first_index, sub.last_index)) as acts:
-                model(sub.tokens, attention_mask=sub.attention_mask)
-            rows = torch.arange(len(sub))
-            z = torch.stack([acts[n][rows, sub.last_index.to(acts[n].device)].float().cpu() for n in names], 1)  # [b, layer, head, d_head]
-            total += z.sum(0)
+    for part in z.split(batch_size):  # summed sub-batch by sub-batch, as ever (the same floating-point order)
+        total += part.sum(0)
     mean_z = total / len(cb)
     heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
     xb = corrupt.tokenize(model)

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
-from tvlens._hooks import Span, cache
+from tvlens import _engine as engine
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptSet, TaskSplits, make_prompts, make_splits
@@ -49,21 +49,11 @@ def residual_at_sites(
     """The residual stream ``blocks.{l}.hook_resid_pre`` of every prompt at every site."""
     batch = prompts.tokenize(model, padding_side="left")
     names = sorted({s.hook_name for s in sites})
-    out = []
-    with torch.no_grad():
-        for sub in batch.split(batch_size):
-            span = Span(sub.first_index, sub.last_index)
-            with cache(model, names, span=span) as acts:
-                model(sub.tokens, attention_mask=sub.attention_mask)
-            rows = torch.arange(len(sub))
-            per_site = []
-            for s in sites:
-                cols = resolve_columns(s.position, sub.last_index, sub.first_index, out_of_range)  # [batch]
-                act = acts[s.hook_name]  # [batch, pos, d_model]
-                v = act[rows, cols.clamp(min=0).to(act.device)].float()  # [batch, d_model]
-                per_site.append(torch.where((cols >= 0)[:, None].to(v.device), v, torch.nan))  # skipped -> nan
-            out.append(torch.stack(per_site, 1).cpu())  # [batch, site, d_model]
-    return torch.cat(out)
+    cols = torch.stack([resolve_columns(s.position, batch.last_index, batch.first_index, out_of_range) for s in sites], 1)  # [batch, site]
+    _, acts = engine.forward(model, batch, names=names, at=cols.clamp(min=0), batch_size=batch_size)  # {name: [batch, site, d_model]}
+    per_site = [acts[s.hook_name][:, i].cpu() for i, s in enumerate(sites)]  # [batch, d_model] each
+    v = torch.stack(per_site, 1)  # [batch, site, d_model]
+    return torch.where((cols >= 0)[:, :, None], v, torch.nan)  # a site a prompt lacks ("skip") -> nan
 
 
 @no_type_check  # checks its arguments
