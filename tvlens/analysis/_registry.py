@@ -210,11 +210,12 @@ def _load() -> None:
     """Import every public module of :mod:`tvlens.analysis` (each registers its analyses)."""
     if _LOADED:
         return
-    import tvlens.analysis as package
+    from pathlib import Path
 
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+    package = __name__.rpartition(".")[0]  # tvlens.analysis: found by path, so this module never imports its package
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
         if not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
+            importlib.import_module(f"{package}.{info.name}")
     _LOADED.append(True)
 
 

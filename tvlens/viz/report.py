@@ -23,13 +23,12 @@ Context:
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
