@@ -54,8 +54,12 @@ def toy_report(toy_model):
 
 def test_report_sections_and_results(toy_report):
     rep = toy_report
-    keys = ["icl", "ltv", "sweep", "compare", "ov", "saliency", "ablation", "sinks", "lens", "decoded", "linear", "rotation", "geometry"]
-    assert [s.key for s in rep.sections] == keys
+    from tvlens.analysis import analyses
+
+    builtin = ["icl", "ltv", "sweep", "compare", "ov", "saliency", "ablation", "sinks", "lens", "decoded", "linear", "rotation", "geometry"]
+    keys = [s.key for s in rep.sections]
+    assert [k for k in keys if k in builtin] == builtin  # in this order, whatever analyses were added
+    assert set(keys) - set(builtin) == {a.name for a in analyses() if a.report} - set(builtin)  # sections come from the registry
     assert all(s.ok and s.results for s in rep.sections), {s.key: s.error for s in rep.sections if not s.ok}
     by = {s.key: s for s in rep.sections}
     assert len(by["ablation"].results) == 3 and {r.kind for r in by["ablation"].results} == {"zero", "mean", "path"}
@@ -85,13 +89,26 @@ def test_failing_and_missing_sections_are_kept_apart(extra_sections, toy_model, 
     assert "this analysis broke" in page and "(empty)" in page and "three bars" in page
 
 
-def test_unavailable_analysis_says_so(monkeypatch, toy_model):
-    import tvlens.analysis as a
+def test_a_registered_analysis_is_a_section(monkeypatch, toy_model):
+    """A new analysis declared in the registry gets its section without any edit to the report."""
+    from dataclasses import dataclass
 
-    rp._register_builtin()
-    monkeypatch.delattr(a, "head_saliency", raising=False)
-    rep = rp.build_report(toy_model, "toy/antonym", sections=["saliency"], progress=False)
-    assert rep.sections[0].error.startswith("not in this tvlens") and "head_saliency" in rep.sections[0].error
+    from tvlens.analysis import Analysis, Options, analyses, register_analysis, unregister_analysis
+
+    @dataclass(frozen=True)
+    class NoOptions(Options):
+        pass
+
+    analyses()  # the built-in ones first
+    monkeypatch.setattr(rp, "SECTIONS", {})  # rebuilt from the registry
+    register_analysis(Analysis("dummy_registered", NoOptions, lambda ctx, opts: _Dummy(ctx.task.name, torch.arange(2.0)),
+                               _Dummy, "A registered dummy", "Geometry", "from the registry"))
+    try:
+        rep = rp.build_report(toy_model, "toy/antonym", sections=["dummy_registered"], progress=False)
+    finally:
+        unregister_analysis("dummy_registered")
+    (sec,) = rep.sections
+    assert sec.ok and sec.title == "A registered dummy" and sec.group == "Geometry" and sec.results[0].name == "toy/antonym"
 
 
 def test_bad_arguments(toy_model):

@@ -136,3 +136,28 @@ def test_files_from_elsewhere_are_refused(tmp_path):
         Result.from_json("{}")
     with pytest.raises(CheckpointError, match="no result file"):
         Result.load(tmp_path / "missing.json")
+
+
+def test_condition_accuracy_base(tmp_path):
+    import torch
+
+    from tvlens._result import ConditionAccuracy
+    from tvlens.errors import ConfigError
+    from tvlens.stats import wilson_interval
+
+    r = ConditionAccuracy("demo", ("zero_shot", "ltv"), torch.tensor([2, 7]), 8)
+    assert r.accuracy("ltv") == 7 / 8 and r.interval("ltv") == wilson_interval(7, 8)
+    df = r.to_frame()
+    assert list(df.condition) == ["zero_shot", "ltv"] and list(df.correct) == [2, 7]
+    p = r.payload()
+    assert p["conditions"]["zero_shot"] == {"accuracy": 0.25, "correct": 2, "ci95": list(wilson_interval(2, 8))}
+    assert "ltv" in r.text() and "0.875" in r.text() and len(r.plot().data) == 1
+    back = ConditionAccuracy.load(r.save(tmp_path / "r.json"))
+    assert torch.equal(back.correct, r.correct) and back.conditions == r.conditions
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic writer leaves no temporary file
+    with pytest.raises(ConfigError, match="one count per condition"):
+        ConditionAccuracy("demo", ("a",), torch.tensor([1, 2]), 8)
+    with pytest.raises(ConfigError, match="0..n"):
+        ConditionAccuracy("demo", ("a",), torch.tensor([9]), 8)
+    with pytest.raises(ConfigError, match="unknown condition"):
+        r.accuracy("nope")

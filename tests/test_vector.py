@@ -85,3 +85,17 @@ def test_bad_files_are_clear_errors(tmp_path):
 def test_shape_validation():
     with pytest.raises(CheckpointError, match="one row per site"):
         tv.TaskVector(torch.zeros(2, 8), (tv.Site(0, -1),))
+
+
+def test_equality_compares_values_not_identity():
+    import torch
+
+    import tvlens as tv
+
+    sites = (tv.Site(1, -1), tv.Site(2, -1))
+    a = tv.TaskVector(torch.ones(2, 4), sites, task="t")
+    assert a == tv.TaskVector(torch.ones(2, 4), sites, task="t")  # multi-row: a generated == would raise
+    assert a != tv.TaskVector(torch.ones(2, 4) * 2, sites, task="t")
+    assert a != tv.TaskVector(torch.ones(2, 4), sites, task="other")
+    assert a != tv.TaskVector(torch.ones(2, 4, dtype=torch.float64), sites, task="t")
+    assert a != tv.TaskVector(torch.ones(1, 4), sites[:1], task="t") and a != "not a vector"

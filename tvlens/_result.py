@@ -31,13 +31,14 @@ import html
 import importlib
 import json
 import os
-import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+from jaxtyping import Int
 
-from tvlens.errors import CheckpointError
+from tvlens.errors import CheckpointError, ConfigError
 
 R = TypeVar("R", bound="Result")
 FORMAT = "tvlens-result/1"
@@ -95,6 +96,21 @@ class Result:
         more = f"<p>{len(df)} rows; first 20 shown</p>" if len(df) > 20 else ""
         return head + df.head(20).to_html(max_cols=12) + more
 
+    # --- for the CLI and the report ----------------------------------------------------------
+
+    def payload(self) -> dict:
+        """The JSON document of ``tvlens analyze`` (plain numbers, lists and text); the default: every
+        field, tensors as nested lists, nested results as their own payloads."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr}
+
+    def text(self) -> str:
+        """What ``tvlens analyze`` prints: the repr, then :meth:`to_frame` as a table."""
+        try:
+            table = self.to_frame().to_string(index=False, float_format=lambda x: f"{x:.3f}")
+        except Exception as e:  # text must not fail where the payload does not
+            table = f"(no table: {type(e).__name__})"
+        return f"{self!r}\n{table}"
+
     # --- files -----------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
@@ -119,18 +135,11 @@ class Result:
         return klass(**{k: _decode(v) for k, v in data["fields"].items()})
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_json` to ``path`` (written to a temporary file, then renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write :meth:`to_json` to ``path`` atomically (:func:`tvlens._io.atomic_write`)."""
+        from tvlens._io import atomic_write
+
+        text = self.to_json()
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls: type[R], path: str | os.PathLike) -> R:
@@ -203,3 +212,112 @@ def _decode(v: Any) -> Any:
     if "__items__" in v:
         return {_decode(k): _decode(x) for k, x in v["__items__"]}
     return {k: _decode(x) for k, x in v.items()}
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as JSON-able plain data (for :meth:`Result.payload`)."""
+    if isinstance(v, Result):
+        return v.payload()
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().tolist()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return str(v)
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return str(v)
+
+
+# --- accuracy by condition -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ConditionAccuracy(Result):
+    """The base of accuracy-by-condition results: ``correct[i]`` of ``n`` queries under ``conditions[i]``.
+
+    Subclasses add their own fields after these (with defaults where needed) and inherit
+    :meth:`accuracy`, :meth:`interval` (95% Wilson), :meth:`to_frame`, :meth:`plot`,
+    :meth:`payload` and :meth:`text`.
+
+    >>> import torch
+    >>> r = ConditionAccuracy("demo", ("zero_shot", "ltv"), torch.tensor([3, 9]), 10)
+    >>> r.accuracy("ltv"), [round(x, 3) for x in r.interval("ltv")]
+    (0.9, [0.596, 0.982])
+    >>> list(r.to_frame().columns)
+    ['condition', 'accuracy', 'ci_low', 'ci_high', 'n', 'correct']
+    """
+
+    task: str
+    conditions: tuple[str, ...]
+    correct: Int[torch.Tensor, " condition"]  # queries answered correctly per condition
+    n: int  # queries per condition
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        if self.correct.shape != (len(self.conditions),):
+            raise ConfigError(f"correct must hold one count per condition ({len(self.conditions)}), got shape {tuple(self.correct.shape)}")
+        if self.n < 1 or bool((self.correct < 0).any()) or bool((self.correct > self.n).any()):
+            raise ConfigError(f"counts must lie in 0..n with n >= 1, got n={self.n}, correct={self.correct.tolist()}")
+
+    def _index(self, condition: str) -> int:
+        if condition not in self.conditions:
+            raise ConfigError(f"unknown condition {condition!r}; the conditions are {list(self.conditions)}")
+        return self.conditions.index(condition)
+
+    def accuracy(self, condition: str) -> float:
+        """Share of the ``n`` queries answered correctly under ``condition``."""
+        return int(self.correct[self._index(condition)]) / self.n
+
+    @property
+    def accuracies(self) -> dict[str, float]:
+        return {c: int(k) / self.n for c, k in zip(self.conditions, self.correct)}
+
+    def interval(self, condition: str) -> tuple[float, float]:
+        """The 95% Wilson interval of :meth:`accuracy`."""
+        from tvlens.stats import wilson_interval
+
+        return wilson_interval(int(self.correct[self._index(condition)]), self.n)
+
+    def to_frame(self):
+        """One row per condition: condition, accuracy, ci_low, ci_high, n, correct."""
+        import pandas as pd
+
+        ci = [self.interval(c) for c in self.conditions]
+        return pd.DataFrame({"condition": list(self.conditions), "accuracy": [int(k) / self.n for k in self.correct],
+                             "ci_low": [a for a, _ in ci], "ci_high": [b for _, b in ci], "n": self.n,
+                             "correct": [int(k) for k in self.correct]})
+
+    def plot(self):
+        """Bars per condition with their 95% intervals."""
+        import plotly.graph_objects as go
+
+        df = self.to_frame()
+        fig = go.Figure(go.Bar(x=df.condition, y=df.accuracy, error_y={"type": "data", "symmetric": False,
+                                                                       "array": df.ci_high - df.accuracy,
+                                                                       "arrayminus": df.accuracy - df.ci_low}))
+        fig.update_layout(title=f"{type(self).__name__} ({self.task}, n={self.n})", yaxis_range=[0, 1],
+                          yaxis_title="accuracy", xaxis_title="condition")
+        return fig
+
+    def payload(self) -> dict:
+        """Task, n, and per condition: accuracy, correct, ci95; then any further fields of a subclass."""
+        base = {"task": self.task, "n": self.n,
+                "conditions": {c: {"accuracy": int(k) / self.n, "correct": int(k), "ci95": list(self.interval(c))}
+                               for c, k in zip(self.conditions, self.correct)}}
+        skip = {"task", "conditions", "correct", "n"}
+        return {**base, **{f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr and f.name not in skip}}
+
+    def text(self) -> str:
+        width = max(len(c) for c in self.conditions)
+        lines = [f"{type(self).__name__} on {self.task} (n={self.n}):"]
+        for c in self.conditions:
+            lo, hi = self.interval(c)
+            lines.append(f"  {c:<{width}}  {self.accuracy(c):.3f}  [{lo:.3f}, {hi:.3f}]")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        accs = " ".join(f"{c}={a:.2f}" for c, a in self.accuracies.items())
+        return f"{type(self).__name__}({self.task!r} n={self.n}: {accs})"

@@ -6,6 +6,7 @@ unpickled, and the file says which model, hook, operation and training run produ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -100,6 +101,22 @@ class TaskVector:
                 f"task vector {self.task!r} has non-finite values ({_nonfinite_summary(v)}); a diverged training run? "
                 "retrain with a lower lr (tv.LTVConfig(lr=...))"
             )
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when every field is: the same values (dtype, shape and numbers), sites and metadata.
+
+        (A generated ``==`` would compare the tensors elementwise and raise on multi-row vectors.)
+        """
+        if not isinstance(other, TaskVector):
+            return NotImplemented
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, torch.Tensor):
+                if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a.cpu(), b.cpu()):
+                    return False
+            elif a != b:
+                return False
+        return True
 
     @property
     def hook_names(self) -> tuple[str, ...]:

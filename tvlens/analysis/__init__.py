@@ -48,3 +48,18 @@ from tvlens.analysis.geometry import composition as composition
 from tvlens.analysis.geometry import train_vectors as train_vectors
 from tvlens.analysis.geometry import transfer_matrix as transfer_matrix
 from tvlens.analysis.geometry import vector_cosines as vector_cosines
+
+
+# --- the registry: one declaration per analysis, read by the CLI, the report and the circuit ---
+from tvlens.analysis._registry import GROUPS as GROUPS
+from tvlens.analysis._registry import Analysis as Analysis
+from tvlens.analysis._registry import Context as AnalysisContext  # noqa: F401 (public name)
+from tvlens.analysis._registry import Options as Options
+from tvlens.analysis._registry import analyses as analyses
+from tvlens.analysis._registry import as_results as as_results
+from tvlens.analysis._registry import default_layers as default_layers
+from tvlens.analysis._registry import get as get_analysis  # noqa: F401 (public name)
+from tvlens.analysis._registry import lens_layers as lens_layers
+from tvlens.analysis._registry import option_specs as option_specs
+from tvlens.analysis._registry import register as register_analysis  # noqa: F401 (public name)
+from tvlens.analysis._registry import unregister as unregister_analysis  # noqa: F401 (public name)

@@ -19,7 +19,7 @@ from jaxtyping import Int
 
 from tvlens._result import Result
 from tvlens._validate import no_type_check
-from tvlens.analysis.geometry import _check_vectors, _ci, _eval, _task
+from tvlens.analysis._vectors import _check_vectors, _ci, _eval, _task
 from tvlens.errors import ConfigError
 from tvlens.tasks._task import Task
 from tvlens.vector import TaskVector

@@ -118,9 +118,7 @@ def random_head_sets(pool: Sequence[Head], size: int, n: int, seed: int, exclude
 
 def heads_from(model, heads, fraction: float = 0.1) -> tuple[Head, ...]:
     """A HeadSaliency (its top ``fraction``) or explicit (layer, head) pairs."""
-    from tvlens.analysis.saliency import HeadSaliency
-
-    if isinstance(heads, HeadSaliency):
+    if callable(getattr(heads, "top", None)):  # a HeadSaliency (not imported: saliency imports this module)
         return tuple(heads.top(fraction))  # top() checks the fraction
     return check_heads(model, heads)
 

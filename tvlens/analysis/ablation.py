@@ -65,6 +65,11 @@ class AblationResult(Result):
     layer: int  # the vector's injection layer
     positions: tuple | None  # ablated positions (None = all)
 
+    def row(self) -> dict:
+        """kind, none, key, random_mean, random_std: the ablation's row of ``tvlens analyze heads``."""
+        return {"kind": self.kind, "none": float(self.none), "key": float(self.key),
+                "random_mean": float(self.random_mean), "random_std": float(self.random_std)}
+
     def to_frame(self):
         """One row per condition: condition, accuracy, p_gold, heads."""
         import pandas as pd
@@ -188,3 +193,29 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
     return AblationResult(ps.task.name, kind, tuple(key), none, acc_key, accs, statistics.fmean(accs) if accs else float("nan"),
                           statistics.stdev(accs) if len(accs) > 1 else 0.0, tuple(sets), zero_shot, p_none, p_key,
                           [p for _, p in rand], len(batch), layer, None if positions is None else tuple(positions))
+
+
+# --- the registry's declaration (tvlens analyze ablation, the report's section) ---
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class AblationOptions(Options):
+    """Options of ``tvlens analyze ablation``."""
+
+    kinds: tuple[Kind, ...] = _field(default=("zero", "mean", "path"), metadata={"help": "ablation kinds (default: all three)"})
+    fraction: float = _field(default=0.1, metadata={"help": "share of heads called key heads (default 0.1)", "min": 0, "max": 1})
+    n_random: int = _field(default=5, metadata={"help": "random head sets per ablation (default 5)", "min": 1})
+
+
+def _run_ablation(ctx, opts: AblationOptions):
+    heads = ctx.key_heads(opts.fraction)
+    return [head_ablation(ctx.model, ctx.vector, prompts=ctx.prompts, heads=heads, kind=k, n_random=opts.n_random, seed=ctx.seed)
+            for k in dict.fromkeys(opts.kinds)]
+
+
+register(Analysis("ablation", AblationOptions, _run_ablation, AblationResult, "Key-head ablation (zero, mean, path-patched)", "Heads",
+                  "Accuracy with the top 10% heads by saliency ablated, against random head sets of the same size.", order=30))

@@ -153,6 +153,33 @@ class Circuit:
         return self._once(("ablate", kind, heads, n_random, seed), lambda: head_ablation(
             self.model, self.vector, heads=list(heads), prompts=self.prompts, kind=kind, n_random=n_random, seed=seed))
 
+    # --- every registered analysis, on this circuit's vector and prompts ------------------------
+
+    @property
+    def context(self):
+        """The registry's :class:`~tvlens.analysis._registry.Context` of this circuit (caches shared with it)."""
+        from tvlens.analysis._registry import Context
+
+        return Context(self.model, getattr(self.model.cfg, "model_name", ""), self.task, self.layer, seed=self.seed,
+                       given_vector=self.vector, given_prompts=self.prompts, fraction=self.fraction, cache=self._cache)
+
+    @staticmethod
+    def analyses() -> list[str]:
+        """The names of every registered analysis (:meth:`analysis` runs one)."""
+        from tvlens.analysis._registry import analyses
+
+        return [a.name for a in analyses()]
+
+    def analysis(self, name: str, **options):
+        """Registered analysis ``name`` (options by keyword, else its defaults) on this circuit's vector,
+        prompts, seed and key heads; its result(s), computed once."""
+        from tvlens.analysis._registry import get
+
+        spec = get(name)
+        opts = spec.options(**options)
+        out = self._once(("analysis", name, opts), lambda: spec.run(self.context, opts))
+        return out
+
     # --- queries -----------------------------------------------------------------------------
 
     def key_heads(self, fraction: float | None = None) -> list[tuple[int, int]]:
@@ -195,6 +222,9 @@ class Circuit:
         frame = pd.DataFrame({"layer": [a for a in range(cfg.n_layers) for _ in range(cfg.n_heads)],
                               "head": [b for _ in range(cfg.n_layers) for b in range(cfg.n_heads)],
                               **{k: v.float().flatten().tolist() for k, v in cols.items() if v is not None}})
+        for spec in _extra_per_head():  # per-head analyses registered beyond the ones above
+            for col, t in spec.head_columns(self.analysis(spec.name)).items():
+                frame[col] = t.float().flatten().tolist()  # [layer, head] -> one value per row
         key = set(self.key_heads())
         frame["key"] = [(int(a), int(b)) in key for a, b in zip(frame["layer"], frame["head"])]
         return frame
@@ -244,6 +274,70 @@ class Circuit:
         i = layer * self.model.cfg.n_heads + head
         return HeadDetail(layer, head, row, tokens, pats[layer, head], toks[i], vals[layer, head, : len(toks[i])])
 
+    # --- the document of `tvlens analyze heads` -----------------------------------------------
+
+    def key_layer_histogram(self) -> list[int]:
+        """Key heads per layer, one count per layer of the model."""
+        layers = [layer for layer, _ in self.key_heads()]
+        return [layers.count(i) for i in range(self.model.cfg.n_layers)]
+
+    def other_sinks(self) -> dict[str, float]:
+        """Mean attention from the last token to the first token / to θ's position over the heads that read θ and are not key heads."""
+        frame = self.heads()
+        other = frame[(frame["layer"] >= self.layer) & ~frame["key"]]
+        return {"other_sink": float(other["sink_mass"].mean()), "other_final": float(other["final_mass"].mean())}
+
+    def payload(self, kinds: tuple[str, ...] = ("zero", "mean", "path")) -> dict:
+        """Every head analysis as plain data: the heads that read θ, Spearman, ablations (``kinds``; the
+        first is ``ablation``), OV reconstruction, sinks, key heads per layer."""
+        import dataclasses
+
+        kinds = tuple(dict.fromkeys(kinds))
+        for kind in kinds:
+            check_choice("circuit.payload", "kinds", kind, ("zero", "mean", "path"))
+        frame = self.heads()
+        abl = {k: self.ablate(k).row() for k in kinds}
+        rec = self.reconstruction()
+        cols = ("saliency", "exact_effect", "ov_norm", "ov_alignment", "label_proj", "sink_mass", "final_mass")
+        return {
+            "task": self.task.name, "n_queries": len(self.prompts), "key_fraction": self.fraction,
+            "key_heads": [list(h) for h in self.key_heads()],
+            "heads": [{"layer": int(r["layer"]), "head": int(r["head"]), **{c: float(r[c]) for c in cols[:1]}, "rank": int(r["rank"]),
+                       **{c: float(r[c]) for c in cols[1:]}, "key": bool(r["key"])}
+                      for r in frame.to_dict(orient="records") if r["layer"] >= self.layer],  # the heads that read θ
+            "spearman_saliency_vs_exact": self.spearman(),
+            "ablation": abl[kinds[0]] if kinds else None, "ablations": abl,
+            "ov_reconstruction": {f.name: float(getattr(rec, f.name)) for f in dataclasses.fields(rec)
+                                  if isinstance(getattr(rec, f.name), float)},
+            "sinks": {**self.sinks().group_mass(), **self.other_sinks()},  # key heads vs the random sets' heads vs the rest
+            "key_layer_histogram": self.key_layer_histogram(),
+            "injection_layer": self.layer,
+        }
+
+    @staticmethod
+    def text_of(p: dict, model: str = "", vector: dict | None = None) -> str:
+        """The printed summary of :meth:`payload` (``vector``: sites and norm, for the first line)."""
+        top = sorted(p["heads"], key=lambda r: r["rank"])[:10]
+        v = vector or {}
+        lines = [f"{p['task']} on {model}: vector at {', '.join(v.get('sites', []))} (norm {v.get('norm', float('nan')):.3g}), "
+                 f"{p['n_queries']} zero-shot test queries",
+                 f"{'head':>8} {'saliency':>10} {'exact':>9} {'OV norm':>9} {'sink':>6} {'key':>4}"]
+        lines += [f"{'L%dH%d' % (r['layer'], r['head']):>8} {r['saliency']:>10.4g} {r['exact_effect']:>9.4f} {r['ov_norm']:>9.3g} "
+                  f"{r['sink_mass']:>6.3f} {'*' if r['key'] else '':>4}" for r in top]
+        lines.append(f"Spearman(saliency, exact ablation effect) = {p['spearman_saliency_vs_exact']:.3f}")
+        for kind, a in p["ablations"].items():
+            lines.append(f"ablation ({kind}): none {a['none']:.3f}, key heads {a['key']:.3f}, "
+                         f"random heads {a['random_mean']:.3f} ± {a['random_std']:.3f}")
+        r = p["ov_reconstruction"]
+        lines.append(f"OV reconstruction: LTV {r['ltv']:.3f}, zero-shot {r['zero_shot']:.3f}, "
+                     f"A (sum of products) {r['variant_a']:.3f}, B (sum + vector) {r['variant_b']:.3f}")
+        s = p["sinks"]
+        lines.append(f"attention from the last token to the first token (sink) / to the vector's position: key heads "
+                     f"{s['key_sink']:.3f} / {s['key_final']:.3f}, random heads {s['random_sink']:.3f} / {s['random_final']:.3f}, "
+                     f"all other heads from layer {p['injection_layer']} on {s['other_sink']:.3f} / {s['other_final']:.3f}")
+        lines.append(f"key heads per layer (vector at layer {p['injection_layer']}): {p['key_layer_histogram']}")
+        return "\n".join(lines)
+
     # --- pages -------------------------------------------------------------------------------
 
     def dashboard_data(self, *, kinds: tuple[str, ...] = ("zero", "mean", "path")):
@@ -254,7 +348,7 @@ class Circuit:
 
         for kind in kinds:
             check_choice("circuit.dashboard", "kinds", kind, ("zero", "mean", "path"))
-        ablation = pd.DataFrame([self._ablation_row(self.ablate(k)) for k in kinds]) if kinds else None
+        ablation = pd.DataFrame([self.ablate(k).row() for k in kinds]) if kinds else None
         s = self.sinks()
         sinks = pd.DataFrame({"offset": range(s.profile.shape[-1]), "key": s.key_profile.tolist(), "random": s.random_profile.tolist()})
         tokens, pats = self.example_patterns()
@@ -268,11 +362,6 @@ class Circuit:
                  f"variant A (sum of products) {rec.variant_a:.3f}, variant B (sum + vector) {rec.variant_b:.3f}")
         return DashboardData(f"Which heads carry the {self.task.name} vector", self.heads(), tokens, pats, toks, vals,
                              ablation, sinks, self.layer, notes)
-
-    @staticmethod
-    def _ablation_row(res) -> dict:
-        return {"kind": res.kind, "none": float(res.none), "key": float(res.key),
-                "random_mean": float(res.random_mean), "random_std": float(res.random_std)}
 
     def dashboard(self, path: str | os.PathLike | None = None, *, kinds: tuple[str, ...] = ("zero", "mean", "path"),
                   overwrite: bool = True):
@@ -294,6 +383,15 @@ class Circuit:
         if ("heads", True, True) not in self._cache:
             return head + "<p>call .heads() for the table, .dashboard() for the page</p>"
         return head + self.query().head(10).to_html(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+BUILT_IN_COLUMNS = ("ov", "saliency", "sinks")  # registered per-head analyses whose columns heads() computes itself
+
+
+def _extra_per_head():
+    from tvlens.analysis._registry import analyses
+
+    return [a for a in analyses() if a.head_columns is not None and a.name not in BUILT_IN_COLUMNS]
 
 
 @no_type_check  # Circuit checks the arguments

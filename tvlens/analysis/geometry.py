@@ -34,50 +34,12 @@ from jaxtyping import Float, Int
 
 from tvlens._result import Result
 from tvlens._validate import no_type_check
+from tvlens.analysis._vectors import _check_vectors, _ci, _eval_correct, _labels, _task
 from tvlens.errors import ConfigError
 from tvlens.tasks._task import Task
 from tvlens.vector import TaskVector
 
 __all__ = ["CosineMatrix", "Composition", "Transfer", "composition", "train_vectors", "transfer_matrix", "vector_cosines"]
-
-
-def _label(v: TaskVector, i: int) -> str:
-    seed = (v.meta.get("config") or {}).get("seed", v.meta.get("seed"))
-    return f"{v.task or 'vector'}#{seed if seed is not None else i}"
-
-
-def _labels(vectors: Sequence[TaskVector]) -> tuple[str, ...]:
-    labels = [_label(v, i) for i, v in enumerate(vectors)]
-    return tuple(lab if labels.count(lab) == 1 else f"{lab}.{i}" for i, lab in enumerate(labels))
-
-
-def _check_vectors(vectors, what: str = "vectors") -> list[TaskVector]:
-    vectors = list(vectors.values()) if isinstance(vectors, dict) else list(vectors)
-    if not vectors or not all(isinstance(v, TaskVector) for v in vectors):
-        raise ConfigError(f"{what} must be a non-empty sequence of tv.TaskVector; train them with "
-                          "tv.analysis.train_vectors(model, tasks, seeds=...)")
-    shape, sites = vectors[0].values.shape, vectors[0].sites
-    for v in vectors[1:]:
-        if v.values.shape != shape or v.sites != sites:
-            raise ConfigError(f"all {what} must share their sites to be compared; got {[str(s) for s in sites]} and "
-                              f"{[str(s) for s in v.sites]}; train every vector at the same layer(s) and position(s)")
-    return vectors
-
-
-def _task(model, task: Task | str) -> Task:
-    from tvlens.tasks import resolve
-
-    if isinstance(task, Task):
-        return task
-    if not isinstance(task, str):
-        raise ConfigError(f"a task must be a tv.tasks.Task or a registered name, got {type(task).__name__}")
-    return resolve(task, model_name="toy" if getattr(model.cfg, "model_name", "") == "tvlens-toy" else None)
-
-
-def _ci(correct: int, n: int) -> tuple[float, float]:
-    from tvlens.stats import wilson_interval
-
-    return wilson_interval(int(correct), int(n))
 
 
 # --- training the vectors --------------------------------------------------------------------
@@ -210,19 +172,6 @@ def vector_cosines(vectors: Sequence[TaskVector] | dict) -> CosineMatrix:
 # --- transfer --------------------------------------------------------------------------------
 
 
-def _eval(model, prompts, vector: TaskVector | None, scale: float | None = None, batch_size: int = 64):
-    from tvlens.evaluate import evaluate
-    from tvlens.steer import steering
-
-    # the Edit, not steering(): evaluating a vector on another task is the point here, not a slip to warn about
-    edit = None if vector is None else steering(model, vector, scale, allow_other_fingerprint=True).edit
-    return evaluate(model, prompts, intervention=edit, batch_size=batch_size)
-
-
-def _eval_correct(model, prompts, vector: TaskVector | None, scale: float | None = None, batch_size: int = 64) -> int:
-    return _eval(model, prompts, vector, scale, batch_size).correct
-
-
 @dataclass(frozen=True, eq=False, repr=False)
 class Transfer(Result):
     """Accuracy of each vector (rows) on each task's zero-shot test queries (columns)."""
@@ -327,3 +276,139 @@ def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence
 # composition lives in its own module (tvlens.analysis._composition); these names are part of this one's contract
 from tvlens.analysis._composition import Composition as Composition  # noqa: E402
 from tvlens.analysis._composition import composition as composition  # noqa: E402
+
+
+# --- the suite of `tvlens analyze geometry` and the report's section ---------------------------
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+TOY_TASKS = ("toy/antonym", "toy/capitalize", "toy/successor", "toy/capital", "toy/add3", "toy/sentiment")
+TOY_COMPOSED = "toy/capitalize+antonym"
+REAL_TASKS = ("capitalize", "antonym", "capital")
+REAL_COMPOSED = "capitalize+antonym"
+
+
+def vector_labels(vectors: Sequence[TaskVector]) -> tuple[str, ...]:
+    """``task#seed`` per vector (made unique with ``.i``), as the cosine and transfer matrices label them."""
+    return _labels(vectors)
+
+
+def resolve_task(model, task: Task | str) -> Task:
+    """``task`` as a Task (a name resolved for ``model``: the embedded model's ``toy/`` names are found bare)."""
+    return _task(model, task)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class GeometrySuite(Result):
+    """The cosine matrix, the transfer matrix and (optionally) the composition of one set of vectors."""
+
+    vectors: tuple  # the TaskVectors (same sites)
+    cosines: CosineMatrix
+    transfer: Transfer
+    composition: Composition | None
+    layer: int
+
+    def to_frame(self):
+        return self.cosines.summary()
+
+    def plot(self):
+        return self.cosines.plot()
+
+    def payload(self) -> dict:
+        cm, tr, comp = self.cosines, self.transfer, self.composition
+        out = {
+            "layer": self.layer,
+            "cosine": {"labels": list(cm.labels), "tasks": list(cm.tasks), "matrix": cm.cos.tolist(), "within_mean": cm.within_mean,
+                       "across_mean": cm.across_mean, "across_abs_mean": cm.across_abs_mean,
+                       "per_task": cm.summary().to_dict(orient="records")},
+            "transfer": {"vectors": list(tr.labels), "vector_tasks": list(tr.vector_tasks), "tasks": list(tr.tasks),
+                         "accuracy": tr.accuracy.tolist(), "zero_shot": tr.zero_shot.tolist(), "n": tr.n.tolist(),
+                         "own_mean": tr.own_mean, "off_mean": tr.off_mean, "off_gain_mean": tr.off_gain_mean},
+            "composition": None,
+        }
+        if comp is not None:
+            out["composition"] = {"task": comp.task, "a": comp.task_a, "b": comp.task_b, "n": comp.n, "cos_ab": comp.cos_ab,
+                                  "conditions": comp.to_frame().to_dict(orient="records"), "best_sum": comp.best_sum,
+                                  "sum_beats_each": comp.sum_beats_each}
+        return out
+
+    def text(self) -> str:
+        cm, tr, comp = self.cosines, self.transfer, self.composition
+        f3 = lambda x: f"{x:.3f}"  # noqa: E731
+        lines = [f"layer {self.layer}: {len(cm.labels)} vectors, {len(set(cm.tasks))} tasks",
+                 f"cosine within-task {cm.within_mean:.3f}, across-task {cm.across_mean:.3f} (|.| {cm.across_abs_mean:.3f})",
+                 cm.summary().to_string(index=False, float_format=f3), "",
+                 f"transfer: own task {tr.own_mean:.3f}, other tasks {tr.off_mean:.3f} (gain over zero-shot {tr.off_gain_mean:+.3f})",
+                 tr.to_frame().groupby(["vector_task", "task"], sort=False).accuracy.mean().unstack().to_string(float_format=lambda x: f"{x:.2f}")]
+        if comp is not None:
+            lines += ["", f"composition on {comp.task} (a = {comp.task_a}, b = {comp.task_b}, cos {comp.cos_ab:.3f}, n {comp.n}):",
+                      comp.to_frame().to_string(index=False, float_format=f3)]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"GeometrySuite(layer {self.layer}, {len(self.vectors)} vectors, composition={self.composition is not None})"
+
+
+@no_type_check
+def geometry_suite(model, model_name: str, *, tasks=None, seeds=(0, 1, 2), layer=None, vectors=None, composed=None, parts=None,
+                   scales=(1.0, 0.5), seed: int = 0, vary_splits: bool = False, template: str | None = None) -> GeometrySuite:
+    """Vectors (given, or one LTV per task and seed at ``layer``), their cosines, their transfer, and the
+    composition of ``parts`` on ``composed`` (default: the toy or real composed task; ``"none"`` to skip)."""
+    from tvlens.tasks import resolve
+    from tvlens.tasks._composed import parts as parts_of
+
+    toy = model_name == "toy"
+    layer = model.cfg.n_layers // 2 if layer is None else layer
+    composed = composed or (TOY_COMPOSED if toy else REAL_COMPOSED)
+    pa = None
+    if composed != "none":  # checked before any training
+        composed_task = resolve(composed, model_name=model_name, template=template)
+        composed = composed_task.name
+        pa = parts or parts_of(composed_task.base_name)
+        if pa is None:
+            raise ConfigError(f"--composed {composed!r} is not a registered composed task; name its two tasks with --parts A B")
+        pa = [resolve(p, model_name=model_name, template=template).name for p in pa]
+    if vectors is None:
+        names = [resolve(t, model_name=model_name, template=template).name for t in tasks or (TOY_TASKS if toy else REAL_TASKS)]
+        vectors = train_vectors(model, names, seeds=seeds, layer=layer, split_seed=seed, vary_splits=vary_splits)
+    comp = None
+    if pa is not None:
+        pick = []
+        for p in pa:  # the first vector of that task, else a fresh seed-0 LTV at the same sites
+            have = [v for v in vectors if v.task == p]
+            pick.append(have[0] if have else train_vectors(model, [p], seeds=seeds[:1], layer=vectors[0].layers[0], split_seed=seed)[0])
+        comp = composition(model, pick[0], pick[1], composed, scales=scales, seed=seed)
+    return GeometrySuite(tuple(vectors), vector_cosines(vectors), transfer_matrix(model, vectors, seed=seed), comp, vectors[0].layers[0])
+
+
+@dataclass(frozen=True)
+class GeometryOptions(Options):
+    """Options of the report's geometry section (``tvlens analyze geometry`` keeps its own hand-written options)."""
+
+    other_tasks: int | None = _field(default=None, metadata={"help": "other tasks' vectors (default 3 on the embedded model, 2 otherwise)", "min": 0})
+
+
+def _run_geometry(ctx, opts: GeometryOptions):
+    from tvlens.tasks._composed import COMPOSED, REAL_COMPOSED as REAL_COMPOSED_TASKS, parts
+
+    pool = TOY_TASKS if ctx.toy else REAL_TASKS
+    k = opts.other_tasks if opts.other_tasks is not None else (3 if ctx.toy else 2)
+    others = [t for t in pool if t != ctx.task.name][:k]
+    own = [ctx.vector, *train_vectors(ctx.model, [ctx.task], seeds=(ctx.seed + 1, ctx.seed + 2), layer=ctx.layer, split_seed=ctx.seed)]
+    vectors = own + train_vectors(ctx.model, others, seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)
+    out = [vector_cosines(vectors), transfer_matrix(ctx.model, vectors, seed=ctx.seed, n=ctx.n)]
+    for name in [*COMPOSED, *REAL_COMPOSED_TASKS]:
+        pa = parts(name)
+        if ctx.task.name in pa and (name.startswith("toy/") == ctx.toy):
+            by_task = {v.task: v for v in reversed(vectors)}
+            pick = [by_task.get(p) or train_vectors(ctx.model, [p], seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)[0] for p in pa]
+            out.append(composition(ctx.model, pick[0], pick[1], name, seed=ctx.seed, n=ctx.n))
+    return out
+
+
+register(Analysis("geometry", GeometryOptions, _run_geometry, CosineMatrix, "Cosines, transfer and composition", "Geometry",
+                  "Cosine of this task's LTVs (3 seeds) and other tasks' (1 seed each) at the report layer (Figure 4); "
+                  "each vector on each task; and, where a composed task uses this task, the sum of the two vectors.",
+                  order=10, cli=False))

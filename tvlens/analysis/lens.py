@@ -289,3 +289,45 @@ def chance_alignment(model, label_ids, definition: str = "span") -> float | None
 
 from tvlens.analysis._decoded import DecodedTokens as DecodedTokens  # noqa: E402  (one public module)
 from tvlens.analysis._decoded import decoded_tokens as decoded_tokens  # noqa: E402
+
+
+# --- the registry's declarations (the report's lens and decoded sections; tvlens analyze decoded) ---
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, lens_layers, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LensOptions(Options):
+    """Options of the logit-lens section (``tvlens analyze lens`` keeps its own hand-written options)."""
+
+    shots: int | None = _field(default=None, metadata={"help": "ICL demonstrations (default: 8 on the embedded model, 5 otherwise)", "min": 1})
+    definition: Literal["span", "raw_span", "max_cos"] = _field(default="span", metadata={"help": "task-alignment definition"})
+
+
+def _run_lens(ctx, opts: LensOptions):
+    early, late = lens_layers(ctx.model.cfg.n_layers)[0], lens_layers(ctx.model.cfg.n_layers)[-1]
+    vectors = {f"LTV at L{early} (L/4)": ctx.ltv_at(early), f"LTV at L{late} (3L/4)": ctx.ltv_at(late)}
+    shots = opts.shots if opts.shots is not None else (8 if ctx.toy else 5)
+    return logit_lens(ctx.model, ctx.task, vectors=vectors, shots=(0, shots), n=ctx.n or 200, seed=ctx.seed, definition=opts.definition)
+
+
+@dataclass(frozen=True)
+class DecodedOptions(Options):
+    """Options of ``tvlens analyze decoded``."""
+
+    top_k: int = _field(default=10, metadata={"help": "decoded tokens per vector (default 10)", "min": 1})
+    through_ln: bool = _field(default=True, metadata={"help": "through ln_final (default) or W_U only"})
+
+
+def _run_decoded(ctx, opts: DecodedOptions):
+    return decoded_tokens(ctx.model, {f"L{layer}": v for layer, v in ctx.vectors_by_layer().items()}, k=opts.top_k,
+                          through_ln=opts.through_ln)
+
+
+register(Analysis("lens", LensOptions, _run_lens, LensResult, "Logit lens and task alignment", "Logit lens and linearity",
+                  "Per layer: logit-lens accuracy and task alignment for zero-shot, ICL and LTVs injected early and late (Figure 7A).",
+                  order=10, cli=False))
+register(Analysis("decoded", DecodedOptions, _run_decoded, DecodedTokens, "Decoded tokens of the LTV per layer",
+                  "Logit lens and linearity", "Top tokens of each layer's LTV through ln_final and W_U (Figure 7B).", order=20))

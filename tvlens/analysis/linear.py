@@ -256,3 +256,39 @@ from tvlens.analysis._rotation import rotation_vs_stretch as rotation_vs_stretch
 from tvlens.analysis._rotation import transition_layer as transition_layer  # noqa: E402
 
 __all__ += ["RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]
+
+
+# --- the registry's declarations (the report's linear and rotation sections; tvlens analyze rotation) ---
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LinearOptions(Options):
+    """Options of the linear-propagation section (``tvlens analyze linear`` keeps its own hand-written options)."""
+
+    noise: float = _field(default=1.0, metadata={"help": "copy noise, as a fraction of ||theta|| (default 1.0)", "min": 0})
+    ridge: float = _field(default=1e-3, metadata={"help": "ridge, relative to the copies' mean squared norm (default 1e-3)", "min": 0})
+
+
+def _run_linear(ctx, opts: LinearOptions):
+    return linear_propagation(ctx.model, ctx.vector, ctx.task, noise=opts.noise, ridge=opts.ridge)
+
+
+@dataclass(frozen=True)
+class RotationOptions(Options):
+    """Options of ``tvlens analyze rotation``."""
+
+    threshold: float = _field(default=0.5, metadata={"help": "cos(theta, Q theta) from which a layer counts as stretch (default 0.5)"})
+
+
+def _run_rotation(ctx, opts: RotationOptions):
+    return rotation_vs_stretch(ctx.model, ctx.vectors_by_layer(), ctx.task, threshold=opts.threshold)
+
+
+register(Analysis("linear", LinearOptions, _run_linear, LinearFit, "Linear propagation", "Logit lens and linearity",
+                  "W_TV fitted so that injecting θ' shifts the final state by W_TV θ' (Figure 8A).", order=30, cli=False))
+register(Analysis("rotation", RotationOptions, _run_rotation, RotationStretch, "Rotation vs stretch", "Logit lens and linearity",
+                  "Polar decomposition of W_TV per layer (Figure 9).", order=40))

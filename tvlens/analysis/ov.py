@@ -296,3 +296,36 @@ def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, ln:
     cos = float(torch.nn.functional.cosine_similarity(rec_w.mean(0), d_attn.mean(0), dim=0))
     return OVReconstruction(ps.task.name, layer, ln, len(batch), acc(r1), acc(r0), acc(r0 + rec), acc(r0 + rec + th),
                             acc(r0 + rec_w), acc(r0 + rec_w + th), acc(r0 + d_mlp), acc(r0 + d_attn), acc(r0 + th), cos)
+
+
+# --- the registry's declaration (tvlens analyze ov, the report's section, the circuit's columns) ---
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class OVOptions(Options):
+    """Options of ``tvlens analyze ov``."""
+
+    products_ln: LNMode = _field(default="folded", metadata={"help": "LN treatment of the per-head products (default folded)"})
+    reconstruction_ln: LNMode = _field(default="actual", metadata={"help": "LN treatment of the reconstruction (default actual)"})
+
+
+def _run_ov(ctx, opts: OVOptions):
+    return [ov_products(ctx.model, ctx.vector, prompts=ctx.prompts, ln=opts.products_ln),
+            ov_reconstruction(ctx.model, ctx.vector, prompts=ctx.prompts, ln=opts.reconstruction_ln)]
+
+
+def _ov_columns(results) -> dict:
+    prod = results[0]
+    valid = prod.valid[:, None].expand_as(prod.ov_norm)  # [layer, head]
+    nan = torch.full_like(prod.ov_norm, float("nan"))
+    return {"ov_norm": torch.where(valid, prod.ov_norm, nan), "ov_alignment": torch.where(valid, prod.cos_theta, nan),
+            "label_proj": prod.label_proj}
+
+
+register(Analysis("ov", OVOptions, _run_ov, OVProducts, "Per-head OV products and OV reconstruction", "Heads",
+                  "W_O W_V θ for every later head, and the accuracy of adding their sum instead of injecting θ.",
+                  order=10, head_columns=_ov_columns))

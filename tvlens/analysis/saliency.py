@@ -210,3 +210,27 @@ def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: L
         scores[idx] = drop.abs().mean(0).reshape(len(todo), cfg.n_heads)
         signed[idx] = drop.mean(0).reshape(len(todo), cfg.n_heads)
     return HeadSaliency(scores, signed, mode, first, ps.task.name, len(batch), float(p.mean()))
+
+
+# --- the registry's declaration (tvlens analyze saliency, the report's section, the circuit's column) ---
+
+from dataclasses import dataclass as _dataclass  # noqa: E402
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+
+@_dataclass(frozen=True)
+class SaliencyOptions(Options):
+    """Options of ``tvlens analyze saliency``."""
+
+    mode: Literal["grad", "exact"] = _field(default="grad", metadata={"help": "one-pass gradient (default) or exact ablation effects"})
+
+
+def _run_saliency(ctx, opts: SaliencyOptions):
+    return head_saliency(ctx.model, ctx.vector, prompts=ctx.prompts, mode=opts.mode, progress=False)
+
+
+register(Analysis("saliency", SaliencyOptions, _run_saliency, HeadSaliency, "Key-head saliency", "Heads",
+                  "|a · dp(gold)/da| per head with θ injected, averaged over queries.", order=20,
+                  head_columns=lambda r: {"saliency": r.scores}))

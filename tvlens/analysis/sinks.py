@@ -163,3 +163,28 @@ def attention_sinks(model, vector: TaskVector, task=None, key_heads=None, *, pro
     theta_cols = torch.stack([resolve_columns(p, last, first, "clip") for p in positions], 1)  # [batch, site]
     final = att.gather(-1, theta_cols[:, None, None, :].expand(-1, cfg.n_layers, cfg.n_heads, -1)).sum(-1).mean(0)  # [layer, head]
     return SinkResult(ps.task.name, layer, tuple(key), tuple(sets), profile.cpu(), counts[:keep].cpu(), sink.cpu(), final.cpu(), b)
+
+
+# --- the registry's declaration (tvlens analyze sinks, the report's section, the circuit's columns) ---
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SinkOptions(Options):
+    """Options of ``tvlens analyze sinks``."""
+
+    fraction: float = _field(default=0.1, metadata={"help": "share of heads called key heads (default 0.1)", "min": 0, "max": 1})
+    n_random: int = _field(default=5, metadata={"help": "random head sets (default 5)", "min": 1})
+
+
+def _run_sinks(ctx, opts: SinkOptions):
+    return attention_sinks(ctx.model, ctx.vector, prompts=ctx.prompts, key_heads=ctx.key_heads(opts.fraction),
+                           n_random=opts.n_random, seed=ctx.seed)
+
+
+register(Analysis("sinks", SinkOptions, _run_sinks, SinkResult, "Attention sinks", "Heads",
+                  "Attention from the last position, key vs random heads.", order=40,
+                  head_columns=lambda r: {"sink_mass": r.sink_mass, "final_mass": r.final_mass}))

@@ -34,24 +34,27 @@ def _load(spec: str, task, seed: int, outdir: str) -> None:
     import torch
 
     torch.set_num_threads(1)
-    import tvlens as tv
+    from tvlens._models import load_model
+    from tvlens.prompts import make_splits
+    from tvlens.tasks import get as get_task
 
-    model = tv.load_model(spec)
-    task = tv.tasks.get(task) if isinstance(task, str) else task
-    _WORKER.update(model=model, task=task, seed=seed, outdir=outdir, splits=tv.make_splits(task, seed=seed))
+    model = load_model(spec)
+    task = get_task(task) if isinstance(task, str) else task
+    _WORKER.update(model=model, task=task, seed=seed, outdir=outdir, splits=make_splits(task, seed=seed))
 
 
 def _train_one(layer: int) -> tuple[int, str | None, float, str | None]:
     import traceback
 
-    import tvlens as tv
+    from tvlens.ltv._config import LTVConfig
+    from tvlens.ltv._train import train_ltv
 
     w = _WORKER
     t0 = time.perf_counter()
     if "init_error" in w:
         return layer, None, 0.0, w["init_error"]
     try:
-        vec = tv.train_ltv(w["model"], w["task"], layers=[layer], config=tv.LTVConfig(seed=w["seed"]),
+        vec = train_ltv(w["model"], w["task"], layers=[layer], config=LTVConfig(seed=w["seed"]),
                            splits=w["splits"], progress=False).vector
         path = Path(w["outdir"]) / f"ltv_L{layer}.safetensors"
         vec.save(path, overwrite=True)
@@ -82,9 +85,9 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
                      progress: bool = True) -> tuple[dict, dict]:
     """Train one single-site LTV (last position) per layer; ``({layer: TaskVector}, {layer: seconds})``.
 
-    Every layer gets ``tv.train_ltv(model, task, layers=[layer], config=LTVConfig(seed=seed),
+    Every layer gets ``train_ltv(model, task, layers=[layer], config=LTVConfig(seed=seed),
     splits=make_splits(task, seed=seed))``. With ``workers > 1`` and a model ``spec`` string (what
-    ``tv.load_model`` takes: ``"toy"``, ``"smollm2"``, a gguf path, an HF folder) the layers are trained
+    ``load_model`` takes: ``"toy"``, ``"smollm2"``, a gguf path, an HF folder) the layers are trained
     in that many spawned processes, one torch thread each, handed out in order one at a time (early,
     slow layers first); the vectors are identical to ``workers=1``. A task that is neither registered nor
     picklable falls back to the sequential loop (logged warning). A failing layer raises
@@ -93,14 +96,18 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
     import multiprocessing as mp
     import shutil
 
-    import tvlens as tv
+    from tvlens.ltv._config import LTVConfig
+    from tvlens.ltv._train import train_ltv
+    from tvlens.prompts import make_splits
+    from tvlens.tasks import get as get_task
+    from tvlens.vector import TaskVector
 
     layers = list(layers)
     if len(set(layers)) != len(layers):
         raise ConfigError(f"layers {layers} repeat a layer; give each layer once")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r}; give an integer >= 1 (1 = train in this process)")
-    task = tv.tasks.get(task) if isinstance(task, str) else task
+    task = get_task(task) if isinstance(task, str) else task
     workers = min(workers, len(layers))
     ship = None
     if workers > 1:
@@ -113,10 +120,10 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
                             getattr(task, "name", task))
     out, secs = {}, {}
     if workers <= 1 or ship is None or not isinstance(spec, str):
-        splits = tv.make_splits(task, seed=seed)
+        splits = make_splits(task, seed=seed)
         for layer in layers:
             t0 = time.perf_counter()
-            out[layer] = tv.train_ltv(model, task, layers=[layer], config=tv.LTVConfig(seed=seed), splits=splits,
+            out[layer] = train_ltv(model, task, layers=[layer], config=LTVConfig(seed=seed), splits=splits,
                                       progress=progress).vector
             secs[layer] = round(time.perf_counter() - t0, 2)
         return out, secs
@@ -131,7 +138,7 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
             if err is not None:
                 raise WorkerError(f"training the LTV at layer {layer} failed in a worker process: {err.strip()}\n"
                                   "Fix the cause above, or run with workers=1 (--workers 1) to debug in-process.")
-            out[layer] = tv.TaskVector.load(path)
+            out[layer] = TaskVector.load(path)
             secs[layer] = round(dt, 2)
             bar.update(1)
         bar.close()

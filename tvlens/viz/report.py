@@ -23,91 +23,27 @@ Context:
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tvlens._result import Result
+from tvlens.analysis import GROUPS, analyses, as_results
+from tvlens.analysis import AnalysisContext as Context
 from tvlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("Baselines", "Heads", "Logit lens and linearity", "Geometry")
 MAX_ROWS = 60  # table rows shown per result (the rest are counted)
 OPEN_ROWS = 20  # tables up to this many rows are shown unfolded
 
 
-@dataclass
-class ReportContext:
-    """What every section builder gets; :attr:`vector` and :attr:`cache` are shared between them."""
-
-    model: Any
-    model_name: str
-    task: Any  # tv.tasks.Task
-    layer: int
-    seed: int = 0
-    n: int | None = None  # test queries per analysis (None: the whole test split)
-    cache: dict = field(default_factory=dict)
-
-    @property
-    def toy(self) -> bool:
-        return getattr(self.model.cfg, "model_name", "") == "tvlens-toy"
-
-    @property
-    def ltv(self):
-        """The LTV result (task, report layer, last position, default config), trained once."""
-        if "ltv" not in self.cache:
-            import tvlens as tv
-
-            self.cache["ltv"] = tv.train_ltv(self.model, self.task, layers=self.layer, config=tv.LTVConfig(seed=self.seed),
-                                             splits=self.splits, progress=False)
-        return self.cache["ltv"]
-
-    @property
-    def vector(self):
-        return self.ltv.vector
-
-    @property
-    def splits(self):
-        if "splits" not in self.cache:
-            import tvlens as tv
-
-            self.cache["splits"] = tv.make_splits(self.task, seed=self.seed)
-        return self.cache["splits"]
-
-    @property
-    def prompts(self):
-        """Zero-shot test prompts (the first :attr:`n`)."""
-        import tvlens as tv
-
-        return tv.make_prompts(self.splits, "test", k=0, seed=self.seed, n=self.n)
-
-    def layers(self) -> list[int]:
-        """The layers of per-layer analyses: all on a model of <= 8 layers, else every third."""
-        n = self.model.cfg.n_layers
-        return list(range(n)) if n <= 8 else list(range(0, n, 3))
-
-    def ltv_at(self, layer: int):
-        """The LTV at ``layer`` (last position, default config), trained once; the report layer's is :attr:`vector`."""
-        if layer == self.layer:
-            return self.vector
-        key = ("ltv_at", layer)
-        if key not in self.cache:
-            import tvlens as tv
-
-            self.cache[key] = tv.train_ltv(self.model, self.task, layers=layer, config=tv.LTVConfig(seed=self.seed),
-                                           splits=self.splits, progress=False).vector
-        return self.cache[key]
-
-    def vectors_by_layer(self) -> dict[int, Any]:
-        """One LTV per layer of :meth:`layers`."""
-        return {layer: self.ltv_at(layer) for layer in self.layers()}
+ReportContext = Context  # what every section builder gets (tvlens.analysis._registry.Context)
 
 Builder = Callable[[ReportContext], Sequence[Any]]
 
@@ -194,7 +130,7 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
     from tqdm.auto import tqdm
 
     import tvlens as tv
-    from tvlens.analysis.geometry import _task
+    from tvlens.analysis.geometry import resolve_task
 
     _register_builtin()
     keys = list(sections) if sections is not None else list(SECTIONS)
@@ -202,7 +138,7 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
     if unknown:
         raise ConfigError(f"unknown report section(s) {unknown}; the sections are {list(SECTIONS)}")
     keys = [k for k in keys if k not in skip]
-    task = _task(model, task)
+    task = resolve_task(model, task)
     layer = model.cfg.n_layers // 2 if layer is None else layer
     if not 0 <= layer < model.cfg.n_layers:
         raise ConfigError(f"layer {layer} is outside the model's layers 0..{model.cfg.n_layers - 1}")
@@ -301,15 +237,6 @@ class _Unavailable(Exception):
     """The analysis a section needs is not in this tvlens (a branch not merged yet)."""
 
 
-def _analysis(*names: str):
-    import tvlens.analysis as a
-
-    missing = [n for n in names if not hasattr(a, n)]
-    if missing:
-        raise _Unavailable(f"tvlens.analysis lacks {', '.join(missing)}")
-    return [getattr(a, n) for n in names]
-
-
 def _icl(ctx: ReportContext):
     import tvlens as tv
 
@@ -333,23 +260,9 @@ def _compare(ctx: ReportContext):
     return [tv.compare(ctx.model, [ctx.task], fv_shots=8 if ctx.toy else 10, seed=ctx.seed, ltv_config=tv.LTVConfig(seed=ctx.seed))]
 
 
-def _geometry(ctx: ReportContext):
-    from tvlens.analysis.geometry import composition, train_vectors, transfer_matrix, vector_cosines
-    from tvlens.cli._analyze_geometry import REAL_TASKS, TOY_TASKS
-    from tvlens.tasks._composed import COMPOSED, REAL_COMPOSED, parts
-
-    pool = TOY_TASKS if ctx.toy else REAL_TASKS
-    others = [t for t in pool if t != ctx.task.name][: 3 if ctx.toy else 2]
-    own = [ctx.vector, *train_vectors(ctx.model, [ctx.task], seeds=(ctx.seed + 1, ctx.seed + 2), layer=ctx.layer, split_seed=ctx.seed)]
-    vectors = own + train_vectors(ctx.model, others, seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)
-    out = [vector_cosines(vectors), transfer_matrix(ctx.model, vectors, seed=ctx.seed, n=ctx.n)]
-    for name in [*COMPOSED, *REAL_COMPOSED]:
-        pa = parts(name)
-        if ctx.task.name in pa and (name.startswith("toy/") == ctx.toy):
-            by_task = {v.task: v for v in reversed(vectors)}
-            pick = [by_task.get(p) or train_vectors(ctx.model, [p], seeds=(ctx.seed,), layer=ctx.layer, split_seed=ctx.seed)[0] for p in pa]
-            out.append(composition(ctx.model, pick[0], pick[1], name, seed=ctx.seed, n=ctx.n))
-    return out
+def _analysis_section(spec):
+    """A section builder running a registered analysis with its default options."""
+    return lambda ctx: as_results(spec.run(ctx, spec.options()))
 
 
 def _register_builtin() -> None:
@@ -360,10 +273,6 @@ def _register_builtin() -> None:
     register_section("ltv", "The learned task vector", b, _ltv, "Training history of the LTV every other section analyses (report layer, last position).")
     register_section("sweep", "Layer sweep: LTV, Vanilla TV, FV", b, _sweep, "A fresh single-site vector per method and layer (the paper's Figure 2).")
     register_section("compare", "Six scenarios (the paper's Table 1)", b, _compare, "Each method's vector under the paper's six site scenarios.")
-    from tvlens.viz import _report_sections
-
-    _report_sections.register(register_section)
-    register_section("geometry", "Cosines, transfer and composition", "Geometry", _geometry,
-                     "Cosine of this task's LTVs (3 seeds) and other tasks' (1 seed each) at the report layer (Figure 4); "
-                     "each vector on each task; and, where a composed task uses this task, the sum of the two vectors.")
-
+    for spec in analyses():  # every registered analysis with a report section, in report order
+        if spec.report:
+            register_section(spec.name, spec.title, spec.group, _analysis_section(spec), spec.description)
