@@ -98,3 +98,19 @@ def test_ray_missing_is_a_config_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(ConfigError, match=r"tvlens\[ray\]"):
         get_executor("ray")
+
+
+def test_cli_sweep_with_workers_equals_in_process(capsys):
+    import json
+
+    from tvlens.cli._main import main
+
+    base = ["sweep", "--model", "toy", "--task", "antonym", "--layers", "0", "1", "--methods", "ltv", "--json"]
+    assert main(base) == 0
+    seq = json.loads(capsys.readouterr().out)
+    assert main([*base, "--executor", "local", "--workers", "2"]) == 0
+    par = json.loads(capsys.readouterr().out)
+    assert par["methods"] == seq["methods"] and par["layers"] == [0, 1]
+    assert multiprocessing.active_children() == []
+    assert main([*base, "--address", "x:1", "--executor", "local"]) == 2  # --address without ray: a usage error
+    assert "--executor ray" in json.loads(capsys.readouterr().out)["error"]["message"]

@@ -210,6 +210,28 @@ def _baseline_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--top-k", type=int, default=10, help="heads summed into the FV (default 10)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, demonstrations and LTV config")
     sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page (plots and tables)")
+    add_executor_options(sp)
+
+
+def add_executor_options(sp: argparse.ArgumentParser) -> None:
+    """``--executor``/``--workers``/``--address``: where a command's independent LTV jobs run (tvlens._executor)."""
+    sp.add_argument("--executor", choices=["local", "ray"], default=None,
+                    help="run the LTV trainings as parallel jobs: local worker processes (--workers N) or Ray "
+                         "(pip install 'tvlens[ray]'; a local instance, or --address of a cluster). Same vectors")
+    sp.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes of --executor local (default: CPU count)")
+    sp.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: start a local instance)")
+
+
+def executor_from_args(args: argparse.Namespace):
+    """The executor the options name, or None (train in this process)."""
+    from tvlens._executor import get_executor
+
+    kind, workers, address = getattr(args, "executor", None), getattr(args, "workers", None), getattr(args, "address", None)
+    if kind is None and workers is None and address is None:
+        return None
+    if kind is None:
+        kind = "ray" if address is not None else "local"
+    return get_executor(kind, workers=workers or max(1, os.cpu_count() or 1), address=address)
 
 
 def main(argv: list[str] | None = None) -> int:
