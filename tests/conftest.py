@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def _private_cache() -> None:
+    """Tests never write to the user's cache: $TVLENS_CACHE_DIR is a temp dir for the session (its gguf/
+    links to the user's converted GGUF models, if any, so SmolLM2 is not converted again), and the vector
+    store is off (TVLENS_NO_CACHE=1) so that a test training twice really trains twice; tests of the store
+    turn it on explicitly (tests/test_store.py)."""
+    from tvlens._io import cache_dir
+
+    user = cache_dir()
+    tmp = Path(tempfile.mkdtemp(prefix="tvlens-test-cache-"))
+    if (user / "gguf").is_dir():
+        (tmp / "gguf").symlink_to(user / "gguf", target_is_directory=True)
+    os.environ["TVLENS_CACHE_DIR"] = str(tmp)
+    os.environ["TVLENS_NO_CACHE"] = "1"
+
+
+_private_cache()
 
 
 @pytest.fixture

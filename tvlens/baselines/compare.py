@@ -151,8 +151,12 @@ class CompareResult(Result):
 def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] = "paper",
             methods: Sequence[str] = ("vanilla_tv", "fv", "ltv"), ltv_config: LTVConfig = LTVConfig(),
             vanilla_shots: int = 5, fv_shots: int = 10, top_k: int = 10, seed: int = 0,
-            out_of_range: str = "clip") -> CompareResult:
-    """Test accuracy of each method under each scenario on each task (see the module doc for the baselines' sites)."""
+            out_of_range: str = "clip", executor=None, spec: str | None = None) -> CompareResult:
+    """Test accuracy of each method under each scenario on each task (see the module doc for the baselines' sites).
+
+    ``executor`` (``"local"``/``"ray"``/an Executor, :mod:`tvlens._executor`) with the model's ``spec`` string
+    trains every (task, scenario) LTV as a parallel job first (the same vectors); LTVs go through the vector
+    store either way."""
     from tqdm.auto import tqdm
 
     from tvlens.baselines.function_vector import function_vector, head_aie
@@ -176,6 +180,14 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
     correct = torch.zeros(len(methods), len(names), len(tasks), dtype=torch.long)
     n_test, zs, icl = (torch.zeros(len(tasks), dtype=torch.long) for _ in range(3))
     fv_missing: dict[str, str] = {}
+    ltvs = None
+    if executor is not None and "ltv" in methods:
+        from tvlens.ltv._parallel import train_ltvs
+
+        reqs = [(task, scenarios[n].sites, scenarios[n].shots, ltv_config, out_of_range, make_splits(task, seed=seed))
+                for task in tasks for n in names]
+        got = train_ltvs(reqs, spec=spec, executor=executor)
+        ltvs = None if got is None else {(t, j): got[t * len(names) + j] for t in range(len(tasks)) for j in range(len(names))}
     bar = tqdm(total=len(tasks) * len(names) * len(methods), desc="compare", disable=None, leave=False)
     try:
         for t, task in enumerate(tasks):
@@ -195,7 +207,9 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
                 sc = scenarios[name]
                 test = make_prompts(splits, "test", k=sc.shots, seed=seed)
                 for i, m in enumerate(methods):
-                    if m == "ltv":
+                    if m == "ltv" and ltvs is not None:
+                        v = ltvs[t, j]
+                    elif m == "ltv":
                         v = train_ltv(model, task, sites=sc.sites, shots=sc.shots, config=ltv_config, splits=splits,
                                       out_of_range=out_of_range, progress=False).vector
                     elif m == "vanilla_tv":

@@ -144,8 +144,12 @@ def _correct(model, prompts, vector) -> int:
 @no_type_check  # checks its arguments
 def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla", "fv"), layers: Iterable[int] | None = None,
           ltv_config: LTVConfig = LTVConfig(), vanilla_shots: int = 5, vanilla_operation: str = "add", fv_shots: int = 10,
-          top_k: int = 10, icl_shots: int = 8, seed: int = 0, splits: TaskSplits | None = None) -> SweepResult:
-    """Accuracy per (method, layer) of a fresh single-site vector at each of ``layers`` (default: all)."""
+          top_k: int = 10, icl_shots: int = 8, seed: int = 0, splits: TaskSplits | None = None,
+          executor=None, spec: str | None = None) -> SweepResult:
+    """Accuracy per (method, layer) of a fresh single-site vector at each of ``layers`` (default: all).
+
+    ``executor`` (``"local"``/``"ray"``/an Executor, :mod:`tvlens._executor`) with the model's ``spec`` string
+    trains the layers' LTVs as parallel jobs (the same vectors); LTVs go through the vector store either way."""
     from tqdm.auto import tqdm
 
     from tvlens.baselines.function_vector import function_vector, head_aie
@@ -173,13 +177,20 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
         except PromptError as e:  # no clean prompt answered correctly: the FV is undefined (NaN cells)
             fv_undefined = str(e)
     k = min(top_k, model.cfg.n_layers * model.cfg.n_heads)
+    ltvs = None
+    if executor is not None and "ltv" in methods:
+        from tvlens.ltv._parallel import train_ltvs
+
+        ltvs = train_ltvs([(task, site_grid([layer], [-1]), 0, ltv_config, "error", splits) for layer in layers],
+                          spec=spec, executor=executor)
     correct = torch.zeros(len(methods), len(layers), dtype=torch.long)
     bar = tqdm(total=len(methods) * len(layers), desc=f"sweep {task.name}", disable=None, leave=False)
     try:
         for j, layer in enumerate(layers):
             for i, m in enumerate(methods):
                 if m == "ltv":
-                    v = train_ltv(model, task, layers=[layer], config=ltv_config, splits=splits, progress=False).vector
+                    v = ltvs[j] if ltvs is not None else train_ltv(model, task, layers=[layer], config=ltv_config,
+                                                                   splits=splits, progress=False).vector
                 elif m == "vanilla_tv":
                     v = vanilla_tv(model, task, layer=layer, shots=vanilla_shots, operation=vanilla_operation, splits=splits, seed=seed)
                 elif aie is None:

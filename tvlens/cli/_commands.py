@@ -245,7 +245,7 @@ def _sweep_text(res, payload: dict) -> str:
 def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_output
+    from tvlens.cli._main import check_output, executor_from_args
 
     if args.html:
         check_output(args.html, True, "--html")
@@ -254,7 +254,7 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
     task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
     res = tv.sweep(model, task, methods=args.methods, layers=args.layers, fv_shots=_fv_shots(args),
                    vanilla_shots=args.vanilla_shots, top_k=args.top_k, seed=args.seed,
-                   ltv_config=tv.LTVConfig(seed=args.seed))
+                   ltv_config=tv.LTVConfig(seed=args.seed), executor=executor_from_args(args), spec=args.model)
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **res.payload(),
                "seconds": round(time.perf_counter() - t0, 2)}
     text = _sweep_text(res, payload)
@@ -271,7 +271,7 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_output
+    from tvlens.cli._main import check_output, executor_from_args
 
     if args.html:
         check_output(args.html, True, "--html")
@@ -281,7 +281,8 @@ def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     names = args.tasks or (tv.tasks.toy_task_names() if toy else list(REAL_MODEL_DEMO_TASKS))
     tasks = [tv.tasks.resolve(n, model_name=args.model, template=args.template) for n in names]
     res = tv.compare(model, tasks, fv_shots=_fv_shots(args), vanilla_shots=args.vanilla_shots, top_k=args.top_k,
-                     seed=args.seed, ltv_config=tv.LTVConfig(seed=args.seed))
+                     seed=args.seed, ltv_config=tv.LTVConfig(seed=args.seed), executor=executor_from_args(args),
+                     spec=args.model)
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), **res.payload(),
                "seconds": round(time.perf_counter() - t0, 2)}
     table = res.table()

@@ -8,6 +8,7 @@ Failures never dump a traceback (unless ``--debug``): the CLI prints one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -97,6 +98,8 @@ def add_command(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
     sp = sub.add_parser(name, help=help, description=help)
     sp.add_argument("--json", action="store_true", help="print one JSON document on stdout (errors too)")
     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
+    sp.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
+                    help="neither load nor save learned task vectors in the vector store ($TVLENS_CACHE_DIR/vectors)")
     sp.set_defaults(fn=fn)
     return sp
 
@@ -115,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tvlens", description="Learned task vectors on TransformerLens models.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    p.add_argument("--no-cache", action="store_true", help="neither load nor save vectors in the vector store")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
@@ -206,6 +210,28 @@ def _baseline_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--top-k", type=int, default=10, help="heads summed into the FV (default 10)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, demonstrations and LTV config")
     sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page (plots and tables)")
+    add_executor_options(sp)
+
+
+def add_executor_options(sp: argparse.ArgumentParser) -> None:
+    """``--executor``/``--workers``/``--address``: where a command's independent LTV jobs run (tvlens._executor)."""
+    sp.add_argument("--executor", choices=["local", "ray"], default=None,
+                    help="run the LTV trainings as parallel jobs: local worker processes (--workers N) or Ray "
+                         "(pip install 'tvlens[ray]'; a local instance, or --address of a cluster). Same vectors")
+    sp.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes of --executor local (default: CPU count)")
+    sp.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: start a local instance)")
+
+
+def executor_from_args(args: argparse.Namespace):
+    """The executor the options name, or None (train in this process)."""
+    from tvlens._executor import get_executor
+
+    kind, workers, address = getattr(args, "executor", None), getattr(args, "workers", None), getattr(args, "address", None)
+    if kind is None and workers is None and address is None:
+        return None
+    if kind is None:
+        kind = "ray" if address is not None else "local"
+    return get_executor(kind, workers=workers or max(1, os.cpu_count() or 1), address=address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     caught: list = []
     try:
-        with warnings.catch_warnings(record=True) as caught:  # the usual filters still apply
-            payload, text = args.fn(args)
+        from tvlens.store import disabled
+
+        with warnings.catch_warnings(record=True) as caught, (disabled() if args.no_cache else contextlib.nullcontext()):
+            payload, text = args.fn(args)  # the usual warning filters still apply
     except (Exception, KeyboardInterrupt) as e:
         _show(caught)
         return _fail(e, args.json, args.debug)

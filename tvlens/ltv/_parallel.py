@@ -1,8 +1,9 @@
 """Train one single-site LTV per layer, optionally across worker processes.
 
-Each worker is a fresh ``spawn`` process that runs on one torch thread, loads the model from its spec
-string and trains its layers with exactly the call of the sequential loop (same splits, config, seed),
-so the vectors equal those of ``workers=1``. Vectors come back as safetensors files in a temp dir.
+Each job runs in a worker (a fresh ``spawn`` process or a Ray task, :mod:`tvlens._executor`) on one
+torch thread, loads the model from its spec string once per worker and trains with exactly the call of
+the sequential loop (same splits, config, seed), so the vectors equal those of ``workers=1``. Vectors
+come back as the bytes of their safetensors file.
 """
 
 from __future__ import annotations
@@ -14,53 +15,52 @@ import tempfile
 import time
 from pathlib import Path
 
-from tvlens.errors import ConfigError, WorkerError
+from tvlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_WORKER: dict = {}
+_MODEL: dict = {}  # the model of this worker process, by spec (one at a time)
 
 
-def _init(spec: str, task, seed: int, outdir: str) -> None:
-    try:  # an initializer that raises makes multiprocessing.Pool respawn workers forever: report it per layer
-        _load(spec, task, seed, outdir)
-    except BaseException as e:  # noqa: BLE001
-        import traceback
+def _worker_model(spec: str):
+    if spec not in _MODEL:
+        from tvlens._models import load_model
 
-        _WORKER["init_error"] = f"loading {spec!r} in the worker: {type(e).__name__}: {e}\n{traceback.format_exc()}"
-
-
-def _load(spec: str, task, seed: int, outdir: str) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    from tvlens._models import load_model
-    from tvlens.prompts import make_splits
-    from tvlens.tasks import get as get_task
-
-    model = load_model(spec)
-    task = get_task(task) if isinstance(task, str) else task
-    _WORKER.update(model=model, task=task, seed=seed, outdir=outdir, splits=make_splits(task, seed=seed))
+        _MODEL.clear()
+        try:
+            _MODEL[spec] = load_model(spec)
+        except Exception as e:
+            e.add_note(f"(loading the model {spec!r} in the worker)")
+            raise
+    return _MODEL[spec]
 
 
-def _train_one(layer: int) -> tuple[int, str | None, float, str | None]:
-    import traceback
-
+def _ltv_job(spec: str, task, split_seed: int, sites: list, shots: int, config: dict, out_of_range: str) -> tuple[bytes, float]:
+    """One LTV in a worker: the exact ``train_ltv`` call of the sequential loop; the vector as file bytes."""
     from tvlens.ltv._config import LTVConfig
     from tvlens.ltv._train import train_ltv
+    from tvlens.prompts import make_splits
+    from tvlens.sites import Site
+    from tvlens.tasks import get as get_task
 
-    w = _WORKER
     t0 = time.perf_counter()
-    if "init_error" in w:
-        return layer, None, 0.0, w["init_error"]
-    try:
-        vec = train_ltv(w["model"], w["task"], layers=[layer], config=LTVConfig(seed=w["seed"]),
-                           splits=w["splits"], progress=False).vector
-        path = Path(w["outdir"]) / f"ltv_L{layer}.safetensors"
-        vec.save(path, overwrite=True)
-        return layer, str(path), time.perf_counter() - t0, None
-    except BaseException as e:  # noqa: BLE001 - reported to the parent with its traceback
-        return layer, None, time.perf_counter() - t0, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    model = _worker_model(spec)
+    task = get_task(task) if isinstance(task, str) else task
+    vec = train_ltv(model, task, sites=[Site(layer, pos) for layer, pos in sites], shots=shots,
+                       config=LTVConfig.from_dict(config), splits=make_splits(task, seed=split_seed),
+                       out_of_range=out_of_range, progress=False).vector
+    with tempfile.TemporaryDirectory(prefix="tvlens-ltv-") as tmp:
+        path = vec.save(Path(tmp) / "ltv.safetensors")
+        return path.read_bytes(), time.perf_counter() - t0
+
+
+def _vector_from_bytes(data: bytes):
+    from tvlens.vector import TaskVector
+
+    with tempfile.TemporaryDirectory(prefix="tvlens-ltv-") as tmp:
+        path = Path(tmp) / "ltv.safetensors"
+        path.write_bytes(data)
+        return TaskVector.load(path)
 
 
 def _task_for_workers(task):
@@ -82,25 +82,23 @@ def _task_for_workers(task):
 
 
 def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, spec: str | None = None,
-                     progress: bool = True) -> tuple[dict, dict]:
+                     progress: bool = True, executor=None) -> tuple[dict, dict]:
     """Train one single-site LTV (last position) per layer; ``({layer: TaskVector}, {layer: seconds})``.
 
     Every layer gets ``train_ltv(model, task, layers=[layer], config=LTVConfig(seed=seed),
-    splits=make_splits(task, seed=seed))``. With ``workers > 1`` and a model ``spec`` string (what
-    ``load_model`` takes: ``"toy"``, ``"smollm2"``, a gguf path, an HF folder) the layers are trained
-    in that many spawned processes, one torch thread each, handed out in order one at a time (early,
-    slow layers first); the vectors are identical to ``workers=1``. A task that is neither registered nor
-    picklable falls back to the sequential loop (logged warning). A failing layer raises
-    :class:`tvlens.errors.WorkerError` naming it; the pool is terminated and the temp dir removed.
+    splits=make_splits(task, seed=seed))``. With ``workers > 1`` (or an ``executor``, see
+    :func:`tvlens._executor.get_executor`: ``"ray"`` or an Executor) and a model ``spec`` string (what
+    ``load_model`` takes: ``"toy"``, ``"smollm2"``, a gguf path, an HF folder) the layers are jobs,
+    handed out in order one at a time (early, slow layers first), each on one torch thread; the vectors
+    are identical to ``workers=1``. A task that is neither registered nor picklable falls back to the
+    sequential loop (logged warning). A failing layer raises :class:`tvlens.errors.WorkerError` naming
+    it; no worker is left running and no temp file is left behind.
     """
-    import multiprocessing as mp
-    import shutil
-
     from tvlens.ltv._config import LTVConfig
     from tvlens.ltv._train import train_ltv
     from tvlens.prompts import make_splits
     from tvlens.tasks import get as get_task
-    from tvlens.vector import TaskVector
+    from tvlens._executor import LocalExecutor, get_executor
 
     layers = list(layers)
     if len(set(layers)) != len(layers):
@@ -108,18 +106,18 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r}; give an integer >= 1 (1 = train in this process)")
     task = get_task(task) if isinstance(task, str) else task
-    workers = min(workers, len(layers))
+    ex = get_executor(executor, workers=min(workers, len(layers))) if executor is not None else LocalExecutor(min(workers, len(layers)))
     ship = None
-    if workers > 1:
+    if not (isinstance(ex, LocalExecutor) and ex.workers == 1):
         if not isinstance(spec, str):
-            log.warning("workers=%d needs the model's spec string (spec=...); training sequentially", workers)
+            log.warning("%r needs the model's spec string (spec=...); training sequentially", ex)
         else:
             ship = _task_for_workers(task)
             if ship is None:
                 log.warning("task %r is neither registered nor picklable; training its layers sequentially",
                             getattr(task, "name", task))
     out, secs = {}, {}
-    if workers <= 1 or ship is None or not isinstance(spec, str):
+    if ship is None:
         splits = make_splits(task, seed=seed)
         for layer in layers:
             t0 = time.perf_counter()
@@ -127,30 +125,39 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
                                       progress=progress).vector
             secs[layer] = round(time.perf_counter() - t0, 2)
         return out, secs
-    from tqdm.auto import tqdm
+    config = LTVConfig(seed=seed).to_dict()
+    jobs = [(spec, ship, seed, [[layer, -1]], 0, config, "error") for layer in layers]
+    results = ex.map(_ltv_job, jobs, names=[f"layer {layer}" for layer in layers], desc=f"LTVs ({ex!r})", progress=progress)
+    for layer, (data, dt) in zip(layers, results):
+        out[layer] = _vector_from_bytes(data)
+        secs[layer] = round(dt, 2)
+    return out, secs
 
-    tmp = tempfile.mkdtemp(prefix="tvlens-ltv-")
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=_init, initargs=(spec, ship, seed, tmp))
-    try:
-        bar = tqdm(total=len(layers), desc=f"LTVs ({workers} workers)", disable=not progress)
-        for layer, path, dt, err in pool.imap_unordered(_train_one, layers, chunksize=1):
-            if err is not None:
-                raise WorkerError(f"training the LTV at layer {layer} failed in a worker process: {err.strip()}\n"
-                                  "Fix the cause above, or run with workers=1 (--workers 1) to debug in-process.")
-            out[layer] = TaskVector.load(path)
-            secs[layer] = round(dt, 2)
-            bar.update(1)
-        bar.close()
-        pool.close()
-        pool.join()
-    except BaseException:
-        pool.terminate()
-        pool.join()
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {layer: out[layer] for layer in layers}, {layer: secs[layer] for layer in layers}
+
+def train_ltvs(requests, *, spec: str | None, executor, progress: bool = False) -> list | None:
+    """Fan ``requests`` out as jobs: each ``(task, sites, shots, config, out_of_range, splits)`` is trained
+    exactly as ``train_ltv(model, task, sites=, shots=, config=, splits=, out_of_range=)`` would in this
+    process (same vector, bit for bit); returns the TaskVectors in order, or None when the requests cannot
+    leave this process (no spec string, a task that does not ship, splits that are not
+    ``make_splits(task, seed=...)``): the caller then trains them itself. Workers use the vector store
+    (:mod:`tvlens.store`) like any ``train_ltv`` call."""
+    from tvlens.prompts import make_splits
+    from tvlens._executor import get_executor
+
+    ex = get_executor(executor)
+    if not isinstance(spec, str):
+        log.warning("fanning LTVs out needs the model's spec string; training them in this process")
+        return None
+    jobs, names = [], []
+    for task, sites, shots, config, out_of_range, splits in requests:
+        ship = _task_for_workers(task)
+        if ship is None or splits != make_splits(task, seed=splits.seed):
+            log.warning("task %r (or its splits) cannot be rebuilt in a worker; training in this process", task.name)
+            return None
+        jobs.append((spec, ship, splits.seed, [[s.layer, s.position] for s in sites], shots, config.to_dict(), out_of_range))
+        names.append(f"ltv {task.name} at {', '.join(map(str, sites))} ({shots}-shot)")
+    results = ex.map(_ltv_job, jobs, names=names, desc="LTVs", progress=progress)
+    return [_vector_from_bytes(data) for data, _ in results]
 
 
 def default_workers(n_layers_to_train: int) -> int:

@@ -48,6 +48,7 @@ class LTVResult(Result):
     seconds: float
     splits: TaskSplits
     shots: int
+    from_store: bool = False  # loaded from the vector store (tvlens.store) instead of trained in this call
 
     @property
     def n_val(self) -> int:
@@ -181,6 +182,7 @@ def train_ltv(
     checkpoint: str | os.PathLike | None = None,
     out_of_range: str = "error",
     progress: bool = True,
+    cache=None,
 ) -> LTVResult:
     """Train one vector per site (default: middle layer, last position) on ``task``'s train queries.
 
@@ -188,10 +190,17 @@ def train_ltv(
     short prompt lacks raise unless ``out_of_range`` is ``"skip"`` or ``"clip"`` (stored in the vector). With
     ``checkpoint=path`` the run state is saved atomically after every epoch and an interrupted
     run with the same arguments resumes from it. Same seed -> bit-identical vector on CPU.
+
+    ``cache``: the vector store (:mod:`tvlens.store`). None (default) uses ``$TVLENS_CACHE_DIR/vectors``
+    unless ``$TVLENS_NO_CACHE`` is set; False trains and stores nothing; a directory or a
+    ``VectorStore`` uses that store. A hit returns the stored vector and history (``from_store=True``),
+    bit-identical to training it again; a miss trains and stores the result.
     """
     from tqdm.auto import tqdm
 
     from tvlens._fingerprint import fingerprint
+    from tvlens.store import ltv_key_fields
+    from tvlens.store import resolve as resolve_store
     from tvlens.tasks import get as get_task
 
     task = get_task(task) if isinstance(task, str) else task
@@ -207,6 +216,17 @@ def train_ltv(
     check_sites(sites, model.cfg.n_layers)
     splits = splits or make_splits(task, seed=0)
     cfg = config
+    fp = fingerprint(model)
+    store = resolve_store(cache)
+    fields = None
+    if store is not None:
+        fields = ltv_key_fields(model, task, sites=sites, splits=splits, config=cfg, shots=shots,
+                                out_of_range=out_of_range, fingerprint=fp)
+        hit = store.get(fields)
+        if hit is not None:
+            r = hit.record
+            return LTVResult(hit.vector, tuple(r["history"]), r["val_accuracy"], r["best_epoch"], r["steps"],
+                             r["seconds"], splits, shots, from_store=True)
     train_ps = make_prompts(splits, "train", k=shots, seed=cfg.seed, n=cfg.n_train)
     val_ps = make_prompts(splits, "val", k=shots, seed=cfg.seed + 1, n=cfg.n_val)
     t0 = time.perf_counter()
@@ -226,7 +246,6 @@ def train_ltv(
     opt = torch.optim.AdamW([phi], lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-cfg.epoch_size // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.max_epochs
-    fp = fingerprint(model)
     meta = {"config": cfg.to_dict(), "sites": [[s.layer, s.position] for s in sites], "task": task.name,
             "shots": shots, "model_fingerprint": fp, "split_seed": splits.seed, "out_of_range": out_of_range}
 
@@ -307,4 +326,11 @@ def train_ltv(
               "split_seed": splits.seed, "site_rms": [round(float(x), 6) for x in scale.flatten()],
               "lr_effective": [cfg.lr * float(x) for x in scale.flatten()]},
     )
-    return LTVResult(vector, tuple(history), best[0], best[2], step, seconds, splits, shots)
+    result = LTVResult(vector, tuple(history), best[0], best[2], step, seconds, splits, shots)
+    if store is not None:
+        try:
+            store.put(fields, vector, {"history": list(history), "val_accuracy": best[0], "best_epoch": best[2],
+                                       "steps": step, "seconds": seconds})
+        except (OSError, ValueError) as e:  # a read-only or full cache, a non-finite history value: the trained vector is still returned
+            log.warning("could not save the vector to the store %s (%s); continuing without it", store.root, e)
+    return result

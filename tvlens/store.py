@@ -1,0 +1,267 @@
+"""Vectors trained once: a content-addressed store of learned task vectors.
+
+Context:
+    The report, the sweep, compare and the lens, linear and geometry analyses each train LTVs
+    for the same (model, task, site, config, split). Training is deterministic on one device
+    (same inputs -> bit-identical vector), so a vector is named by everything it depends on and
+    kept on disk: the next call with the same inputs, in this process or another command, loads
+    it instead of training.
+
+Intuition:
+    The key is a sha256 of: the model's fingerprint (weights and config, :func:`tvlens.fingerprint`),
+    its tokenizer, the device type, the task's content (name, format, every example), the split
+    (its seed and its demo/train/val queries), the sites, the :class:`~tvlens.LTVConfig`, the shots,
+    ``out_of_range`` and :func:`code_version` (a hash of the training code's source plus the torch
+    and TransformerLens versions), so any change to one of them is a miss.
+
+    An entry is one safetensors file ``<root>/<kk>/<key>.safetensors`` in the format of
+    :meth:`TaskVector.save` (``TaskVector.load`` reads it) plus a ``tvlens_store`` header with the
+    key, the key's fields, the training history and a sha256 of the values. It is written through
+    :func:`tvlens._io.atomic_write`, so two processes storing one key leave one complete entry.
+    Every load is verified (key, fields, checksum, a readable vector); an entry that fails is
+    logged, ignored and overwritten by the retrained vector: it is never trusted.
+
+Where: ``$TVLENS_CACHE_DIR/vectors`` (default ``~/.cache/tvlens/vectors``, see
+:func:`tvlens._io.cache_dir`). ``TVLENS_NO_CACHE=1`` (what the CLI's ``--no-cache`` sets) turns
+the default store off; ``train_ltv(..., cache=False)`` bypasses it for one call.
+
+>>> import tempfile, tvlens as tv
+>>> from tvlens.store import VectorStore
+>>> store = VectorStore(tempfile.mkdtemp())
+>>> model = tv.load_model("toy")
+>>> a = tv.train_ltv(model, "toy/antonym", layers=[1], progress=False, cache=store)
+>>> b = tv.train_ltv(model, "toy/antonym", layers=[1], progress=False, cache=store)
+>>> b.from_store, bool((a.vector.values == b.vector.values).all())
+(True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tvlens.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NO_CACHE_ENV = "TVLENS_NO_CACHE"  # "1": the default store is off (the CLI's --no-cache; inherited by worker processes)
+STORE_FORMAT = "tvlens-vector-store/1"
+
+# the modules whose source decides what training computes (a change to any of them is a new code version)
+_TRAINING_MODULES = ("ltv/_train.py", "ltv/_objective.py", "ltv/_lean.py", "ltv/_scale.py", "ltv/_config.py",
+                     "prompts.py", "sites.py", "_hooks.py", "vector.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A short hash of the training code's source, torch's and TransformerLens's versions."""
+    from importlib.metadata import version
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for rel in _TRAINING_MODULES:
+        h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    h.update(f"torch={torch.__version__};transformer_lens={version('transformer_lens')}".encode())
+    return h.hexdigest()[:16]
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=True, default=str).encode()).hexdigest()
+
+
+def _examples(xs) -> list:
+    return [[list(map(list, e.fields)), e.output] for e in xs]
+
+
+def task_hash(task) -> str:
+    """sha256 of a task's content: every field of the :class:`~tvlens.tasks.Task`, examples included."""
+    d = asdict(task)
+    d["examples"] = _examples(task.examples)
+    return _sha(d)
+
+
+def splits_hash(splits) -> str:
+    """sha256 of a split: its task, seed and the demo / train / val queries training reads."""
+    return _sha({"task": task_hash(splits.task), "seed": splits.seed,
+                 **{k: _examples(getattr(splits, k)) for k in ("demo", "train", "val")}})
+
+
+def tokenizer_hash(model) -> str:
+    """sha256 of the model's tokenizer (vocabulary, special ids); "none" without one."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return "none"
+    vocab = sorted(tok.get_vocab().items())
+    return _sha({"class": type(tok).__name__, "vocab": vocab, "bos": tok.bos_token_id, "eos": tok.eos_token_id,
+                 "pad": tok.pad_token_id, "add_bos": getattr(model.cfg, "default_prepend_bos", None)})
+
+
+def _device_type(model) -> str:
+    p = next(model.parameters(), None)
+    return p.device.type if p is not None else "cpu"
+
+
+def ltv_key_fields(model, task, *, sites, splits, config, shots: int, out_of_range: str, fingerprint: str) -> dict:
+    """Everything a trained LTV depends on, as a JSON-able dict (the store key is its sha256)."""
+    return {
+        "kind": "ltv",
+        "model_fingerprint": fingerprint,
+        "tokenizer": tokenizer_hash(model),
+        "device": _device_type(model),
+        "task": task.name,
+        "task_hash": task_hash(task),
+        "splits_hash": splits_hash(splits),
+        "split_seed": splits.seed,
+        "sites": [[s.layer, s.position] for s in sites],
+        "config": config.to_dict(),
+        "shots": shots,
+        "out_of_range": out_of_range,
+        "code_version": code_version(),
+    }
+
+
+def _values_sha(values: torch.Tensor) -> str:
+    v = values.detach().cpu().contiguous()
+    return hashlib.sha256(str(v.dtype).encode() + str(tuple(v.shape)).encode() + v.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """What a hit returns: the vector and the training record saved beside it."""
+
+    vector: object  # TaskVector
+    record: dict  # history, val_accuracy, best_epoch, steps, seconds
+
+
+class VectorStore:
+    """Content-addressed task vectors under ``root`` (default ``$TVLENS_CACHE_DIR/vectors``)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        from tvlens._io import cache_dir
+
+        self.root = Path(root).expanduser() if root is not None else cache_dir() / "vectors"
+
+    def __repr__(self) -> str:
+        return f"VectorStore({str(self.root)!r})"
+
+    @staticmethod
+    def key(fields: dict) -> str:
+        return _sha(fields)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, fields: dict) -> StoredVector | None:
+        """The verified entry for ``fields``, or None (absent, or corrupt: logged, never trusted)."""
+        key = self.key(fields)
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            return self._read(path, key, fields)
+        except Exception as e:  # noqa: BLE001 - any failure means: do not trust it, retrain
+            log.warning("vector store entry %s is unusable (%s: %s); retraining and replacing it", path, type(e).__name__, e)
+            return None
+
+    def _read(self, path: Path, key: str, fields: dict) -> StoredVector:
+        from safetensors import safe_open
+
+        from tvlens.vector import TaskVector
+
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})["tvlens_store"])
+        if header.get("format") != STORE_FORMAT or header.get("key") != key:
+            raise ValueError(f"header names key {header.get('key')!r}, expected {key!r}")
+        if header.get("fields") != json.loads(json.dumps(fields, default=str)):
+            raise ValueError("the header's key fields differ from the request's")
+        vector = TaskVector.load(path)  # checks the vector's own header and finiteness
+        if _values_sha(vector.values) != header.get("values_sha256"):
+            raise ValueError("checksum of the values does not match")
+        if vector.model_fingerprint != fields.get("model_fingerprint"):
+            raise ValueError("the vector's model fingerprint differs")
+        if [[s.layer, s.position] for s in vector.sites] != fields.get("sites"):
+            raise ValueError("the vector's sites differ")
+        record = header.get("record")
+        if not isinstance(record, dict):
+            raise ValueError("no training record")
+        log.info("vector store hit %s (%s, sites %s)", key[:12], fields.get("task"), fields.get("sites"))
+        return StoredVector(vector, record)
+
+    def put(self, fields: dict, vector, record: dict) -> Path:
+        """Store ``vector`` (a TaskVector) and its training ``record`` under the key of ``fields``."""
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        from tvlens._io import atomic_write
+
+        key = self.key(fields)
+        path = self.path(key)
+        header = {"format": STORE_FORMAT, "key": key, "fields": json.loads(json.dumps(fields, default=str)),
+                  "values_sha256": _values_sha(vector.values), "record": record}
+        header_json = json.dumps(header, allow_nan=False)
+
+        def write(tmp: Path) -> None:
+            vector.save(tmp)  # the TaskVector format, then the same tensors with the store header added
+            with safe_open(str(tmp), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            save_file(tensors, str(tmp), metadata={**metadata, "tvlens_store": header_json})
+
+        atomic_write(path, write)
+        log.info("vector store: saved %s (%s, sites %s)", key[:12], fields.get("task"), fields.get("sites"))
+        return path
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many were removed."""
+        n = 0
+        for p in self.root.glob("*/*.safetensors"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+        return n
+
+
+def default_store() -> VectorStore | None:
+    """The store of ``$TVLENS_CACHE_DIR/vectors``, or None when ``$TVLENS_NO_CACHE`` is set."""
+    if os.environ.get(NO_CACHE_ENV, "").strip() not in ("", "0"):
+        return None
+    return VectorStore()
+
+
+def resolve(cache) -> VectorStore | None:
+    """``cache=`` of the training functions: None -> :func:`default_store`, False -> off,
+    True -> the default location even under ``$TVLENS_NO_CACHE``, a path or a :class:`VectorStore`."""
+    if cache is None:
+        return default_store()
+    if cache is False:
+        return None
+    if cache is True:
+        return VectorStore()
+    if isinstance(cache, VectorStore):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return VectorStore(cache)
+    raise ConfigError(f"cache must be None, True, False, a directory or a tvlens.store.VectorStore, got {type(cache).__name__}")
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block the default store is off (sets ``$TVLENS_NO_CACHE``, restored after)."""
+    old = os.environ.get(NO_CACHE_ENV)
+    os.environ[NO_CACHE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(NO_CACHE_ENV, None)
+        else:
+            os.environ[NO_CACHE_ENV] = old
