@@ -178,3 +178,16 @@ def test_cli_no_cache(tmp_path, monkeypatch):
     assert torch.equal(a.values, c.values)
     assert "TVLENS_NO_CACHE" not in __import__("os").environ  # --no-cache does not leak past the command
     json.dumps(a.meta)
+
+
+def test_the_code_version_covers_modules_that_exist():
+    """A training module renamed or removed must be renamed in the store's list too (else every command fails)."""
+    from pathlib import Path
+
+    import tvlens
+    from tvlens import store
+
+    root = Path(tvlens.__file__).parent
+    missing = [m for m in store._TRAINING_MODULES if not (root / m).is_file()]
+    assert not missing, f"store._TRAINING_MODULES names missing modules: {missing}"
+    assert len(store.code_version()) == 16

@@ -57,8 +57,8 @@ NO_CACHE_ENV = "TVLENS_NO_CACHE"  # "1": the default store is off (the CLI's --n
 STORE_FORMAT = "tvlens-vector-store/1"
 
 # the modules whose source decides what training computes (a change to any of them is a new code version)
-_TRAINING_MODULES = ("ltv/_train.py", "ltv/_objective.py", "ltv/_lean.py", "ltv/_scale.py", "ltv/_config.py",
-                     "prompts.py", "sites.py", "_hooks.py", "vector.py")
+_TRAINING_MODULES = ("ltv/_train.py", "ltv/_objective.py", "ltv/_scale.py", "ltv/_config.py", "_engine.py",
+                     "_engine_lean.py", "prompts.py", "sites.py", "_hooks.py", "vector.py")
 
 
 @functools.lru_cache(maxsize=1)
