@@ -24,6 +24,7 @@ LEVELS = [  # (module prefix, level); the longest matching prefix wins
     ("tvlens.toy._world", 1), ("tvlens._fingerprint", 1),  # the toy world's word lists; a hash of a model's config
     ("tvlens._models", 2), ("tvlens._gguf", 2), ("tvlens.toy", 2),
     ("tvlens._hooks", 3), ("tvlens.interventions", 3), ("tvlens._engine", 3), ("tvlens._engine_lean", 3),
+    ("tvlens._engine_generate", 3), ("tvlens.store", 3), ("tvlens._executor", 3),  # the vector store; the job executor
     ("tvlens.evaluate", 4), ("tvlens.steer", 4), ("tvlens.ltv", 4), ("tvlens.baselines", 4),
     ("tvlens.analysis", 5), ("tvlens._reference", 5),  # the full-width reference paths of the bench and the oracles
     ("tvlens", 6),  # the package root: tvlens/__init__.py
