@@ -262,16 +262,24 @@ class OVReconstruction(Result):
                 f"mlp={self.mlp_control:.2f})")
 
 
+def reconstruction_inputs(fn: str, what: str, model, vector: TaskVector, task, prompts, ln: str, n: int | None,
+                          batch_size: int):
+    """The checked inputs of a reconstruction (``fn`` names the function, ``what`` the analysis in errors):
+    the injection layer, θ and the prompts; the vector must have one site, at the last position."""
+    check_choice(fn, "ln", ln, ("folded", "actual"))
+    check_vector(model, vector)
+    layer, theta = single_layer_theta(vector)
+    if len(vector.sites) != 1 or vector.sites[0].position != -1:
+        raise ConfigError(f"{what} needs a vector with one site at the last position (Site(layer, -1))")
+    return layer, theta, resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+
+
 @no_type_check  # checks its arguments
 def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, ln: LNMode = "actual", n: int | None = None,
                       batch_size: int = 64) -> OVReconstruction:
     """Accuracy of the OV reconstruction of θ (variants A and B, plain and attention-weighted) and its controls."""
-    check_choice("ov_reconstruction", "ln", ln, ("folded", "actual"))
-    check_vector(model, vector)
-    layer, theta = single_layer_theta(vector)
-    if len(vector.sites) != 1 or vector.sites[0].position != -1:
-        raise ConfigError("OV reconstruction needs a vector with one site at the last position (Site(layer, -1))")
-    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    layer, theta, ps = reconstruction_inputs("ov_reconstruction", "OV reconstruction", model, vector, task, prompts, ln, n,
+                                             batch_size)
     cfg = model.cfg
     layers = list(range(layer, cfg.n_layers))
     raw = unscaled_products(model, theta, layers)  # [layer', head, d_model]

@@ -40,10 +40,10 @@ from jaxtyping import Float
 from tvlens import _engine as engine
 from tvlens._hooks import AddPerRow
 from tvlens._result import ConditionAccuracy
-from tvlens._validate import check_choice, check_float, no_type_check
-from tvlens.analysis._inputs import check_heads, check_vector, resolve_prompts, single_layer_theta, steer_edit
+from tvlens._validate import check_float, no_type_check
+from tvlens.analysis._inputs import check_heads, steer_edit
 from tvlens.analysis._registry import Analysis, Options, register
-from tvlens.analysis.ov import _steered_stats, unscaled_products
+from tvlens.analysis.ov import _steered_stats, reconstruction_inputs, unscaled_products
 from tvlens.errors import ConfigError
 from tvlens.sites import Site
 from tvlens.vector import TaskVector
@@ -87,13 +87,9 @@ def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=Non
 
     ``heads``: the key heads (default: the top ``fraction`` by one-pass saliency on the same prompts).
     """
-    check_choice("ov_layer_reconstruction", "ln", ln, ("folded", "actual"))
     check_float("ov_layer_reconstruction", "fraction", fraction, min=0, max=1, min_exclusive=True)
-    check_vector(model, vector)
-    layer, theta = single_layer_theta(vector)
-    if len(vector.sites) != 1 or vector.sites[0].position != -1:
-        raise ConfigError("the per-layer OV reconstruction needs a vector with one site at the last position (Site(layer, -1))")
-    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    layer, theta, ps = reconstruction_inputs("ov_layer_reconstruction", "the per-layer OV reconstruction", model, vector,
+                                             task, prompts, ln, n, batch_size)
     cfg = model.cfg
     if heads is None:
         from tvlens.analysis.saliency import head_saliency
