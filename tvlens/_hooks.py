@@ -518,6 +518,14 @@ def intervene(model, *edits: Edit, span: Span | None = None, at: CallPositions |
     attention mask, e.g. for prompts followed by teacher-forced answer tokens. ``at`` gives the
     positions of a caller that calls blocks' hook points itself (no block forward to read them from).
     """
+    for e in edits:  # a task vector is checked where it is used: values edited in place after construction included
+        if isinstance(e, AddAt) and not bool(torch.isfinite(e.values).all()):
+            from tvlens.errors import NonFiniteError
+
+            v = e.values
+            raise NonFiniteError(f"the vector added at {[str(s) for s in e.sites]} has non-finite values "
+                                 f"({int(torch.isnan(v).sum())} nan, {int(torch.isinf(v).sum())} inf of {v.numel()}), "
+                                 "changed in place after it was built; use a finite vector (reload it, or retrain)")
     tracker = _Tracker(model, span, at)
     by_name: dict[str, list[Edit]] = {}
     for e in edits:

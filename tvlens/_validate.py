@@ -74,3 +74,118 @@ def no_type_check(obj):
     ``typing.no_type_check``, this one leaves the annotations to static type checkers.
     """
     return obj
+
+
+# --- analysis inputs: layers, heads, fractions, vectors, output paths ------------------------------
+
+
+def is_strict_int(value) -> bool:
+    import operator
+
+    if isinstance(value, (bool, float, str, bytes)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_layers(owner: str, name: str, value, n_layers: int, *, low: int = 0) -> tuple[int, ...]:
+    """``value`` (an int or a sequence of ints, never text) as sorted distinct layers in ``low..n_layers - 1``.
+
+    >>> check_layers("f", "layers", [3, 1], 5)
+    (1, 3)
+    >>> check_layers("f", "layers", "34", 5)
+    Traceback (most recent call last):
+    ...
+    tvlens.errors.ConfigError: f: layers must be an integer or a list of integers in 0..4, got str '34'; e.g. layers=[3, 4]
+    """
+    where = f"{owner}: {name}" if owner else name
+    rng = f"0..{n_layers - 1}" if low == 0 else f"{low}..{n_layers - 1}"
+    kind = f"an integer or a list of integers in {rng}"
+    if is_strict_int(value):
+        items = [value]
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{where} must be {kind}, got {type(value).__name__} {value!r}; e.g. {name}=[3, 4]")
+    else:
+        items = list(value)
+    bad = [x for x in items if not is_strict_int(x)]
+    if bad:
+        raise ConfigError(f"{where} must be {kind}, got {type(bad[0]).__name__} {bad[0]!r} in {value!r}; e.g. {name}=[3, 4]")
+    if not items:
+        raise ConfigError(f"{where} is empty; give at least one layer in {rng}")
+    out = sorted({int(x) for x in items})
+    outside = [x for x in out if not low <= x < n_layers]
+    if outside:
+        raise ConfigError(f"{where} must lie in {rng} (this model has {n_layers} layers), got {outside}")
+    return tuple(out)
+
+
+def check_fraction(owner: str, name: str, value) -> float:
+    """A share in [0, 1] (inclusive, as documented) as a float."""
+    check_float(owner, name, value, min=0, max=1)
+    return float(value)
+
+
+def check_finite(what: str, values, fix: str) -> None:
+    """A NonFiniteError naming ``what`` when ``values`` (a tensor) holds nan or inf."""
+    import torch
+
+    from tvlens.errors import NonFiniteError
+
+    if isinstance(values, torch.Tensor) and values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        n_nan, n_inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+        raise NonFiniteError(f"{what} has non-finite values ({n_nan} nan, {n_inf} inf of {values.numel()}); {fix}")
+
+
+def check_output_path(path, what: str = "output") -> "Path":
+    """``path`` as a Path once its folder exists or can be made, is a folder and is writable, and
+    ``path`` itself is not a folder; an :class:`~tvlens.errors.OutputPathError` otherwise, before any work.
+
+    Makes no folder and writes nothing: a missing parent is accepted when its nearest existing
+    ancestor is a writable folder (the writer makes the rest).
+    """
+    import os
+    from pathlib import Path
+
+    from tvlens.errors import OutputPathError
+
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise OutputPathError(f"{what} must be a file path, got {type(path).__name__} {path!r}")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise OutputPathError(f"{what} {str(p)!r} is a folder; give a file path inside it, e.g. {str(p / 'out')!r}")
+    parent = p.parent if str(p.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            raise OutputPathError(f"{what} {str(p)!r}: {str(probe)!r} is a broken link; remove it or choose another folder")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputPathError(f"{what} {str(p)!r} lies under {str(probe)!r}, which is a file, not a folder; "
+                              "choose a path in a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {str(p)!r}: the folder {str(probe)!r} is not writable; choose a folder you can write to")
+    return p
+
+
+def check_output_dir(path, what: str = "output folder") -> "Path":
+    """Like :func:`check_output_path` for a folder to be made or replaced (``--save-vectors DIR``, ``toy-train --out``)."""
+    import os
+    from pathlib import Path
+
+    from tvlens.errors import OutputPathError
+
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise OutputPathError(f"{what} must be a folder path, got {type(path).__name__} {path!r}")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{what} {str(p)!r} is a file, not a folder; choose a folder path")
+    if p.is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise OutputPathError(f"{what} {str(p)!r} is not writable; choose a folder you can write to")
+        return p
+    return check_output_path(p, what)

@@ -60,6 +60,16 @@ class OutputExistsError(TvlensError, FileExistsError):
     """A save would replace an existing file and overwriting was not allowed."""
 
 
+class DegenerateInputError(ConfigError):
+    """An input of the right type that the maths cannot use: a zero vector before a solve, an empty
+    list of conditions or vectors, a pool of random heads smaller than the set it is compared with."""
+
+
+class OutputPathError(TvlensError, OSError):
+    """An output path (``--html``, ``--out``, ``--save-vectors``, ``.save()``, ``.dashboard(path)``) cannot
+    be written: its parent is a file, or not writable. Raised before any work starts."""
+
+
 class TvlensWarning(UserWarning):
     """Base class of tvlens warnings: a result may be meaningless (unknown tokens, another task's vector, ...).
 

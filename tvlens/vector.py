@@ -47,6 +47,40 @@ def _nonfinite_summary(v: torch.Tensor) -> str:
     return f"{int(torch.isnan(v).sum())} nan, {int(torch.isinf(v).sum())} inf of {v.numel()}"
 
 
+def _cached_fingerprint(model) -> str:
+    """tv.fingerprint(model), computed again only when a parameter changed (its version counter moved)."""
+    from tvlens._fingerprint import fingerprint
+
+    key = tuple((id(p), p._version) for p in model.parameters())
+    cached = model.__dict__.get("_tvlens_fingerprint")
+    if cached is None or cached[0] != key:
+        cached = (key, fingerprint(model))
+        model.__dict__["_tvlens_fingerprint"] = cached
+    return cached[1]
+
+
+def check_vector_use(model, vector: "TaskVector", task=None) -> None:
+    """Checks of a vector at use, the same for every analysis, baseline and command.
+
+    Raises :class:`~tvlens.errors.NonFiniteError` when its values turned nan/inf after
+    construction (an in-place edit) and :class:`~tvlens.errors.IncompatibleModelError` for
+    another shape; warns (:class:`~tvlens.errors.TvlensWarning`) for another model fingerprint
+    and, when ``task`` is given, for another task or template.
+    """
+    if not bool(torch.isfinite(vector.values).all()):
+        raise NonFiniteError(f"task vector {vector.task!r} has non-finite values ({_nonfinite_summary(vector.values)}), "
+                             "changed in place after it was built; use a finite vector (reload it, or retrain)")
+    check_scale(vector.scale, "scale")
+    vector.check_compatible(model, allow_other_fingerprint=True)
+    if vector.model_fingerprint:
+        fp = _cached_fingerprint(model)
+        if fp != vector.model_fingerprint:
+            warn(f"task vector {vector.task!r} was made on model {vector.model_fingerprint}, not on this model ({fp}); "
+                 "results describe a vector of another model: train one on this model unless that is what you study")
+    if task is not None:
+        vector.check_task(task)
+
+
 @no_type_check  # validates its own fields (tvlens._validate.no_type_check)
 @dataclass(frozen=True)
 class TaskVector:

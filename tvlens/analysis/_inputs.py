@@ -61,10 +61,20 @@ def resolve_prompts(task=None, prompts: PromptSet | None = None, *, n: int | Non
     return make_prompts(make_splits(task, seed=seed), split, k=k, seed=seed, n=n)
 
 
-def check_vector(model, vector: TaskVector) -> None:
+def check_vector(model, vector: TaskVector, task=None, *, what: str = "vector") -> None:
+    """The one check of a vector an analysis is about to use (every analysis, baseline and CLI command):
+    a TaskVector, finite now (values edited in place after construction included), of this model's
+    shape; a vector of another model fingerprint or another task warns (TvlensWarning), never raises."""
+    from tvlens.vector import check_vector_use
+
     if not isinstance(vector, TaskVector):
-        raise ConfigError(f"vector must be a tv.TaskVector (e.g. tv.train_ltv(...).vector), got {type(vector).__name__}")
-    vector.check_compatible(model, allow_other_fingerprint=True)
+        raise ConfigError(f"{what} must be a tv.TaskVector (e.g. tv.train_ltv(...).vector), got {type(vector).__name__}")
+    check_vector_use(model, vector, task)
+
+
+def check_prompt_task(model, vector: TaskVector, prompts) -> None:
+    """:func:`check_vector` with the task of ``prompts`` (a PromptSet)."""
+    check_vector(model, vector, getattr(prompts, "task", None))
 
 
 def injection(vector: TaskVector) -> tuple[int, tuple[int, ...]]:
@@ -94,10 +104,17 @@ def span_of(batch: PromptBatch) -> Span:
 
 def check_heads(model, heads, what: str = "heads") -> tuple[Head, ...]:
     """``heads`` as a tuple of (layer, head) pairs inside the model."""
+    from tvlens._validate import is_strict_int
+
     try:
-        out = tuple((int(layer), int(h)) for layer, h in heads)
-    except (TypeError, ValueError):
+        pairs = [tuple(hd) for hd in heads]
+    except TypeError:
         raise ConfigError(f"{what} must be (layer, head) pairs, e.g. [(3, 1), (5, 0)] or a HeadSaliency's .top(0.1)") from None
+    bad = [hd for hd in pairs if len(hd) != 2 or not all(is_strict_int(x) for x in hd)]
+    if isinstance(heads, (str, bytes)) or bad:
+        raise ConfigError(f"{what} must be (layer, head) pairs of integers, e.g. [(3, 1), (5, 0)] or a HeadSaliency's "
+                          f".top(0.1); got {bad[0] if bad else heads!r}")
+    out = tuple((int(layer), int(h)) for layer, h in pairs)
     cfg = model.cfg
     bad = [hd for hd in out if not (0 <= hd[0] < cfg.n_layers and 0 <= hd[1] < cfg.n_heads)]
     if bad:
@@ -109,10 +126,19 @@ def check_heads(model, heads, what: str = "heads") -> tuple[Head, ...]:
 
 def random_head_sets(pool: Sequence[Head], size: int, n: int, seed: int, exclude: Sequence[Head] = ()) -> list[tuple[Head, ...]]:
     """``n`` random sets of ``size`` heads drawn from ``pool`` (seeded; ``exclude`` left out when possible)."""
+    from tvlens._validate import check_int
+    from tvlens.errors import DegenerateInputError
+
+    check_int("random heads", "seed", seed)
+    check_int("random heads", "n_random", n, min=0)
     rng = random.Random(f"tvlens-random-heads-{seed}")
     rest = [h for h in pool if h not in set(exclude)]
     if len(rest) < size:
         rest = list(pool)
+    if n and len(rest) < size:
+        raise DegenerateInputError(f"the pool of random heads holds {len(rest)} heads, fewer than the {size} key heads each "
+                                   "random set must match; give a larger pool=, fewer key heads (a smaller fraction), "
+                                   "or n_random=0")
     return [tuple(sorted(rng.sample(rest, size))) for _ in range(n)]
 
 

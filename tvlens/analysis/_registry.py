@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import logging
 import pkgutil
 import types
@@ -89,6 +90,10 @@ def _check_value(owner: str, f: dataclasses.Field, hint, value) -> None:
     items = value if many else (value,)
     if many and not isinstance(value, tuple):
         raise ConfigError(f"{owner}: {f.name} must be a tuple, got {type(value).__name__} {value!r}")
+    if many and not value:
+        from tvlens.errors import DegenerateInputError
+
+        raise DegenerateInputError(f"{owner}: {f.name} is empty; give at least one value (or leave the default)")
     for v in items:
         if typing.get_origin(base) is Literal:
             if v not in typing.get_args(base):
@@ -99,6 +104,8 @@ def _check_value(owner: str, f: dataclasses.Field, hint, value) -> None:
               isinstance(v, int) and not isinstance(v, bool) if base is int else isinstance(v, base))
         if not ok:
             raise ConfigError(f"{owner}: {f.name} must be {base.__name__}, got {type(v).__name__} {v!r}")
+        if base is float and not math.isfinite(v):
+            raise ConfigError(f"{owner}: {f.name} must be a finite number, got {v!r}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise ConfigError(f"{owner}: {f.name} must lie in [{lo}, {hi}], got {v!r}")

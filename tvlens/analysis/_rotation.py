@@ -121,9 +121,30 @@ def rotation_vs_stretch(
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
 
-    vecs = dict(vectors_by_layer) if isinstance(vectors_by_layer, Mapping) else {v.sites[0].layer: v for v in vectors_by_layer}
+    from tvlens._validate import is_strict_int, check_float, check_int
+    from tvlens.analysis._inputs import check_vector
+    from tvlens.errors import DegenerateInputError
+
+    if isinstance(vectors_by_layer, Mapping):
+        vecs = dict(vectors_by_layer)
+    elif isinstance(vectors_by_layer, (str, bytes)) or not isinstance(vectors_by_layer, Sequence):
+        raise ConfigError(f"vectors_by_layer must be {{layer: TaskVector}} or a list of one-site TaskVectors, "
+                          f"got {type(vectors_by_layer).__name__}")
+    else:
+        for v in vectors_by_layer:
+            check_vector(model, v)
+        vecs = {v.sites[0].layer: v for v in vectors_by_layer}
+        if len(vecs) != len(vectors_by_layer):
+            raise ConfigError("two vectors of vectors_by_layer share a layer; give one vector per layer")
     if not vecs:
-        raise ConfigError("give at least one vector: {layer: TaskVector}, e.g. from tv.train_ltv(model, task, layers=[l])")
+        raise DegenerateInputError("give at least one vector: {layer: TaskVector}, e.g. from tv.train_ltv(model, task, layers=[l])")
+    for key, v in vecs.items():
+        check_vector(model, v, what=f"vectors_by_layer[{key!r}]")
+        if not is_strict_int(key) or int(key) not in v.layers or len(v.layers) != 1:
+            raise ConfigError(f"vectors_by_layer[{key!r}] holds a vector injected at layer(s) {list(v.layers)}, not at "
+                              f"layer {key!r}; key each vector by its own layer ({{v.sites[0].layer: v}}) or pass a list")
+    check_float("rotation_vs_stretch", "threshold", threshold, min=-1, max=1)
+    check_int("rotation_vs_stretch", "k", k, min=1)
     if prompts is None:
         if task is None:
             raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")

@@ -24,6 +24,10 @@ def _check_vectors(vectors, what: str = "vectors") -> list[TaskVector]:
     if not vectors or not all(isinstance(v, TaskVector) for v in vectors):
         raise ConfigError(f"{what} must be a non-empty sequence of tv.TaskVector; train them with "
                           "tv.analysis.train_vectors(model, tasks, seeds=...)")
+    from tvlens._validate import check_finite
+
+    for i, v in enumerate(vectors):
+        check_finite(f"{what}[{i}] ({v.task!r})", v.values, "it was changed in place after it was built; reload or retrain it")
     shape, sites = vectors[0].values.shape, vectors[0].sites
     for v in vectors[1:]:
         if v.values.shape != shape or v.sites != sites:

@@ -31,7 +31,7 @@ import torch
 
 from tvlens._hooks import AblateHeads, Activations, Edit, PatchFrom
 from tvlens._result import Result
-from tvlens._validate import check_choice, check_int, no_type_check
+from tvlens._validate import check_choice, check_float, check_int, no_type_check
 from tvlens import _engine as engine
 from tvlens.analysis._inputs import (Head, check_heads, check_vector, final_logits, heads_from, injection, pool_heads,
                                      random_head_sets, resolve_prompts, steer_edit)
@@ -175,6 +175,8 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
     check_choice("head_ablation", "kind", kind, ("zero", "mean", "path"))
     check_choice("head_ablation", "means_from", means_from, ("steered", "zero_shot"))
     check_int("head_ablation", "n_random", n_random, min=0)
+    check_int("head_ablation", "seed", seed)
+    check_float("head_ablation", "fraction", fraction, min=0, max=1)
     check_vector(model, vector)
     if heads is None:
         raise ConfigError("give the heads to ablate: (layer, head) pairs or a HeadSaliency (head_saliency(...)), whose top "
@@ -186,6 +188,7 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
     pool = check_heads(model, pool, "pool")
     sets = random_head_sets(pool, len(key), n_random, seed, exclude=key)
     ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    vector.check_task(ps.task)
     batch = ps.tokenize(model)
     (zero_shot, _), (none, p_none), ((acc_key, p_key), *rand) = measure_conditions(
         model, vector, batch, [key, *sets], kind, positions=positions, means_from=means_from, batch_size=batch_size)

@@ -98,6 +98,7 @@ class Circuit:
         self.prompts = resolve_prompts(task, prompts, n=n, seed=seed)
         check_int("circuit", "example", example, min=0, max=len(self.prompts) - 1)
         self.task = self.prompts.task
+        vector.check_task(self.task)
         self.fraction, self.n_random, self.seed, self.example = fraction, n_random, seed, example
         self.layer = min(s.layer for s in vector.sites)
         self._cache: dict = {}
@@ -366,8 +367,11 @@ class Circuit:
     def dashboard(self, path: str | os.PathLike | None = None, *, kinds: tuple[str, ...] = ("zero", "mean", "path"),
                   overwrite: bool = True):
         """The head-saliency dashboard: written to ``path`` when given; shown inline in Jupyter either way."""
+        from tvlens._validate import check_output_path
         from tvlens.viz.heads import Dashboard, render_dashboard, write_dashboard
 
+        if path is not None:
+            check_output_path(path, "dashboard path")  # before the analyses run
         data = self.dashboard_data(kinds=kinds)
         return write_dashboard(data, path, overwrite=overwrite) if path is not None else Dashboard(render_dashboard(data))
 

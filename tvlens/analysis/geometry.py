@@ -35,6 +35,7 @@ from jaxtyping import Float, Int
 from tvlens._result import Result
 from tvlens._validate import no_type_check
 from tvlens.analysis._vectors import _check_vectors, _ci, _eval_correct, _labels, _task
+from tvlens.analysis._inputs import check_vector
 from tvlens.errors import ConfigError
 from tvlens.tasks._task import Task
 from tvlens.vector import TaskVector
@@ -255,7 +256,7 @@ def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence
 
     vectors = _check_vectors(vectors)
     for v in vectors:
-        v.check_compatible(model, allow_other_fingerprint=True)
+        check_vector(model, v)  # warns for another model's vector; another task's is the point here
     if tasks is None:
         tasks = list(dict.fromkeys(v.task for v in vectors))
     tasks = [_task(model, t) for t in tasks]

@@ -236,8 +236,10 @@ def logit_lens(
     if definition not in DEFINITIONS:
         raise ConfigError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
     named = dict(vectors) if isinstance(vectors, Mapping) else {_condition_name(v): v for v in vectors}
-    for v in named.values():
-        v.check_compatible(model, allow_other_fingerprint=True)
+    from tvlens.analysis._inputs import check_vector
+
+    for name, v in named.items():
+        check_vector(model, v, what=f"vectors[{name!r}]")
     sets: dict[str, PromptSet] = {}
     if prompts is not None:
         sets["zero-shot"] = prompts
@@ -251,10 +253,17 @@ def logit_lens(
             sets["zero-shot" if k == 0 else f"{k}-shot ICL"] = make_prompts(splits, "test", k=k, seed=seed, n=n)
         if named and "zero-shot" not in sets:
             sets["zero-shot"] = make_prompts(splits, "test", k=0, seed=seed, n=n)
+    for v in named.values():
+        v.check_task(task)
     zero = sets.get("zero-shot")
     runs = [(name, ps, None) for name, ps in sets.items()]
     runs += [(name, zero, AddAt(v.sites, v.values, scale=v.scale, operation=v.operation, out_of_range=v.out_of_range))
              for name, v in named.items()]
+    if not sets:
+        from tvlens.errors import DegenerateInputError
+
+        raise DegenerateInputError("logit_lens has no condition to run: shots is empty and no vectors were given; "
+                                   "give shots=(0, 8) or vectors=[...]")
     ids = answer_token_ids(model, next(iter(sets.values())))
     acc, lab, ali, count = [], [], [], None
     for name, ps, edit in runs:

@@ -199,8 +199,18 @@ def linear_propagation(
 
     t0 = time.perf_counter()
     d = model.cfg.d_model
+    from tvlens.analysis._inputs import check_vector
+    from tvlens.errors import DegenerateInputError
+
+    check_vector(model, vector)
     site = _single_site(vector)
-    vector.check_compatible(model, allow_other_fingerprint=True)
+    check_int("linear_propagation", "seed", seed)
+    check_int("linear_propagation", "rows_per_pass", rows_per_pass, min=1)
+    if n_test is not None:
+        check_int("linear_propagation", "n_test", n_test, min=1)
+    if not bool(vector.values.detach().float().norm() * abs(vector.scale) > 0):
+        raise DegenerateInputError(f"linear propagation of a zero vector ({vector.task!r} at {site}, scale {vector.scale}): "
+                                   "its noisy copies are all zero and W cannot be fitted; give a non-zero vector")
     n_copies = math.ceil(1.1 * d) if n_copies is None else n_copies
     n_heldout = max(32, d // 8) if n_heldout is None else n_heldout
     check_int("linear_propagation", "n_copies", n_copies, min=2)
@@ -220,6 +230,7 @@ def linear_propagation(
     else:
         fit_prompts = prompts.subset(slice(0, n_queries))
         task = prompts.task
+    vector.check_task(task)
     theta = vector.values[0].detach().float() * vector.scale
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(n_copies + n_heldout, d, generator=g)

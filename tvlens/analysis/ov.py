@@ -42,7 +42,7 @@ from jaxtyping import Bool, Float, Int
 
 from tvlens import _engine as engine
 from tvlens._result import Result
-from tvlens._validate import check_choice, no_type_check
+from tvlens._validate import check_choice, check_layers, no_type_check
 from tvlens.analysis._inputs import check_vector, final_logits, resolve_prompts, single_layer_theta, steer_edit
 from tvlens.errors import ConfigError
 from tvlens.vector import TaskVector
@@ -184,9 +184,7 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
     if len(vector.sites) != 1:
         raise ConfigError(f"OV products need a vector with one site, got {len(vector.sites)}; take one: v.values[i:i+1], v.sites[i:i+1]")
     cfg = model.cfg
-    todo = list(range(layer, cfg.n_layers)) if layers is None else sorted({int(x) for x in layers})
-    if not todo or any(not layer <= x < cfg.n_layers for x in todo):
-        raise ConfigError(f"layers must lie in {layer}..{cfg.n_layers - 1} (at or after the injection layer {layer}), got {layers}")
+    todo = list(range(layer, cfg.n_layers)) if layers is None else list(check_layers("ov_products", "layers (at or after the injection layer)", layers, cfg.n_layers, low=layer))
     have = prompts is not None or task is not None
     if ln == "actual" and not have:
         raise ConfigError("ln='actual' needs the ln1 scales of real prompts: pass prompts=tv.make_prompts(...) or task=...")
@@ -198,6 +196,7 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
     raw = unscaled_products(model, theta, todo)  # [layer', head, d_model]
     if have:
         ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+        vector.check_task(ps.task)
         batch, inv_b, att_b = _steered_stats(model, vector, ps, todo, batch_size)
         att[idx] = att_b.mean(0).cpu()
         inv[idx] = inv_b.mean(0).cpu() if ln == "actual" else 1.0
@@ -271,7 +270,9 @@ def reconstruction_inputs(fn: str, what: str, model, vector: TaskVector, task, p
     layer, theta = single_layer_theta(vector)
     if len(vector.sites) != 1 or vector.sites[0].position != -1:
         raise ConfigError(f"{what} needs a vector with one site at the last position (Site(layer, -1))")
-    return layer, theta, resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    vector.check_task(ps.task)
+    return layer, theta, ps
 
 
 @no_type_check  # checks its arguments

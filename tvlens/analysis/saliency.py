@@ -37,7 +37,7 @@ from tvlens import _engine as engine
 from tvlens._engine import head_chunks
 from tvlens._hooks import AddToHeads, SetHeadPerRow
 from tvlens._result import Result
-from tvlens._validate import check_choice, check_float, no_type_check
+from tvlens._validate import check_choice, check_float, check_int, check_layers, no_type_check
 from tvlens.analysis._inputs import check_vector, final_logits, injection, p_gold, resolve_prompts, steer_edit
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
@@ -193,10 +193,11 @@ def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: L
     check_vector(model, vector)
     cfg = model.cfg
     first, _ = injection(vector)
-    todo = list(range(first, cfg.n_layers)) if layers is None else sorted({int(x) for x in layers})
-    if not todo or any(not 0 <= x < cfg.n_layers for x in todo):
-        raise ConfigError(f"layers must lie in 0..{cfg.n_layers - 1}, got {layers}")
+    todo = list(range(first, cfg.n_layers)) if layers is None else list(check_layers("head_saliency", "layers", layers, cfg.n_layers))
+    if heads_per_pass is not None:
+        check_int("head_saliency", "heads_per_pass", heads_per_pass, min=1)
     ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    vector.check_task(ps.task)
     batch = ps.tokenize(model)
     scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
     signed = scores.clone()

@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 
 from tvlens import _engine as engine
 from tvlens._result import Result
-from tvlens._validate import check_int, no_type_check
+from tvlens._validate import check_float, check_int, no_type_check
 from tvlens.analysis._inputs import (check_heads, check_vector, heads_from, injection, pool_heads, random_head_sets,
                                      resolve_prompts, steer_edit)
 from tvlens.errors import ConfigError
@@ -134,6 +134,8 @@ def attention_sinks(model, vector: TaskVector, task=None, key_heads=None, *, pro
     from tvlens.analysis.saliency import HeadSaliency
 
     check_int("attention_sinks", "n_random", n_random, min=0)
+    check_int("attention_sinks", "seed", seed)
+    check_float("attention_sinks", "fraction", fraction, min=0, max=1)
     check_vector(model, vector)
     if key_heads is None:
         raise ConfigError("give the key heads: (layer, head) pairs or a HeadSaliency (head_saliency(...)), whose top fraction is taken")
@@ -143,6 +145,7 @@ def attention_sinks(model, vector: TaskVector, task=None, key_heads=None, *, pro
         pool = key_heads.ranked() if isinstance(key_heads, HeadSaliency) else pool_heads(model, layer)
     sets = random_head_sets(check_heads(model, pool, "pool"), len(key), n_random, seed, exclude=key)
     ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    vector.check_task(ps.task)
     batch = ps.tokenize(model)
     cfg = model.cfg
     names = [f"blocks.{lay}.attn.hook_pattern" for lay in range(cfg.n_layers)]

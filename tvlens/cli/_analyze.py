@@ -90,7 +90,9 @@ def cmd_registered(args: argparse.Namespace) -> tuple[dict, str]:
     vector = None
     if args.vector:
         vector = tv.TaskVector.load(args.vector)
-        vector.check_compatible(model)
+        from tvlens.analysis._inputs import check_vector
+
+        check_vector(model, vector, task)
     layer = args.layer if args.layer is not None else model.cfg.n_layers // 2
     if not 0 <= layer < model.cfg.n_layers:
         raise ConfigError(f"--layer {layer} is outside this model's layers 0..{model.cfg.n_layers - 1}")

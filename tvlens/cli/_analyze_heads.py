@@ -35,7 +35,9 @@ def _vector(args, model, task):
 
     if args.vector:
         v = tv.TaskVector.load(args.vector)
-        v.check_compatible(model)
+        from tvlens.analysis._inputs import check_vector
+
+        check_vector(model, v, task)  # the same checks (and warnings) as every analysis: analyze geometry --vectors too
         return v, {"path": args.vector}
     layer = args.layer if args.layer is not None else model.cfg.n_layers // 2
     res = tv.train_ltv(model, task, layers=[layer], splits=tv.make_splits(task, seed=args.seed),

@@ -59,7 +59,9 @@ def _vectors(args, model, task, layers: list[int]) -> tuple[dict, dict]:
         out = {}
         for path in args.vector:
             v = tv.TaskVector.load(path)
-            v.check_compatible(model)
+            from tvlens.analysis._inputs import check_vector
+
+            check_vector(model, v)
             if len(v.sites) != 1:
                 raise ConfigError(f"{path}: a vector with {len(v.sites)} sites; give one-site vectors (tvlens train --layer L)")
             if v.sites[0].layer in out:
@@ -99,6 +101,8 @@ def _setup(args):
 
     if args.html:
         check_output(args.html, True, "--html")
+    if getattr(args, "save_vectors", None):
+        check_output(args.save_vectors, True, "--save-vectors", folder=True)
     model = tv.load_model(args.model)
     return model, tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
 
