@@ -38,6 +38,8 @@ def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
 
     if args.html:
         check_output(args.html, True, "--html")
+    if args.save_vectors and not args.vectors:
+        check_output(args.save_vectors, True, "--save-vectors", folder=True)
     t0 = time.perf_counter()
     model = tv.load_model(args.model)
     vectors = [tv.TaskVector.load(p) for p in args.vectors] if args.vectors else None

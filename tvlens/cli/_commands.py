@@ -127,7 +127,7 @@ def cmd_toy_train(args: argparse.Namespace) -> tuple[dict, str]:
 
     from tvlens.cli._main import check_output
 
-    check_output(args.out, args.overwrite)
+    check_output(args.out, args.overwrite, folder=True)
     cfg = ToyTrainConfig(seed=args.seed, threads=args.threads)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)

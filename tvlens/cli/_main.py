@@ -50,10 +50,14 @@ def ci95(accuracy: float, n: int) -> list[float]:
     return list(accuracy_interval(accuracy, n))
 
 
-def check_output(path: str | os.PathLike, overwrite: bool, option: str = "--out") -> None:
-    """Refuse an existing output before any work is done (the save refuses again, atomically)."""
+def check_output(path: str | os.PathLike, overwrite: bool, option: str = "--out", *, folder: bool = False) -> None:
+    """Refuse an existing output, or one that cannot be written (a parent that is a file, a folder that is not
+    writable; :func:`tvlens._validate.check_output_path`), before any work is done (the save refuses again, atomically)."""
+    from tvlens._validate import check_output_dir, check_output_path
+
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(f"{option} {str(path)!r} already exists; pass --overwrite to replace it, or choose another path")
+    (check_output_dir if folder else check_output_path)(path, option)
 
 
 def check_distinct(a: str | os.PathLike | None, b: str | os.PathLike | None, what: str) -> None:

@@ -98,8 +98,10 @@ class Report(Result):
         """One row per section: key, title, group, results, seconds, error."""
         import pandas as pd
 
-        return pd.DataFrame([{"key": s.key, "title": s.title, "group": s.group, "results": len(s.results),
-                              "seconds": s.seconds, "error": s.error} for s in self.sections])
+        df = pd.DataFrame([{"key": s.key, "title": s.title, "group": s.group, "results": len(s.results),
+                            "seconds": s.seconds} for s in self.sections])
+        df["error"] = pd.Series([s.error for s in self.sections], dtype=object)  # None stays None (not NaN)
+        return df
 
     def to_dict(self) -> dict:
         raise ConfigError("a Report holds live result objects and is not saved as JSON; save its page with .write(path), "
@@ -116,7 +118,9 @@ class Report(Result):
     def write(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
         """Write the self-contained page to ``path`` (atomically)."""
         from tvlens._io import atomic_write
+        from tvlens._validate import check_output_path
 
+        check_output_path(path, "report path")
         text = render(self)
         return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
 
@@ -161,6 +165,9 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
 
 def write_report(model, task, path: str | os.PathLike, **options) -> Report:
     """:func:`build_report` then :meth:`Report.write`; returns the report."""
+    from tvlens._validate import check_output_path
+
+    check_output_path(path, "report path")  # before any section runs
     rep = build_report(model, task, **options)
     rep.write(path)
     return rep
