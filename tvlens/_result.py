@@ -30,6 +30,7 @@ import dataclasses
 import html
 import importlib
 import json
+import math
 import os
 from pathlib import Path
 from dataclasses import dataclass
@@ -118,35 +119,92 @@ class Result:
         return {"format": FORMAT, "type": _qualname(type(self)), "fields": _encode_fields(self)}
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """Strict JSON (no ``NaN``/``Infinity`` literals: non-finite numbers are encoded explicitly)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    # --- the declared shapes a file is checked against (override per class where dims bind to fields) ---
 
     @classmethod
-    def from_json(cls: type[R], text: str) -> R:
-        """Rebuild a result from :meth:`to_json` (only tvlens classes are instantiated)."""
+    def declared_shapes(cls) -> dict[str, tuple[str | None, str]]:
+        """``{field: (dims, dtype kind)}`` of every tensor field: dims from its jaxtyping annotation
+        (``Float[torch.Tensor, "layer head"]`` -> ``"layer head"``; None: any shape), kind ``"float"``,
+        ``"int"``, ``"bool"`` or ``"any"``. The default reads the annotations."""
+        return _annotated_shapes(cls)
+
+    @classmethod
+    def declared_dims(cls, fields: dict) -> dict[str, int]:
+        """Sizes that named dims must have given the other decoded ``fields`` (default: none; e.g.
+        ``{"condition": len(fields["conditions"])}``). Dims sharing a name must agree in any case."""
+        return {}
+
+    @classmethod
+    def from_json(cls: type[R], text: str, *, source: str = "the text") -> R:
+        """Rebuild a result from :meth:`to_json` (only tvlens classes are instantiated).
+
+        Every way a file can be damaged, foreign or edited raises :class:`CheckpointError` naming
+        ``source`` and what is wrong; tensors are checked against :meth:`declared_shapes` (dims,
+        dtype) and :meth:`declared_dims` before the result is built.
+        """
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"not a tvlens result: invalid JSON ({e})") from None
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except (json.JSONDecodeError, ValueError, RecursionError) as e:
+            raise CheckpointError(f"{source} is not a tvlens result: invalid JSON ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CheckpointError(f"not a tvlens result (format {FORMAT!r}); write results with .save(path)")
-        klass = cls if data.get("type") == _qualname(cls) else _class(data["type"])  # cls: named by the caller
+            raise CheckpointError(f"{source} is not a tvlens result (format {FORMAT!r}); write results with .save(path)")
+        name, fields = data.get("type"), data.get("fields")
+        if not isinstance(name, str) or not isinstance(fields, dict):
+            raise CheckpointError(f"{source}: 'type' must be a class name and 'fields' an object; the file is damaged or hand-edited")
+        try:
+            klass = cls if name == _qualname(cls) else _class(name)  # cls: named by the caller
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
         if not (isinstance(klass, type) and issubclass(klass, cls)):
-            raise CheckpointError(f"the file holds a {data['type']}, not a {cls.__name__}")
-        return klass(**{k: _decode(v) for k, v in data["fields"].items()})
+            raise CheckpointError(f"{source} holds a {name}, not a {cls.__name__}")
+        init = {f.name for f in dataclasses.fields(klass) if f.init}
+        required = {f.name for f in dataclasses.fields(klass) if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        unknown, missing = sorted(set(fields) - init), sorted(required - set(fields))
+        if unknown or missing:
+            raise CheckpointError(f"{source}: a {klass.__name__} file " + (f"has unknown fields {unknown}" if unknown else "")
+                                  + (" and " if unknown and missing else "") + (f"lacks fields {missing}" if missing else "")
+                                  + "; it was edited or written by another tvlens version: save it again")
+        try:
+            decoded = {k: _decode(v) for k, v in fields.items()}
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, RecursionError) as e:
+            raise CheckpointError(f"{source}: a damaged value in a {klass.__name__} file ({type(e).__name__}: {e}); "
+                                  "save the result again") from None
+        _check_shapes(klass, decoded, source)
+        try:
+            return klass(**decoded)
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{source}: its fields do not make a {klass.__name__} ({type(e).__name__}: {e}); "
+                                  "the file was edited: save the result again") from None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (:func:`tvlens._io.atomic_write`)."""
         from tvlens._io import atomic_write
+        from tvlens._validate import check_output_path
 
+        check_output_path(path, f"{type(self).__name__}.save path")
         text = self.to_json()
         return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls: type[R], path: str | os.PathLike) -> R:
+        """Read a file written by :meth:`save`; any damaged, foreign or edited file is a CheckpointError naming it."""
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"no result file at {str(path)!r}")
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{str(path)!r} is not a tvlens result: not UTF-8 text (byte {e.start}); "
+                                  "was it written by Result.save?") from None
+        except OSError as e:
+            raise CheckpointError(f"{str(path)!r} cannot be read ({e.strerror or e})") from None
+        return cls.from_json(text, source=repr(str(path)))
 
 
 # --- encoding ------------------------------------------------------------------------------------
@@ -175,10 +233,35 @@ def _encode_fields(obj) -> dict:
     return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
 
 
+_DTYPES = {"float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"}
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"the non-standard literal {name} (result files are strict JSON)")
+
+
+def _float_code(x: float):
+    """A float as strict JSON: finite as is, nan/inf as {"__float__": "nan" | "inf" | "-inf"}."""
+    return x if math.isfinite(x) else {"__float__": "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")}
+
+
 def _encode(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         t = v.detach().cpu()
-        return {"__tensor__": {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "data": t.flatten().tolist()}}
+        flat = t.flatten()
+        out = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+        if t.is_floating_point() and not bool(torch.isfinite(flat).all()):
+            bad = (~torch.isfinite(flat)).nonzero().flatten()
+            kinds = ["nan" if math.isnan(x) else ("inf" if x > 0 else "-inf") for x in flat[bad].tolist()]
+            data = flat.tolist()
+            for i in bad.tolist():
+                data[i] = None
+            out["nonfinite"] = [[i, k] for i, k in zip(bad.tolist(), kinds)]  # the mask of the nulls in data
+        else:
+            data = flat.tolist()
+        return {"__tensor__": {**out, "data": data}}
+    if isinstance(v, float):
+        return _float_code(v)
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {"__dataclass__": _qualname(type(v)), "fields": _encode_fields(v)}
     if isinstance(v, tuple):
@@ -199,12 +282,13 @@ def _decode(v: Any) -> Any:
         return [_decode(x) for x in v]
     if not isinstance(v, dict):
         return v
+    if "__float__" in v:
+        code = v["__float__"]
+        if code not in ("nan", "inf", "-inf"):
+            raise CheckpointError(f"unknown float code {code!r} (nan, inf or -inf)")
+        return float(code)
     if "__tensor__" in v:
-        t = v["__tensor__"]
-        dtype = getattr(torch, str(t["dtype"]), None)
-        if not isinstance(dtype, torch.dtype):
-            raise CheckpointError(f"unknown tensor dtype {t['dtype']!r} in a result file")
-        return torch.tensor(t["data"], dtype=dtype).reshape([int(n) for n in t["shape"]])
+        return _decode_tensor(v["__tensor__"])
     if "__dataclass__" in v:
         return _class(v["__dataclass__"])(**{k: _decode(x) for k, x in v["fields"].items()})
     if "__tuple__" in v:
@@ -212,6 +296,97 @@ def _decode(v: Any) -> Any:
     if "__items__" in v:
         return {_decode(k): _decode(x) for k, x in v["__items__"]}
     return {k: _decode(x) for k, x in v.items()}
+
+
+def _decode_tensor(t: Any) -> torch.Tensor:
+    if not isinstance(t, dict) or not {"dtype", "shape", "data"} <= set(t):
+        raise CheckpointError("a tensor entry lacks dtype, shape or data")
+    name, shape, data = t["dtype"], t["shape"], t["data"]
+    if not isinstance(name, str) or name not in _DTYPES:
+        raise CheckpointError(f"unknown tensor dtype {name!r} (one of {sorted(_DTYPES)})")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise CheckpointError(f"a tensor shape must be a list of integers >= 0, got {shape!r}")
+    numel = math.prod(shape)
+    if not isinstance(data, list) or len(data) != numel:
+        raise CheckpointError(f"a tensor of shape {shape} needs {numel} numbers, got "
+                              f"{len(data) if isinstance(data, list) else type(data).__name__}")
+    data = list(data)
+    for entry in t.get("nonfinite", []):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int) and 0 <= entry[0] < numel
+                and entry[1] in ("nan", "inf", "-inf") and data[entry[0]] is None):
+            raise CheckpointError(f"a damaged non-finite mask entry {entry!r}")
+        data[entry[0]] = float(entry[1])
+    ok = (bool,) if name == "bool" else (int,) if name.startswith(("int", "uint")) else (int, float)
+    if not all(isinstance(x, ok) and (name == "bool" or not isinstance(x, bool)) for x in data):
+        bad = next(x for x in data if not (isinstance(x, ok) and (name == "bool" or not isinstance(x, bool))))
+        raise CheckpointError(f"a {name} tensor holds {bad!r}")
+    return torch.tensor(data, dtype=getattr(torch, name)).reshape(shape)
+
+
+def _annotated_shapes(klass: type) -> dict[str, tuple[str | None, str]]:
+    import typing
+
+    try:
+        hints = typing.get_type_hints(klass)
+    except Exception:  # an annotation that does not resolve: no declared shapes
+        return {}
+    out = {}
+    for f in dataclasses.fields(klass):
+        hint = hints.get(f.name)
+        for h in (hint, *typing.get_args(hint)):
+            dims = getattr(h, "dim_str", None)
+            if dims is not None:
+                kinds = set(getattr(h, "dtypes", ()) or ())
+                kind = ("bool" if kinds and kinds <= {"bool", "bool_"} else "float" if any(k.startswith("float") for k in kinds)
+                        and not any(k.startswith("int") for k in kinds) else "int" if any(k.startswith("int") for k in kinds)
+                        and not any(k.startswith("float") for k in kinds) else "any")
+                out[f.name] = (dims, kind)
+                break
+            if h is torch.Tensor:
+                out[f.name] = (None, "any")
+                break
+    return out
+
+
+def _check_shapes(klass, fields: dict, source: str) -> None:
+    """Each tensor field against ``klass.declared_shapes()``/``declared_dims()`` (named dims agree), before building."""
+    try:
+        bound = dict(klass.declared_dims(fields))
+    except Exception:  # the other fields are damaged too: the constructor will say so
+        bound = {}
+    seen: dict[str, tuple[int, str]] = {}
+    for name, (dims, kind) in klass.declared_shapes().items():
+        value = fields.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: {klass.__name__}.{name} must be a tensor, got {type(value).__name__}")
+        dt = value.dtype
+        is_kind = {"float": dt.is_floating_point, "bool": dt == torch.bool,
+                   "int": not dt.is_floating_point and not dt.is_complex and dt != torch.bool, "any": True}[kind]
+        if not is_kind:
+            raise CheckpointError(f"{source}: {klass.__name__}.{name} must hold {kind} numbers, got {dt}")
+        if dims is None:
+            continue
+        names = dims.split()
+        variadic = any(d.startswith("*") or d == "..." for d in names)
+        if not variadic and value.ndim != len(names):
+            raise CheckpointError(f"{source}: {klass.__name__}.{name} must have shape [{', '.join(names)}], got {list(value.shape)}")
+        if variadic:
+            continue
+        for d, size in zip(names, value.shape):
+            d = d.lstrip("#_")
+            if d.isdigit():
+                if int(d) != size:
+                    raise CheckpointError(f"{source}: {klass.__name__}.{name} must have size {d} on that axis, got {list(value.shape)}")
+                continue
+            if d in bound and bound[d] != size:
+                raise CheckpointError(f"{source}: {klass.__name__}.{name} has {size} entries along {d!r}, but its other "
+                                      f"fields give {bound[d]}; the file was edited or damaged")
+            if d in seen and seen[d][0] != size:
+                raise CheckpointError(f"{source}: {klass.__name__}.{name} has {size} entries along {d!r}, but "
+                                      f"{seen[d][1]} has {seen[d][0]}; the file was edited or damaged")
+            seen.setdefault(d, (size, name))
 
 
 def _plain(v: Any) -> Any:
@@ -257,10 +432,19 @@ class ConditionAccuracy(Result):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(self.conditions))
+        if not self.conditions:
+            from tvlens.errors import DegenerateInputError
+
+            raise DegenerateInputError(f"{type(self).__name__} needs at least one condition; got none")
         if self.correct.shape != (len(self.conditions),):
             raise ConfigError(f"correct must hold one count per condition ({len(self.conditions)}), got shape {tuple(self.correct.shape)}")
         if self.n < 1 or bool((self.correct < 0).any()) or bool((self.correct > self.n).any()):
             raise ConfigError(f"counts must lie in 0..n with n >= 1, got n={self.n}, correct={self.correct.tolist()}")
+
+    @classmethod
+    def declared_dims(cls, fields: dict) -> dict[str, int]:
+        conditions = fields.get("conditions")
+        return {"condition": len(conditions)} if isinstance(conditions, (list, tuple)) else {}
 
     def _index(self, condition: str) -> int:
         if condition not in self.conditions:
