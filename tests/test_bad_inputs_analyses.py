@@ -184,3 +184,62 @@ def test_analyze_heads_and_geometry_treat_a_foreign_file_the_same(setup, tmp_pat
         assert code == 0, doc
         assert any("not on this model" in w for w in doc["warnings"]), (argv[1], doc.get("warnings"))
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("layers", ["34", [2.5], [True], [9]])
+def test_sweep_layers_are_strictly_typed(toy_model, layers):
+    from tvlens import baselines as tb
+
+    with pytest.raises(ConfigError, match="layers"):
+        tb.sweep(toy_model, "toy/antonym", layers=layers)
+
+
+def test_compare_refuses_a_task_name_given_as_the_list(toy_model):
+    from tvlens import baselines as tb
+
+    with pytest.raises(ConfigError, match=r"write tasks=\['toy/antonym'\]"):
+        tb.compare(toy_model, "toy/antonym")
+
+
+def test_documented_option_bounds_match_what_the_analysis_accepts():
+    """A share of heads of 0 picks no head: the options refuse it as documented ((0, 1]), and 1 (inclusive) is accepted."""
+    from tvlens.analysis.ablation import AblationOptions
+    from tvlens.analysis.linear import LinearOptions
+    from tvlens.analysis.ov_layers import OVLayersOptions
+    from tvlens.analysis.sinks import SinkOptions
+
+    for opts in (AblationOptions, SinkOptions, OVLayersOptions):
+        with pytest.raises(ConfigError, match=r"fraction must lie in \(0, 1\]"):
+            opts(fraction=0.0)
+        assert opts(fraction=1.0).fraction == 1.0
+    with pytest.raises(ConfigError, match=r"noise must lie in \(0"):
+        LinearOptions(noise=0.0)
+
+
+@pytest.mark.parametrize("name", ["ablation", "sinks", "ov_layers"])
+def test_fraction_at_its_inclusive_end_runs(setup, name):
+    from tvlens.analysis import _registry as reg
+
+    model, task, v, _ = setup
+    spec = reg.get(name)
+    ctx = reg.Context(model, "toy", task, 2, n=4, given_vector=v)
+    kw = {"fraction": 1.0, **({"n_random": 1} if name != "ov_layers" else {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in reg.as_results(spec.run(ctx, spec.options(**kw))):
+            r.payload()
+
+
+@pytest.mark.parametrize("positions", ["-1", [-1.0], [], [True]])
+def test_ablation_positions_are_strictly_typed(setup, positions):
+    model, _, v, ps = setup
+    with pytest.raises(ConfigError, match="positions"):
+        ta.head_ablation(model, v, prompts=ps, heads=[(2, 0)], n_random=1, positions=positions)
+
+
+def test_a_task_name_given_as_the_task_list_is_refused(setup):
+    model, _, v, _ = setup
+    with pytest.raises(ConfigError, match=r"write tasks=\['toy/antonym'\]"):
+        ta.transfer_matrix(model, [v], tasks="toy/antonym", n=4)
+    with pytest.raises(ConfigError, match=r"write tasks=\['toy/antonym'\]"):
+        ta.train_vectors(model, "toy/antonym", seeds=(0,))

@@ -122,6 +122,20 @@ def check_layers(owner: str, name: str, value, n_layers: int, *, low: int = 0) -
     return tuple(out)
 
 
+def check_positions(owner: str, name: str, value) -> tuple[int, ...]:
+    """Prompt positions (an int or a non-empty sequence of ints; -1 = the last token) as a tuple, never text or floats."""
+    where = f"{owner}: {name}" if owner else name
+    items = [value] if is_strict_int(value) else value
+    if isinstance(value, (str, bytes)) or not isinstance(items, Iterable):
+        raise ConfigError(f"{where} must be an integer or a list of integers (-1 = last token), got "
+                          f"{type(value).__name__} {value!r}; e.g. {name}=(-1,)")
+    items = list(items)
+    bad = [x for x in items if not is_strict_int(x)]
+    if bad or not items:
+        raise ConfigError(f"{where} must be a non-empty list of integers (-1 = last token), got {value!r}; e.g. {name}=(-1,)")
+    return tuple(int(x) for x in items)
+
+
 def check_fraction(owner: str, name: str, value) -> float:
     """A share in [0, 1] (inclusive, as documented) as a float."""
     check_float(owner, name, value, min=0, max=1)

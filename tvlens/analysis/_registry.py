@@ -68,7 +68,8 @@ class Options:
     """Base of an analysis's frozen options dataclass: every field is checked against its type on construction.
 
     Supported field types: ``int``, ``float``, ``str``, ``bool``, ``Literal[...]``, ``X | None`` and
-    ``tuple[X, ...]`` of those. Metadata: ``help`` (one line), ``min`` / ``max`` for numbers.
+    ``tuple[X, ...]`` of those. Metadata: ``help`` (one line), ``min`` / ``max`` for numbers (inclusive;
+    ``min_exclusive=True`` makes the lower bound exclusive). A tuple field must not be empty.
     """
 
     def __post_init__(self) -> None:
@@ -107,8 +108,9 @@ def _check_value(owner: str, f: dataclasses.Field, hint, value) -> None:
         if base is float and not math.isfinite(v):
             raise ConfigError(f"{owner}: {f.name} must be a finite number, got {v!r}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{owner}: {f.name} must lie in [{lo}, {hi}], got {v!r}")
+        open_lo = bool(f.metadata.get("min_exclusive"))  # (lo, hi]: e.g. a share of heads, of which 0 would pick none
+        if (lo is not None and (v <= lo if open_lo else v < lo)) or (hi is not None and v > hi):
+            raise ConfigError(f"{owner}: {f.name} must lie in {'(' if open_lo else '['}{lo}, {hi}], got {v!r}")
 
 
 def _unwrap(hint) -> tuple[Any, bool, bool]:

@@ -31,7 +31,7 @@ import torch
 
 from tvlens._hooks import AblateHeads, Activations, Edit, PatchFrom
 from tvlens._result import Result
-from tvlens._validate import check_choice, check_float, check_int, no_type_check
+from tvlens._validate import check_choice, check_float, check_int, check_positions, no_type_check
 from tvlens import _engine as engine
 from tvlens.analysis._inputs import (Head, check_heads, check_vector, final_logits, heads_from, injection, pool_heads,
                                      random_head_sets, resolve_prompts, steer_edit)
@@ -176,6 +176,8 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
     check_choice("head_ablation", "means_from", means_from, ("steered", "zero_shot"))
     check_int("head_ablation", "n_random", n_random, min=0)
     check_int("head_ablation", "seed", seed)
+    if positions is not None:
+        positions = check_positions("head_ablation", "positions", positions)
     check_float("head_ablation", "fraction", fraction, min=0, max=1)
     check_vector(model, vector)
     if heads is None:
@@ -210,7 +212,8 @@ class AblationOptions(Options):
     """Options of ``tvlens analyze ablation``."""
 
     kinds: tuple[Kind, ...] = _field(default=("zero", "mean", "path"), metadata={"help": "ablation kinds (default: all three)"})
-    fraction: float = _field(default=0.1, metadata={"help": "share of heads called key heads (default 0.1)", "min": 0, "max": 1})
+    fraction: float = _field(default=0.1, metadata={"help": "share of heads called key heads, in (0, 1] (default 0.1)", "min": 0, "max": 1,
+                                           "min_exclusive": True})
     n_random: int = _field(default=5, metadata={"help": "random head sets per ablation (default 5)", "min": 1})
 
 

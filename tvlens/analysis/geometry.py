@@ -68,6 +68,8 @@ def train_vectors(model, tasks: Sequence[Task | str], *, seeds: Sequence[int] = 
     if not seeds:
         raise ConfigError("seeds must name at least one seed, e.g. seeds=(0, 1, 2)")
     out = []
+    if isinstance(tasks, (str, Task)):  # iterating a name would look up one task per character
+        raise ConfigError(f"tasks must be a list of tasks or task names, got {tasks!r}; write tasks=[{tasks!r}]")
     tasks = [_task(model, t) for t in tasks]
     for task in tqdm(tasks, desc="ltv per task x seed", disable=None, leave=False):
         for s in seeds:
@@ -259,6 +261,8 @@ def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence
         check_vector(model, v)  # warns for another model's vector; another task's is the point here
     if tasks is None:
         tasks = list(dict.fromkeys(v.task for v in vectors))
+    if isinstance(tasks, (str, Task)):  # iterating a name would look up one task per character
+        raise ConfigError(f"tasks must be a list of tasks or task names, got {tasks!r}; write tasks=[{tasks!r}]")
     tasks = [_task(model, t) for t in tasks]
     if not tasks:
         raise ConfigError("tasks is empty; name at least one task to evaluate the vectors on")

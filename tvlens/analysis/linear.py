@@ -280,7 +280,8 @@ from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
 class LinearOptions(Options):
     """Options of the linear-propagation section (``tvlens analyze linear`` keeps its own hand-written options)."""
 
-    noise: float = _field(default=1.0, metadata={"help": "copy noise, as a fraction of ||theta|| (default 1.0)", "min": 0})
+    noise: float = _field(default=1.0, metadata={"help": "copy noise, as a fraction of ||theta||, > 0 (default 1.0)", "min": 0,
+                                                                                               "min_exclusive": True})
     ridge: float = _field(default=1e-3, metadata={"help": "ridge, relative to the copies' mean squared norm (default 1e-3)", "min": 0})
 
 

@@ -141,7 +141,8 @@ def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=Non
 class OVLayersOptions(Options):
     """Options of ``tvlens analyze ov_layers``."""
 
-    fraction: float = field(default=0.1, metadata={"help": "share of heads called key heads (default 0.1)", "min": 0, "max": 1})
+    fraction: float = field(default=0.1, metadata={"help": "share of heads called key heads, in (0, 1] (default 0.1)", "min": 0, "max": 1,
+                                           "min_exclusive": True})
     ln: Literal["folded", "actual"] = field(default="actual", metadata={"help": "ln1 scale of the products: actual (default) or folded"})
 
 

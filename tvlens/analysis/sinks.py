@@ -179,7 +179,8 @@ from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
 class SinkOptions(Options):
     """Options of ``tvlens analyze sinks``."""
 
-    fraction: float = _field(default=0.1, metadata={"help": "share of heads called key heads (default 0.1)", "min": 0, "max": 1})
+    fraction: float = _field(default=0.1, metadata={"help": "share of heads called key heads, in (0, 1] (default 0.1)", "min": 0, "max": 1,
+                                           "min_exclusive": True})
     n_random: int = _field(default=5, metadata={"help": "random head sets (default 5)", "min": 1})
 
 

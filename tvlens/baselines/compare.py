@@ -172,6 +172,8 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
     elif not isinstance(scenarios, Mapping) or not scenarios or not all(isinstance(s, Scenario) for s in scenarios.values()):
         raise ConfigError("scenarios must be 'paper' or a non-empty {name: tvlens.ltv._scenarios.Scenario} mapping")
     methods = canonical_methods(methods)
+    if isinstance(tasks, str):  # iterating it would look up one task per character
+        raise ConfigError(f"tasks must be a list of tasks or task names, got the string {tasks!r}; write tasks=[{tasks!r}]")
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
     if not tasks:
         raise ConfigError("tasks is empty; give at least one task name")

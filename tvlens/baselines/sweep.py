@@ -162,6 +162,11 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
 
     task = get_task(task) if isinstance(task, str) else task
     methods = canonical_methods(methods)
+    from tvlens._validate import check_layers, is_strict_int
+
+    if layers is not None:  # strictly typed (no "34" -> layers 3 and 4, no 2.5 -> 2), in the given order
+        check_layers("sweep", "layers", layers, model.cfg.n_layers)
+        layers = [layers] if is_strict_int(layers) else layers
     layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(int(x) for x in layers)
     if not layers:
         raise ConfigError("layers is empty; give at least one layer, or None for every layer")

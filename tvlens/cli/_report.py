@@ -34,10 +34,10 @@ def cmd_report(args: argparse.Namespace) -> tuple[dict, str]:
     rep = build_report(model, task, model_name=args.model, layer=args.layer, sections=args.sections, skip=args.skip,
                        seed=args.seed, n=args.n, progress=bool(getattr(args, "verbose", False)))
     path = rep.write(args.out, overwrite=args.overwrite)
-    rows = rep.to_frame()
+    # from the sections, not to_frame(): pandas turns a None error into NaN where another section has one
     payload = {"model": args.model, "fingerprint": rep.fingerprint, "task": rep.task, "layer": rep.layer, "html": str(path),
-               "sections": [{"key": r.key, "title": r.title, "group": r.group, "results": int(r.results), "seconds": float(r.seconds),
-                             "error": r.error} for r in rows.itertuples()],
+               "sections": [{"key": s.key, "title": s.title, "group": s.group, "results": len(s.results), "seconds": float(s.seconds),
+                             "error": s.error if s.error else None} for s in rep.sections],
                "seconds": round(time.perf_counter() - t0, 2)}
     lines = [f"{r['key']:<10} {r['seconds']:>7.1f} s  " + (f"empty: {r['error']}" if r["error"] else f"{r['results']} result(s)")
              for r in payload["sections"]]
