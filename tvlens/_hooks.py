@@ -519,7 +519,8 @@ def intervene(model, *edits: Edit, span: Span | None = None, at: CallPositions |
     positions of a caller that calls blocks' hook points itself (no block forward to read them from).
     """
     for e in edits:  # a task vector is checked where it is used: values edited in place after construction included
-        if isinstance(e, AddAt) and not bool(torch.isfinite(e.values).all()):
+        # (a θ being trained, requires_grad, is the trainer's to check: it stops a diverged run with its checkpoint)
+        if isinstance(e, AddAt) and not e.values.requires_grad and not bool(torch.isfinite(e.values).all()):
             from tvlens.errors import NonFiniteError
 
             v = e.values
