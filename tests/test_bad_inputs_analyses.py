@@ -183,6 +183,7 @@ def test_analyze_heads_and_geometry_treat_a_foreign_file_the_same(setup, tmp_pat
         doc = json.loads(capsys.readouterr().out)
         assert code == 0, doc
         assert any("not on this model" in w for w in doc["warnings"]), (argv[1], doc.get("warnings"))
+        assert len(doc["warnings"]) == len(set(doc["warnings"])), "a warning repeated once per analysis"
     assert path.read_bytes() == before
 
 

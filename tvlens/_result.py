@@ -160,6 +160,13 @@ class Result:
             raise CheckpointError(f"{source}: {e}") from None
         if not (isinstance(klass, type) and issubclass(klass, cls)):
             raise CheckpointError(f"{source} holds a {name}, not a {cls.__name__}")
+        try:
+            decoded = {k: _decode(v) for k, v in fields.items()}
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, RecursionError) as e:
+            raise CheckpointError(f"{source}: a damaged value in a {klass.__name__} file ({type(e).__name__}: {e}); "
+                                  "save the result again") from None
         init = {f.name for f in dataclasses.fields(klass) if f.init}
         required = {f.name for f in dataclasses.fields(klass) if f.init and f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING}
@@ -168,13 +175,6 @@ class Result:
             raise CheckpointError(f"{source}: a {klass.__name__} file " + (f"has unknown fields {unknown}" if unknown else "")
                                   + (" and " if unknown and missing else "") + (f"lacks fields {missing}" if missing else "")
                                   + "; it was edited or written by another tvlens version: save it again")
-        try:
-            decoded = {k: _decode(v) for k, v in fields.items()}
-        except CheckpointError as e:
-            raise CheckpointError(f"{source}: {e}") from None
-        except (KeyError, TypeError, ValueError, RuntimeError, OverflowError, RecursionError) as e:
-            raise CheckpointError(f"{source}: a damaged value in a {klass.__name__} file ({type(e).__name__}: {e}); "
-                                  "save the result again") from None
         _check_shapes(klass, decoded, source)
         try:
             return klass(**decoded)

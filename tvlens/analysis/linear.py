@@ -240,7 +240,13 @@ def linear_propagation(
     base = fit_set.states(torch.zeros(1, d))[0]  # [query, d_model]
     with_theta = fit_set.states(theta[None])[0]
     shifts = (fit_set.states(copies, rows_per_pass=rows_per_pass) - base).mean(1)  # [copy, d_model]: mean over queries
+    from tvlens._validate import check_finite
+
+    check_finite(f"the final-state shifts of {vector.task!r}'s noisy copies at {site}", shifts,
+                 f"the vector (norm {float(theta.norm()):.3g}) overflows this model's states; give a vector of a usable size "
+                 "(e.g. rescale it to the norm of a trained one)")
     W = ridge_fit(copies[:n_copies], shifts[:n_copies], ridge)
+    check_finite(f"the W_TV fit of {vector.task!r} at {site}", W, "the fit overflowed; give a vector of a usable size or a larger ridge")
     pred = copies[n_copies:] @ W.T
     held = shifts[n_copies:]
     test = _Suffix(model, prompts, site)

@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught, (disabled() if args.no_cache else contextlib.nullcontext()):
             payload, text = args.fn(args)  # the usual warning filters still apply
     except (Exception, KeyboardInterrupt) as e:
-        _show(caught)
+        _show(_once(caught))
         return _fail(e, args.json, args.debug)
+    caught = _once(caught)
     _show(caught)
     ours = [w for w in caught if issubclass(w.category, TvlensWarning)]
     if args.json and ours:
@@ -267,6 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `tvlens demo --json | head`
         sys.stderr.close()
     return 0
+
+
+def _once(caught) -> list:
+    """tvlens's warnings once per message (every analysis of one command checks the same vector)."""
+    seen, out = set(), []
+    for w in caught:
+        key = (w.category, str(w.message)) if issubclass(w.category, TvlensWarning) else None
+        if key is None or key not in seen:
+            out.append(w)
+            if key is not None:
+                seen.add(key)
+    return out
 
 
 def _show(caught) -> None:
