@@ -235,7 +235,7 @@ def _bench_peers(args: argparse.Namespace) -> tuple[dict, str]:
     lines = [f"{'entry':<24} {'peer':<30} {'tvlens s':>9} {'peer s':>9} {'ratio':>7} {'tvlens value':>13} {'peer value':>13}  status"]
     for r in rows:
         lines.append(f"{r['name']:<24} {r['peer']:<30} {fmt(r['tvlens_s'], '9.3f')} {fmt(r['peer_s'], '9.3f')} "
-                     f"{fmt(r['ratio'], '6.1f')}x {fmt(r['tvlens_value'], '13.6f')} {fmt(r['peer_value'], '13.6f')}  {r['status']}"
+                     f"{fmt(r['ratio'], '6.1f')}x {fmt(r['tvlens_value'], '13.6f')} {fmt(r['peer_value'], '13.6f')}  diff {fmt(r['max_abs_diff'], '.1e')}  {r['status']}"
                      + (f" ({r['note']})" if r["note"] else ""))
     return {"peers": rows}, "\n".join(lines)
 
