@@ -148,3 +148,17 @@ def test_smollm2_peers_agree(smollm2):
     assert bp.check_same_function(smollm2, hf, tb.tokens, tb.attention_mask) < bp.FUNCTION_TOL
     results = bp.bench_ltv_peers(smollm2, hf, 0, calls=1, batch=4)
     assert all(r.status in ("ok", "skipped") for r in results) and results[0].status == "ok"
+
+
+def test_cli_prints_each_peer_beside_tvlens(monkeypatch):
+    import argparse
+
+    from tvlens.cli._commands import cmd_bench
+
+    rows = [bp._judge("ltv_step_x_0shot", "transformers forward_pre_hook", 1.0, 4.0, 2.5, 2.5, 0.0, {}),
+            bp.PeerResult("ltv_step_x_0shot", "nnsight trace", "skipped", 1.0, None, 2.5, note="skipped: nnsight absent")]
+    monkeypatch.setattr(bp, "run_peer_benchmarks", lambda quick=False: rows)
+    payload, text = cmd_bench(argparse.Namespace(peers=True, quick=True))
+    assert [r["status"] for r in payload["peers"]] == ["ok", "skipped"] and payload["peers"][0]["ratio"] == 4.0
+    lines = text.splitlines()
+    assert "4.0x" in lines[1] and "2.500000" in lines[1] and lines[2].endswith("skipped (skipped: nnsight absent)")
