@@ -217,9 +217,27 @@ def cmd_eval(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_bench(args: argparse.Namespace) -> tuple[dict, str]:
     from tvlens.bench import run_benchmarks
 
+    if getattr(args, "peers", False):
+        return _bench_peers(args)
     rows = [r.as_dict() for r in run_benchmarks(quick=args.quick)]
     text = "\n".join(f"{r['name']:<28} baseline {r['baseline_s'] * 1e3:9.2f} ms  fast {r['fast_s'] * 1e3:8.2f} ms  ratio {r['ratio']:7.1f}x" for r in rows)
     return {"benchmarks": rows}, text
+
+
+def _bench_peers(args: argparse.Namespace) -> tuple[dict, str]:
+    from tvlens.bench_peers import run_peer_benchmarks
+
+    rows = [r.as_dict() for r in run_peer_benchmarks(quick=args.quick)]
+
+    def fmt(x, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    lines = [f"{'entry':<24} {'peer':<30} {'tvlens s':>9} {'peer s':>9} {'ratio':>7} {'tvlens value':>13} {'peer value':>13}  status"]
+    for r in rows:
+        lines.append(f"{r['name']:<24} {r['peer']:<30} {fmt(r['tvlens_s'], '9.3f')} {fmt(r['peer_s'], '9.3f')} "
+                     f"{fmt(r['ratio'], '6.1f')}x {fmt(r['tvlens_value'], '13.6f')} {fmt(r['peer_value'], '13.6f')}  diff {fmt(r['max_abs_diff'], '.1e')}  {r['status']}"
+                     + (f" ({r['note']})" if r["note"] else ""))
+    return {"peers": rows}, "\n".join(lines)
 
 
 def _fv_shots(args: argparse.Namespace) -> int:

