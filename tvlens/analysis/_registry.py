@@ -54,7 +54,7 @@ from tvlens.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["Analysis", "Context", "GROUPS", "OptionSpec", "Options", "analyses", "as_results", "default_layers", "get",
-           "lens_layers", "option_specs", "register"]
+           "lens_layers", "option_specs", "register", "register_view", "view"]
 
 GROUPS = ("Baselines", "Heads", "Logit lens and linearity", "Geometry")
 COMMON = ("model", "task", "template", "vector", "layer", "n", "seed", "html", "json", "debug")  # the CLI's own inputs
@@ -235,6 +235,32 @@ def get(name: str) -> Analysis:
 def as_results(out) -> tuple:
     """``run``'s return value as a tuple of results."""
     return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+
+
+# --- views: renderers that live above the analyses ------------------------------------------------
+
+VIEWS_PACKAGE = "tvlens.viz"  # the views layer; importing it registers every renderer (register_view)
+_VIEWS: dict[str, Callable] = {}
+
+
+def register_view(name: str, render: Callable) -> None:
+    """Called by a module of :mod:`tvlens.viz` at import: ``render`` draws the analysis results of view ``name``."""
+    _VIEWS[name] = render
+
+
+def view(name: str) -> Callable:
+    """The renderer registered as ``name`` (e.g. ``"dashboard"`` for :meth:`Circuit.dashboard`).
+
+    The analyses never import the views (they sit above them, tests/test_layering.py); the views
+    register themselves, and on first use the views package is loaded by its name, the one
+    plugin point of this layer.
+    """
+    if name not in _VIEWS:
+        importlib.import_module(VIEWS_PACKAGE)
+    if name not in _VIEWS:
+        raise ConfigError(f"no view named {name!r} is registered; the views are {sorted(_VIEWS)} "
+                          f"(a module of {VIEWS_PACKAGE} calls register_view)")
+    return _VIEWS[name]
 
 
 # --- what run() gets -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from tvlens.analysis.geometry import REAL_COMPOSED, REAL_TASKS, TOY_COMPOSED, TOY_TASKS
-from tvlens.cli._main import add_template_option
+from tvlens.cli._common import add_template_option
 
 
 def add_parser(add) -> None:
@@ -34,7 +34,7 @@ def add_parser(add) -> None:
 def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens.analysis.geometry import geometry_suite, vector_labels
-    from tvlens.cli._main import check_output
+    from tvlens.cli._common import check_output
 
     if args.html:
         check_output(args.html, True, "--html")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tvlens.cli._main import add_template_option
+from tvlens.cli._common import add_template_option
 
 KINDS = ("zero", "mean", "path")
 
@@ -45,7 +45,7 @@ def _vector(args, model, task):
 
 def cmd_analyze_heads(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
-    from tvlens.cli._main import check_output
+    from tvlens.cli._common import check_output
 
     if args.html:
         check_output(args.html, True, "--html")

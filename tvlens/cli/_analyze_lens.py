@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tvlens.cli._main import add_template_option
+from tvlens.cli._common import add_template_option
 from pathlib import Path
 
 
@@ -95,7 +95,7 @@ def _setup(args):
     import torch
 
     import tvlens as tv
-    from tvlens.cli._main import check_output
+    from tvlens.cli._common import check_output
 
     if args.html:
         check_output(args.html, True, "--html")

@@ -125,7 +125,7 @@ def cmd_toy_train(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens.toy import ToyTrainConfig, save_toy_checkpoint, train_toy_model
 
-    from tvlens.cli._main import check_output
+    from tvlens.cli._common import check_output
 
     check_output(args.out, args.overwrite)
     cfg = ToyTrainConfig(seed=args.seed, threads=args.threads)
@@ -162,7 +162,7 @@ def _ltv_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_distinct, check_output
+    from tvlens.cli._common import check_distinct, check_output
 
     check_distinct(args.checkpoint, args.out, "--checkpoint and --out")
     check_output(args.out, args.overwrite)
@@ -245,7 +245,7 @@ def _sweep_text(res, payload: dict) -> str:
 def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_output, executor_from_args
+    from tvlens.cli._common import check_output, executor_from_args
 
     if args.html:
         check_output(args.html, True, "--html")
@@ -271,7 +271,7 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_output, executor_from_args
+    from tvlens.cli._common import check_output, executor_from_args
 
     if args.html:
         check_output(args.html, True, "--html")

@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Float
 
 from tvlens._result import Result
+from tvlens.analysis.lens import answer_token_ids, decoded_tokens, task_alignment
+from tvlens.analysis.linear import linear_propagation
 from tvlens.errors import ConfigError
 
 __all__ = ["RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]
@@ -116,8 +118,6 @@ def rotation_vs_stretch(
     ``fits``: ``{layer: LinearFit}`` already computed (skips those fits); ``fit_options`` go to
     :func:`~tvlens.analysis.linear_propagation`.
     """
-    from tvlens.analysis.lens import answer_token_ids, decoded_tokens, task_alignment
-    from tvlens.analysis.linear import linear_propagation
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
 
@@ -156,3 +156,25 @@ def rotation_vs_stretch(
         task=prompts.task.name if task is None else task.name, rows=tuple(rows),
         transition_layer=transition_layer(layers, [r["cos_theta_Qtheta"] for r in rows], threshold),
         icl_layer=None if lens is None else lens.icl_beats_zero_shot_layer, threshold=float(threshold), definition=definition)
+
+
+# --- the registry's declaration (the report's rotation section; tvlens analyze rotation) ---
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class RotationOptions(Options):
+    """Options of ``tvlens analyze rotation``."""
+
+    threshold: float = _field(default=0.5, metadata={"help": "cos(theta, Q theta) from which a layer counts as stretch (default 0.5)"})
+
+
+def _run_rotation(ctx, opts: RotationOptions):
+    return rotation_vs_stretch(ctx.model, ctx.vectors_by_layer(), ctx.task, threshold=opts.threshold)
+
+
+register(Analysis("rotation", RotationOptions, _run_rotation, RotationStretch, "Rotation vs stretch", "Logit lens and linearity",
+                  "Polar decomposition of W_TV per layer (Figure 9).", order=40))
