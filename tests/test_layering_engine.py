@@ -21,9 +21,6 @@ ALLOWED: dict[str, frozenset[str] | None] = {
     "_reference.py": None,  # the pre-engine paths kept for the oracle tests and the bench
     "bench.py": frozenset({"bench_linear_copies"}),  # its reference arm: full forwards with a per-row vector
     "toy/_train.py": None,  # trains the embedded model's weights (below the engine: it makes the model)
-    # NaiveObjective.target_logits: the reference LTV objective (LTVConfig(fast=False)) that FastObjective is
-    # tested against; a full forward under grad by design (to move onto the engine: issue #17, left)
-    "ltv/_objective.py": frozenset({"target_logits"}),
 }
 
 
