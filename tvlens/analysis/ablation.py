@@ -185,7 +185,7 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
         pool = heads.ranked() if isinstance(heads, HeadSaliency) else pool_heads(model, layer)
     pool = check_heads(model, pool, "pool")
     sets = random_head_sets(pool, len(key), n_random, seed, exclude=key)
-    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    ps = resolve_prompts(task, prompts, n=n, seed=seed, batch_size=batch_size, vector=vector)
     batch = ps.tokenize(model)
     (zero_shot, _), (none, p_none), ((acc_key, p_key), *rand) = measure_conditions(
         model, vector, batch, [key, *sets], kind, positions=positions, means_from=means_from, batch_size=batch_size)

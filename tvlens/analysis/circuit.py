@@ -127,7 +127,7 @@ class Circuit:
         check_float("circuit", "fraction", fraction, min=0, max=1, min_exclusive=True)
         check_int("circuit", "n_random", n_random, min=1)
         self.model, self.vector = model, vector
-        self.prompts = resolve_prompts(task, prompts, n=n, seed=seed)
+        self.prompts = resolve_prompts(task, prompts, n=n, seed=seed, vector=vector)
         check_int("circuit", "example", example, min=0, max=len(self.prompts) - 1)
         self.task = self.prompts.task
         self.fraction, self.n_random, self.seed, self.example = fraction, n_random, seed, example
@@ -322,8 +322,6 @@ class Circuit:
     def payload(self, kinds: tuple[str, ...] = ("zero", "mean", "path")) -> dict:
         """Every head analysis as plain data: the heads that read θ, Spearman, ablations (``kinds``; the
         first is ``ablation``), OV reconstruction, sinks, key heads per layer."""
-        import dataclasses
-
         kinds = tuple(dict.fromkeys(kinds))
         for kind in kinds:
             check_choice("circuit.payload", "kinds", kind, ("zero", "mean", "path"))
@@ -339,8 +337,7 @@ class Circuit:
                       for r in frame.to_dict(orient="records") if r["layer"] >= self.layer],  # the heads that read θ
             "spearman_saliency_vs_exact": self.spearman(),
             "ablation": abl[kinds[0]] if kinds else None, "ablations": abl,
-            "ov_reconstruction": {f.name: float(getattr(rec, f.name)) for f in dataclasses.fields(rec)
-                                  if isinstance(getattr(rec, f.name), float)},
+            "ov_reconstruction": {**rec.accuracies, "cos_a_vs_attn": rec.cos_a_vs_attn},
             "sinks": {**self.sinks().group_mass(), **self.other_sinks()},  # key heads vs the random sets' heads vs the rest
             "key_layer_histogram": self.key_layer_histogram(),
             "injection_layer": self.layer,

@@ -229,6 +229,7 @@ def logit_lens(
     """
     from tvlens._hooks import AddAt
     from tvlens._validate import check_int
+    from tvlens.analysis._inputs import split_seed
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
 
@@ -244,7 +245,7 @@ def logit_lens(
         task = prompts.task
     else:
         task = get_task(task) if isinstance(task, str) else task
-        splits = make_splits(task, seed=seed)
+        splits = make_splits(task, seed=split_seed(next(iter(named.values()), None), seed))  # the vectors' own, when they have one
         for k in shots:
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise ConfigError(f"shots must be integers >= 0, got {k!r}; e.g. shots=(0, 8)")

@@ -194,6 +194,7 @@ def linear_propagation(
     import time
 
     from tvlens._validate import check_float, check_int
+    from tvlens.analysis._inputs import split_seed
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
 
@@ -214,7 +215,7 @@ def linear_propagation(
         if task is None:
             raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
         task = get_task(task) if isinstance(task, str) else task
-        splits = make_splits(task, seed=int(vector.meta.get("split_seed", 0)))
+        splits = make_splits(task, seed=split_seed(vector, seed))
         fit_prompts = make_prompts(splits, "train", k=0, seed=seed, n=n_queries)
         prompts = make_prompts(splits, "test", k=0, seed=seed, n=n_test)
     else:

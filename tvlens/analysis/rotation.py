@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 
 from tvlens._result import Result
+from tvlens.analysis._inputs import split_seed
 from tvlens.analysis.lens import answer_token_ids, decoded_tokens, task_alignment
 from tvlens.analysis.linear import linear_propagation
 from tvlens.errors import ConfigError
@@ -128,7 +129,9 @@ def rotation_vs_stretch(
         if task is None:
             raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
         task = get_task(task) if isinstance(task, str) else task
-        prompts = make_prompts(make_splits(task, seed=0), "test", k=0, n=fit_options.get("n_test", 200))
+        seed = fit_options.get("seed", 0)
+        prompts = make_prompts(make_splits(task, seed=split_seed(next(iter(vecs.values())), seed)), "test", k=0, seed=seed,
+                               n=fit_options.get("n_test", 200))
     ids = answer_token_ids(model, prompts)
     d = model.cfg.d_model
     rows = []

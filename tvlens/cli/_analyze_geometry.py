@@ -60,7 +60,7 @@ def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
     if args.html:
         from tvlens.cli._html import write_page
 
-        sections = [("Cosine between task vectors", res.cosines.plot(), res.cosines.summary()),
+        sections = [("Cosine between task vectors", res.cosines.plot(), res.cosines.per_task()),
                     ("Transfer: each vector on each task", res.transfer.plot(), None)]
         if res.composition is not None:
             sections.append(("Composition", res.composition.plot(), res.composition.to_frame()))
