@@ -288,15 +288,21 @@ class Context:
     model: Any
     model_name: str
     task: Any  # tv.tasks.Task
-    layer: int
+    layer: int | None  # the LTV's layer (None: the middle layer, n_layers // 2)
     seed: int = 0
     n: int | None = None  # test queries per analysis (None: the whole test split)
     given_vector: Any = None  # a TaskVector to analyse instead of training one
     given_prompts: Any = None  # a PromptSet to use instead of the test split
     fraction: float = 0.1  # share of heads called key heads
+    progress: bool = False  # a tqdm bar while training the LTV
     cache: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        n_layers = self.model.cfg.n_layers
+        if self.layer is None:
+            self.layer = n_layers // 2
+        if not 0 <= self.layer < n_layers:
+            raise ConfigError(f"layer {self.layer} is outside this model's layers 0..{n_layers - 1}")
         v = self.given_vector
         if v is not None:
             self.layer = min(s.layer for s in v.sites)
@@ -320,11 +326,17 @@ class Context:
         from tvlens.ltv import LTVConfig, train_ltv
 
         return self._once("ltv", lambda: train_ltv(self.model, self.task, layers=self.layer, config=LTVConfig(seed=self.seed),
-                                                   splits=self.splits, progress=False))
+                                                   splits=self.splits, progress=self.progress))
 
     @property
     def vector(self):
         return self.given_vector if self.given_vector is not None else self.ltv.vector
+
+    def vector_origin(self, path: str | None = None) -> dict:
+        """Where :attr:`vector` came from: the given file's ``path``, or the LTV trained here (validation accuracy, seconds)."""
+        if self.given_vector is not None:
+            return {"path": path}
+        return {"trained": True, "val_accuracy": self.ltv.val_accuracy, "train_seconds": round(self.ltv.seconds, 2)}
 
     @property
     def splits(self):

@@ -74,6 +74,17 @@ class RotationStretch(Result):
         return {"task": self.task, "layers": [dict(r) for r in self.rows], "transition_layer": self.transition_layer,
                 "icl_beats_zero_shot_layer": self.icl_layer, "threshold": self.threshold, "alignment_definition": self.definition}
 
+    def text(self, model: str = "") -> str:
+        """The per-layer table, the transition layer and the ICL layer, and the decoded tokens of Qθ."""
+        cols = ["layer", "injected_acc", "reconstructed_acc", "zero_shot_acc", "fit_r2", "cos_theta_Qtheta",
+                "alignment_theta", "alignment_Qtheta", "q_minus_i_rel"]
+        on = f" ({model})" if model else ""
+        return "\n".join([f"linear propagation on {self.task}{on}:",
+                          self.to_frame()[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"),
+                          f"transition layer (cos(θ, Qθ) >= {self.threshold} from there on): {self.transition_layer}; "
+                          f"ICL first beats zero-shot in logit-lens accuracy at layer {self.icl_layer}",
+                          "decoded tokens of Qθ:"] + [f"  L{r['layer']}: {r['decoded_Qtheta']}" for r in self.rows])
+
     def plot(self):
         """Accuracy (injected, reconstructed, zero-shot), alignment of theta vs Q theta, cos(theta, Q theta)."""
         import plotly.graph_objects as go

@@ -78,7 +78,6 @@ def cmd_registered(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens.analysis import AnalysisContext, as_results, option_specs
     from tvlens.cli._common import check_output
-    from tvlens.errors import ConfigError
 
     spec = args.analysis_spec
     if args.html:
@@ -91,10 +90,7 @@ def cmd_registered(args: argparse.Namespace) -> tuple[dict, str]:
     if args.vector:
         vector = tv.TaskVector.load(args.vector)
         vector.check_compatible(model)
-    layer = args.layer if args.layer is not None else model.cfg.n_layers // 2
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ConfigError(f"--layer {layer} is outside this model's layers 0..{model.cfg.n_layers - 1}")
-    ctx = AnalysisContext(model, args.model, task, layer, seed=args.seed, n=args.n, given_vector=vector)
+    ctx = AnalysisContext(model, args.model, task, args.layer, seed=args.seed, n=args.n, given_vector=vector)  # layer: default the middle
     results = as_results(spec.run(ctx, options))
     v = ctx.vector
     origin = {"path": args.vector} if args.vector else {"trained": True, "val_accuracy": ctx.ltv.val_accuracy}

@@ -34,12 +34,9 @@ def add_parser(add) -> None:
 def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens.analysis.geometry import geometry_suite, vector_labels
-    from tvlens.cli._common import check_output
+    from tvlens.cli._common import start
 
-    if args.html:
-        check_output(args.html, True, "--html")
-    t0 = time.perf_counter()
-    model = tv.load_model(args.model)
+    t0, model, _ = start(args, task=False)
     vectors = [tv.TaskVector.load(p) for p in args.vectors] if args.vectors else None
     res = geometry_suite(model, args.model, template=args.template, tasks=args.tasks, seeds=tuple(args.seeds), layer=args.layer,
                          vectors=vectors, composed=args.composed, parts=args.parts, scales=tuple(args.scales), seed=args.seed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
 from pathlib import Path
 
 from tvlens.errors import ConfigError, OutputExistsError
@@ -92,3 +93,15 @@ def executor_from_args(args: argparse.Namespace):
     if kind is None:
         kind = "ray" if address is not None else "local"
     return get_executor(kind, workers=workers or max(1, os.cpu_count() or 1), address=address)
+
+
+def start(args: argparse.Namespace, *, task: bool = True):
+    """What an analysis command does first: refuse a bad ``--html`` before any work, start the clock, load
+    ``--model`` and (``task``) resolve ``--task`` with ``--template``. Returns ``(t0, model, task or None)``."""
+    import tvlens as tv
+
+    if getattr(args, "html", None):
+        check_output(args.html, True, "--html")
+    t0 = time.perf_counter()
+    model = tv.load_model(args.model)
+    return t0, model, (tv.tasks.resolve(args.task, model_name=args.model, template=args.template) if task else None)
