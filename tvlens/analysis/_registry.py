@@ -302,7 +302,7 @@ class Context:
         if self.layer is None:
             self.layer = n_layers // 2
         if not 0 <= self.layer < n_layers:
-            raise ConfigError(f"layer {self.layer} is outside this model's layers 0..{n_layers - 1}")
+            raise ConfigError(f"layer {self.layer} is outside the model's layers 0..{n_layers - 1} (--layer, layer=)")
         v = self.given_vector
         if v is not None:
             self.layer = min(s.layer for s in v.sites)
