@@ -38,7 +38,7 @@ def test_cosines_of_known_vectors():
     # within: pairs (a0,a1) twice and (b0,b1) twice; across: every a-b pair is orthogonal
     assert cm.within_mean == pytest.approx((float(expected[0, 1]) - 1.0) / 2, abs=1e-6)
     assert cm.across_mean == pytest.approx(0.0, abs=1e-6)
-    s = cm.summary().set_index("task")
+    s = cm.per_task().set_index("task")
     assert bool(s.loc["a", "separated"]) and not bool(s.loc["b", "separated"])  # b's seeds point opposite ways
     df = cm.to_frame()
     assert len(df) == 4 * 3 and set(df.columns) >= {"a", "b", "task_a", "task_b", "same_task", "cosine"}
@@ -97,13 +97,13 @@ def test_composition_oracles_on_tiny_models(tiny):
     gen = torch.Generator().manual_seed(1)
     a = vec(torch.randn(32, generator=gen) * 40, "toy/antonym", model=tiny)
     minus_a = a.with_values(-a.values, task="toy/capitalize")
-    res = composition(tiny, a, minus_a, "toy/capitalize+antonym", scales=(1.0, 2.0), icl_shots=None, n=20)
+    res = composition(tiny, a, minus_a, "toy/capitalize+antonym", scales=(1.0, 2.0), shots=None, n=20)
     acc = res.accuracy
     assert res.conditions == ("zero-shot", "a", "b", "a+b", "2(a+b)")
     assert acc["a+b"] == acc["zero-shot"] == acc["2(a+b)"]  # a + (-a) = 0
     assert res.cos_ab == pytest.approx(-1.0)
     same = a.with_values(a.values.clone(), task="toy/capitalize")
-    res2 = composition(tiny, a, same, "toy/capitalize+antonym", scales=(0.5,), icl_shots=None, n=20)
+    res2 = composition(tiny, a, same, "toy/capitalize+antonym", scales=(0.5,), shots=None, n=20)
     assert res2.correct[res2.conditions.index("0.5(a+b)")] == res2.correct[res2.conditions.index("a")]  # (a + a) / 2 = a
     assert res2.matches_a[res2.conditions.index("0.5(a+b)")] == res2.matches_a[res2.conditions.index("a")]
     assert_no_hooks_left(tiny)
@@ -148,7 +148,7 @@ def test_toy_clusters_and_transfer(toy_model, toy_vectors):
     assert cm.tasks == ("toy/antonym",) * 2 + ("toy/capitalize",) * 2 + ("toy/capital",) * 2
     assert not torch.equal(toy_vectors[0].values, toy_vectors[1].values)  # the seeds do differ
     assert cm.within_mean > 0.9 and abs(cm.across_mean) < 0.5
-    assert cm.summary()["separated"].all()
+    assert cm.per_task()["separated"].all()
     tr = transfer_matrix(toy_model, toy_vectors)
     assert tr.tasks == ("toy/antonym", "toy/capitalize", "toy/capital")
     assert tr.own_mean > 0.8 and tr.off_mean < 0.3
@@ -199,7 +199,7 @@ def test_cli_geometry_refuses_an_unknown_composition_before_training(capsys, mon
 
 
 def test_composition_keeps_per_query_predictions(toy_model, toy_vectors, tmp_path):
-    res = composition(toy_model, toy_vectors[0], toy_vectors[2], "toy/capitalize+antonym", icl_shots=None)
+    res = composition(toy_model, toy_vectors[0], toy_vectors[2], "toy/capitalize+antonym", shots=None)
     df = res.predictions(toy_model)
     assert list(df.columns) == ["query", "gold", "zero-shot", "a", "b", "a+b", "0.5(a+b)"] and len(df) == res.n
     assert int((df["a+b"] == df["gold"]).sum()) == int(res.correct[res.conditions.index("a+b")])

@@ -11,7 +11,8 @@ import torch
 import tvlens as tv
 from tests.conftest import assert_no_hooks_left, make_tiny_model
 from tvlens.analysis import LinearFit, RotationStretch, lens_states, linear_propagation, polar, rotation_vs_stretch
-from tvlens.analysis.linear import final_states, ridge_fit, transition_layer
+from tvlens.analysis.linear import final_states, ridge_fit
+from tvlens.analysis.rotation import transition_layer
 from tvlens.errors import ConfigError
 
 

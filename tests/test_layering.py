@@ -31,20 +31,10 @@ LEVELS = [  # (module prefix, level); the longest matching prefix wins
     ("tvlens.viz", 7),
     ("tvlens.cli", 8), ("tvlens.bench", 8), ("tvlens.bench_peers", 8), ("tvlens.__main__", 8),
 ]
-# Known violations left for later, each named exactly (a new one fails; a fixed one must be removed here):
-KNOWN_UPWARD = {
-    ("tvlens._engine_lean", "tvlens.ltv._lean"),  # the lean blocks' attention lives in ltv/ (engine branch's files)
-    ("tvlens.analysis.circuit", "tvlens.viz.heads"),  # Circuit.dashboard renders the page (public API: README, notebook 03)
-}
-KNOWN_CYCLES = {
-    ("tvlens.analysis._rotation", "tvlens.analysis.linear"),  # linear re-exports _rotation; rotation_vs_stretch calls linear_propagation
-    ("tvlens.cli._analyze", "tvlens.cli._main"), ("tvlens.cli._commands", "tvlens.cli._main"),
-    ("tvlens.cli._main", "tvlens.cli._report"),  # the CLI's shared helpers live in _main
-}
-KNOWN_PRIVATE = {
-    ("tvlens._engine_lean", "tvlens.ltv._lean._LeanAttention"),  # engine branch's files
-    ("tvlens.bench", "tvlens.analysis.linear._Suffix"),  # linear._Suffix becomes an engine client on the analysis branch
-}
+# Known violations left for later, each named exactly (a new one fails; a fixed or stale one fails too: remove it here):
+KNOWN_UPWARD: set[tuple[str, str]] = set()  # (module, the higher module it imports)
+KNOWN_CYCLES: set[tuple[str, str]] = set()  # (a, b) sorted: an edge of the cycle
+KNOWN_PRIVATE: set[tuple[str, str]] = set()  # (module, "target.name")
 NAMES = ["ground", "data", "model", "engine", "vectors", "analyses", "package root", "views", "CLI"]
 
 
@@ -148,6 +138,49 @@ def test_no_private_name_across_packages():
     assert not bad, "private names used across packages:\n" + "\n".join(bad)
 
 
+def test_no_stale_known_violation():
+    """Every KNOWN_* entry names modules that exist and a violation that still stands."""
+    graph = _graph()
+    stale = [f"KNOWN_UPWARD {e}" for e in KNOWN_UPWARD if e[0] not in MODULES or e[1] not in graph.get(e[0], ())
+             or _level(e[1]) <= _level(e[0])]
+    stale += [f"KNOWN_CYCLES {(a, b)}" for a, b in KNOWN_CYCLES  # a cycle stands: an edge between a and b, and a path back
+              if not ((b in graph.get(a, ()) and _reaches(graph, a, b)) or (a in graph.get(b, ()) and _reaches(graph, b, a)))]
+    for m, full in KNOWN_PRIVATE:
+        target, _, name = full.rpartition(".")
+        if m not in MODULES or (target, name) not in {(t, n) for t, n, _ in _imports(m)[1]}:
+            stale.append(f"KNOWN_PRIVATE {(m, full)}")
+    assert not stale, "stale exceptions (the violation is gone or the module no longer exists): remove them\n" + "\n".join(stale)
+
+
+def _reaches(graph: dict[str, set[str]], a: str, b: str) -> bool:
+    """Whether ``b`` imports ``a`` through some path (so an edge a -> b closes a cycle)."""
+    seen, todo = set(), [b]
+    while todo:
+        m = todo.pop()
+        if m == a:
+            return True
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph.get(m, ()))
+    return False
+
+
+def test_modules_found_by_name_sit_at_or_below_the_importer_or_are_declared():
+    """``importlib.import_module("tvlens....")`` counts as an import: the only upward one is the views' plugin point."""
+    from tvlens.analysis._registry import VIEWS_PACKAGE
+
+    bad = []
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+                    and node.args and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("tvlens")):
+                bad.append(f"{m}:{node.lineno} imports {node.args[0].value!r} by name")
+            if isinstance(node, ast.Name) and node.id == "VIEWS_PACKAGE" and m != "tvlens.analysis._registry":
+                bad.append(f"{m}:{node.lineno} loads the views by name (only the registry's view() may)")
+    assert not bad, "\n".join(bad)
+    assert VIEWS_PACKAGE in MODULES and _level(VIEWS_PACKAGE) == NAMES.index("views")
+
+
 @pytest.mark.parametrize("source, expect", [
     ("from tvlens.cli._main import main\n", "upward"),
     ("def f():\n    from tvlens.analysis.geometry import _labels\n", "private"),
@@ -160,3 +193,15 @@ def test_the_checks_can_fail(tmp_path, monkeypatch, source, expect):
     check = test_no_upward_import if expect == "upward" else test_no_private_name_across_packages
     with pytest.raises(AssertionError, match="_layering_probe"):
         check()
+
+
+@pytest.mark.parametrize("name, entry", [
+    ("KNOWN_UPWARD", ("tvlens.ltv._lean", "tvlens.viz.heads")),  # a module that no longer exists
+    ("KNOWN_UPWARD", ("tvlens.analysis.circuit", "tvlens.viz.heads")),  # a violation that was fixed
+    ("KNOWN_CYCLES", ("tvlens.analysis.linear", "tvlens.analysis.rotation")),
+    ("KNOWN_PRIVATE", ("tvlens.bench", "tvlens.analysis.linear._Suffix")),
+])
+def test_a_stale_exception_fails(monkeypatch, name, entry):
+    monkeypatch.setitem(globals(), name, {entry})
+    with pytest.raises(AssertionError, match="stale"):
+        test_no_stale_known_violation()

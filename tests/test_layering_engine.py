@@ -22,9 +22,6 @@ ALLOWED: dict[str, frozenset[str] | None] = {
     "bench.py": frozenset({"bench_linear_copies"}),  # its reference arm: full forwards with a per-row vector
     "bench_peers.py": frozenset({"hf_matches_tvlens"}),  # the tvlens side of the check that the peers' model is the same function
     "toy/_train.py": None,  # trains the embedded model's weights (below the engine: it makes the model)
-    # NaiveObjective.target_logits: the reference LTV objective (LTVConfig(fast=False)) that FastObjective is
-    # tested against; a full forward under grad by design (to move onto the engine: issue #17, left)
-    "ltv/_objective.py": frozenset({"target_logits"}),
 }
 
 

@@ -51,7 +51,7 @@ from tvlens.sites import resolve_columns
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "forward", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run",
+__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "forward", "forward_logits", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run",
            "to_model"]
 
 
@@ -493,3 +493,14 @@ def forward(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[E
             for n in whole:
                 caught[n].append(store.store[n].float())
     return torch.cat(out), {n: torch.cat(v) for n, v in caught.items()}
+
+
+def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], attention_mask: Int[torch.Tensor, "batch pos"],
+                   edits: Sequence[Edit] = (), *, span: Span) -> Float[torch.Tensor, "batch pos d_vocab"]:
+    """One full forward of ``tokens`` with ``edits`` inside ``span``, gradients flowing: every column's logits.
+
+    The reference the suffix runs are tested against: the naive LTV objective (``LTVConfig(fast=False)``,
+    :class:`tvlens.ltv._objective.NaiveObjective`) reads its teacher-forced targets from it.
+    """
+    with intervene(model, *edits, span=span):
+        return model(to_model(model, tokens), attention_mask=to_model(model, attention_mask))  # [batch, pos, vocab]

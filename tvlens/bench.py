@@ -296,7 +296,7 @@ def bench_linear_copies(name: str, model, prompts, layer: int, *, copies: int = 
     """Seconds to get the final states of ``copies`` noisy vectors x every prompt (linear propagation):
     full forward passes with a per-row vector vs the prefix-cached last-column path."""
     from tvlens._hooks import AddPerRow, Cache, intervene
-    from tvlens.analysis.linear import _Suffix
+    from tvlens.analysis.linear import SuffixStates
 
     site = Site(layer, -1)
     thetas = torch.randn(copies, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
@@ -313,7 +313,7 @@ def bench_linear_copies(name: str, model, prompts, layer: int, *, copies: int = 
             model(tokens, attention_mask=mask, return_type=None)
         out["naive"] = cache.store[final][rows, last].reshape(copies, n, -1)
 
-    suffix = _Suffix(model, prompts, site)  # prepared once per (prompts, layer), as linear_propagation does
+    suffix = SuffixStates(model, prompts, site)  # prepared once per (prompts, layer), as linear_propagation does
 
     def fast() -> None:
         out["fast"] = suffix.states(thetas)

@@ -34,10 +34,10 @@ from tvlens.analysis.lens import lens_states as lens_states
 from tvlens.analysis.lens import logit_lens as logit_lens
 from tvlens.analysis.lens import task_alignment as task_alignment
 from tvlens.analysis.linear import LinearFit as LinearFit
-from tvlens.analysis.linear import RotationStretch as RotationStretch
 from tvlens.analysis.linear import linear_propagation as linear_propagation
-from tvlens.analysis.linear import polar as polar
-from tvlens.analysis.linear import rotation_vs_stretch as rotation_vs_stretch
+from tvlens.analysis.rotation import RotationStretch as RotationStretch
+from tvlens.analysis.rotation import polar as polar
+from tvlens.analysis.rotation import rotation_vs_stretch as rotation_vs_stretch
 
 
 # --- geometry, transfer, composition ---

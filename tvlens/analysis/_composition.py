@@ -114,9 +114,9 @@ class Composition(Result):
 
 @no_type_check
 def composition(model, vec_a: TaskVector, vec_b: TaskVector, composed_task: Task | str, *, scales: Sequence[float] = (1.0, 0.5),
-                icl_shots: int | None = 5, seed: int = 0, n: int | None = None, batch_size: int = 64) -> Composition:
+                shots: int | None = 5, seed: int = 0, n: int | None = None, batch_size: int = 64) -> Composition:
     """Accuracy on ``composed_task`` of ``s * (a + b)`` for each scale ``s``, against zero-shot,
-    ``icl_shots``-shot ICL (None: skipped) and each vector alone, on the same zero-shot test queries.
+    ``shots``-shot ICL (None: skipped) and each vector alone, on the same zero-shot test queries.
 
     ``scales=(1.0, 0.5)``: the plain sum and the mean of the two vectors.
     """
@@ -133,10 +133,10 @@ def composition(model, vec_a: TaskVector, vec_b: TaskVector, composed_task: Task
     single = [_answers_of(model, ps, vec_a.task), _answers_of(model, ps, vec_b.task)]  # first tokens of each task's answer
     both = vec_a.with_values(vec_a.values + vec_b.values, task=task.name, method="sum", meta={})
     runs = [("zero-shot", _eval(model, ps, None, batch_size=batch_size))]
-    if icl_shots:
+    if shots:
         from tvlens.evaluate import evaluate
 
-        runs.append((f"{icl_shots}-shot ICL", evaluate(model, make_prompts(splits, "test", k=icl_shots, seed=seed, n=n), batch_size=batch_size)))
+        runs.append((f"{shots}-shot ICL", evaluate(model, make_prompts(splits, "test", k=shots, seed=seed, n=n), batch_size=batch_size)))
     runs += [("a", _eval(model, ps, vec_a, batch_size=batch_size)), ("b", _eval(model, ps, vec_b, batch_size=batch_size))]
     for s in scales:
         runs.append(("a+b" if s == 1.0 else f"{s:g}(a+b)", _eval(model, ps, both, s, batch_size=batch_size)))

@@ -31,11 +31,21 @@ Head = tuple[int, int]
 
 
 @no_type_check  # checks its arguments
+def split_seed(vector, seed: int = 0) -> int:
+    """The seed of the task's splits: the vector's own (``meta["split_seed"]``, set by training) when it has one, else ``seed``.
+
+    The one rule every analysis follows, so an analysis of a trained vector reads that vector's held-out test queries.
+    """
+    meta = getattr(vector, "meta", None) or {}
+    return int(meta["split_seed"]) if "split_seed" in meta else int(seed)
+
+
 def resolve_prompts(task=None, prompts: PromptSet | None = None, *, n: int | None = None, split: str = "test",
-                    k: int = 0, seed: int = 0, batch_size: int = 1) -> PromptSet:
+                    k: int = 0, seed: int = 0, batch_size: int = 1, vector=None) -> PromptSet:
     """``prompts`` as given, or ``k``-shot prompts of ``task``'s ``split`` queries (the first ``n``).
 
-    Also checks the options every analysis shares (``n``, ``batch_size``).
+    The splits' seed is :func:`split_seed` (``vector``'s own when it has one); ``seed`` draws the
+    demonstrations. Also checks the options every analysis shares (``n``, ``batch_size``).
     """
     from tvlens._validate import check_int
 
@@ -58,7 +68,7 @@ def resolve_prompts(task=None, prompts: PromptSet | None = None, *, n: int | Non
     if not isinstance(task, (str, Task)):
         raise ConfigError(f"task must be a tv.tasks.Task or a task name, got {type(task).__name__}; or pass prompts=")
     task = get_task(task) if isinstance(task, str) else task
-    return make_prompts(make_splits(task, seed=seed), split, k=k, seed=seed, n=n)
+    return make_prompts(make_splits(task, seed=split_seed(vector, seed)), split, k=k, seed=seed, n=n)
 
 
 def check_vector(model, vector: TaskVector, task=None, *, what: str = "vector") -> None:

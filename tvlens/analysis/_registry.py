@@ -55,7 +55,7 @@ from tvlens.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["Analysis", "Context", "GROUPS", "OptionSpec", "Options", "analyses", "as_results", "default_layers", "get",
-           "lens_layers", "option_specs", "register"]
+           "lens_layers", "option_specs", "register", "register_view", "view"]
 
 GROUPS = ("Baselines", "Heads", "Logit lens and linearity", "Geometry")
 COMMON = ("model", "task", "template", "vector", "layer", "n", "seed", "html", "json", "debug")  # the CLI's own inputs
@@ -246,6 +246,32 @@ def as_results(out) -> tuple:
     return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
+# --- views: renderers that live above the analyses ------------------------------------------------
+
+VIEWS_PACKAGE = "tvlens.viz"  # the views layer; importing it registers every renderer (register_view)
+_VIEWS: dict[str, Callable] = {}
+
+
+def register_view(name: str, render: Callable) -> None:
+    """Called by a module of :mod:`tvlens.viz` at import: ``render`` draws the analysis results of view ``name``."""
+    _VIEWS[name] = render
+
+
+def view(name: str) -> Callable:
+    """The renderer registered as ``name`` (e.g. ``"dashboard"`` for :meth:`Circuit.dashboard`).
+
+    The analyses never import the views (they sit above them, tests/test_layering.py); the views
+    register themselves, and on first use the views package is loaded by its name, the one
+    plugin point of this layer.
+    """
+    if name not in _VIEWS:
+        importlib.import_module(VIEWS_PACKAGE)
+    if name not in _VIEWS:
+        raise ConfigError(f"no view named {name!r} is registered; the views are {sorted(_VIEWS)} "
+                          f"(a module of {VIEWS_PACKAGE} calls register_view)")
+    return _VIEWS[name]
+
+
 # --- what run() gets -----------------------------------------------------------------------------
 
 
@@ -271,15 +297,21 @@ class Context:
     model: Any
     model_name: str
     task: Any  # tv.tasks.Task
-    layer: int
+    layer: int | None  # the LTV's layer (None: the middle layer, n_layers // 2)
     seed: int = 0
     n: int | None = None  # test queries per analysis (None: the whole test split)
     given_vector: Any = None  # a TaskVector to analyse instead of training one
     given_prompts: Any = None  # a PromptSet to use instead of the test split
     fraction: float = 0.1  # share of heads called key heads
+    progress: bool = False  # a tqdm bar while training the LTV
     cache: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        n_layers = self.model.cfg.n_layers
+        if self.layer is None:
+            self.layer = n_layers // 2
+        if not 0 <= self.layer < n_layers:
+            raise ConfigError(f"layer {self.layer} is outside the model's layers 0..{n_layers - 1} (--layer, layer=)")
         v = self.given_vector
         if v is not None:
             self.layer = min(s.layer for s in v.sites)
@@ -303,11 +335,17 @@ class Context:
         from tvlens.ltv import LTVConfig, train_ltv
 
         return self._once("ltv", lambda: train_ltv(self.model, self.task, layers=self.layer, config=LTVConfig(seed=self.seed),
-                                                   splits=self.splits, progress=False))
+                                                   splits=self.splits, progress=self.progress))
 
     @property
     def vector(self):
         return self.given_vector if self.given_vector is not None else self.ltv.vector
+
+    def vector_origin(self, path: str | None = None) -> dict:
+        """Where :attr:`vector` came from: the given file's ``path``, or the LTV trained here (validation accuracy, seconds)."""
+        if self.given_vector is not None:
+            return {"path": path}
+        return {"trained": True, "val_accuracy": self.ltv.val_accuracy, "train_seconds": round(self.ltv.seconds, 2)}
 
     @property
     def splits(self):

@@ -189,7 +189,7 @@ def head_ablation(model, vector: TaskVector, task=None, heads=None, *, prompts=N
         pool = heads.ranked() if isinstance(heads, HeadSaliency) else pool_heads(model, layer)
     pool = check_heads(model, pool, "pool")
     sets = random_head_sets(pool, len(key), n_random, seed, exclude=key)
-    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    ps = resolve_prompts(task, prompts, n=n, seed=seed, batch_size=batch_size, vector=vector)
     vector.check_task(ps.task)
     batch = ps.tokenize(model)
     (zero_shot, _), (none, p_none), ((acc_key, p_key), *rand) = measure_conditions(

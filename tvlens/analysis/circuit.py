@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -39,12 +39,44 @@ from jaxtyping import Float
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_float, check_int, no_type_check
 from tvlens.analysis._inputs import check_heads, check_vector, resolve_prompts, steer_edit
+from tvlens.analysis._registry import view
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptSet
 from tvlens.vector import TaskVector
 
 log = logging.getLogger(__name__)
 AblationKind = Literal["zero", "mean", "path"]
+
+
+@dataclass(frozen=True, eq=False)
+class DashboardData:
+    """What the dashboard shows. Frames and tensors only; no model."""
+
+    title: str
+    heads: Any  # pandas DataFrame, one row per head: layer, head, saliency (+ rank, sink_mass, ov_norm, key, ...)
+    tokens: tuple[str, ...]  # the example prompt's tokens (as shown on the pattern's axes)
+    patterns: Float[torch.Tensor, "layer head pos pos"]  # attention pattern of every head on the example prompt
+    decoded: tuple[tuple[str, ...], ...]  # per head (index layer * n_heads + head): its OV output's top tokens
+    decoded_values: Float[torch.Tensor, "layer head k"]  # the logits (direct-logit projections) of those tokens
+    ablation: Any = None  # DataFrame: kind, none, key, random_mean, random_std (accuracies), or None
+    sinks: Any = None  # DataFrame: offset (positions before the last, 0 = last), key, random (mean attention), or None
+    injection_layer: int | None = None  # the vector's layer (marked on the plots)
+    notes: tuple[str, ...] = field(default=())  # summary lines shown under the title
+
+    def __post_init__(self) -> None:
+        missing = [c for c in ("layer", "head", "saliency") if c not in self.heads.columns]
+        if missing:
+            raise ConfigError(f"the heads frame lacks columns {missing}; build it with Circuit.heads()")
+        n_layers, n_heads = int(self.heads["layer"].max()) + 1, int(self.heads["head"].max()) + 1
+        if tuple(self.patterns.shape[:2]) != (n_layers, n_heads) or self.patterns.shape[2:] != (len(self.tokens),) * 2:
+            raise ConfigError(f"patterns must be [layer, head, pos, pos] = [{n_layers}, {n_heads}, {len(self.tokens)}, "
+                              f"{len(self.tokens)}] (the example's tokens), got {list(self.patterns.shape)}")
+        if len(self.decoded) != n_layers * n_heads or tuple(self.decoded_values.shape[:2]) != (n_layers, n_heads):
+            raise ConfigError(f"decoded tokens must be given for each of the {n_layers * n_heads} heads")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.heads["layer"].max()) + 1, int(self.heads["head"].max()) + 1
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -95,7 +127,7 @@ class Circuit:
         check_float("circuit", "fraction", fraction, min=0, max=1, min_exclusive=True)
         check_int("circuit", "n_random", n_random, min=1)
         self.model, self.vector = model, vector
-        self.prompts = resolve_prompts(task, prompts, n=n, seed=seed)
+        self.prompts = resolve_prompts(task, prompts, n=n, seed=seed, vector=vector)
         check_int("circuit", "example", example, min=0, max=len(self.prompts) - 1)
         self.task = self.prompts.task
         vector.check_task(self.task)
@@ -291,8 +323,6 @@ class Circuit:
     def payload(self, kinds: tuple[str, ...] = ("zero", "mean", "path")) -> dict:
         """Every head analysis as plain data: the heads that read θ, Spearman, ablations (``kinds``; the
         first is ``ablation``), OV reconstruction, sinks, key heads per layer."""
-        import dataclasses
-
         kinds = tuple(dict.fromkeys(kinds))
         for kind in kinds:
             check_choice("circuit.payload", "kinds", kind, ("zero", "mean", "path"))
@@ -308,8 +338,7 @@ class Circuit:
                       for r in frame.to_dict(orient="records") if r["layer"] >= self.layer],  # the heads that read θ
             "spearman_saliency_vs_exact": self.spearman(),
             "ablation": abl[kinds[0]] if kinds else None, "ablations": abl,
-            "ov_reconstruction": {f.name: float(getattr(rec, f.name)) for f in dataclasses.fields(rec)
-                                  if isinstance(getattr(rec, f.name), float)},
+            "ov_reconstruction": {**rec.accuracies, "cos_a_vs_attn": rec.cos_a_vs_attn},
             "sinks": {**self.sinks().group_mass(), **self.other_sinks()},  # key heads vs the random sets' heads vs the rest
             "key_layer_histogram": self.key_layer_histogram(),
             "injection_layer": self.layer,
@@ -342,10 +371,8 @@ class Circuit:
     # --- pages -------------------------------------------------------------------------------
 
     def dashboard_data(self, *, kinds: tuple[str, ...] = ("zero", "mean", "path")):
-        """The frames and tensors :mod:`tvlens.viz.heads` draws (see :class:`~tvlens.viz.heads.DashboardData`)."""
+        """The frames and tensors :mod:`tvlens.viz.heads` draws (a :class:`DashboardData`)."""
         import pandas as pd
-
-        from tvlens.viz.heads import DashboardData
 
         for kind in kinds:
             check_choice("circuit.dashboard", "kinds", kind, ("zero", "mean", "path"))
@@ -366,14 +393,16 @@ class Circuit:
 
     def dashboard(self, path: str | os.PathLike | None = None, *, kinds: tuple[str, ...] = ("zero", "mean", "path"),
                   overwrite: bool = True):
-        """The head-saliency dashboard: written to ``path`` when given; shown inline in Jupyter either way."""
+        """The head-saliency dashboard: written to ``path`` when given; shown inline in Jupyter either way.
+
+        The page is a view: :mod:`tvlens.viz.heads` renders it and registers itself as the view
+        ``"dashboard"`` (:func:`tvlens.analysis._registry.view` finds it; this layer never imports viz).
+        """
         from tvlens._validate import check_output_path
-        from tvlens.viz.heads import Dashboard, render_dashboard, write_dashboard
 
         if path is not None:
             check_output_path(path, "dashboard path")  # before the analyses run
-        data = self.dashboard_data(kinds=kinds)
-        return write_dashboard(data, path, overwrite=overwrite) if path is not None else Dashboard(render_dashboard(data))
+        return view("dashboard")(self.dashboard_data(kinds=kinds), path, overwrite=overwrite)
 
     def __repr__(self) -> str:
         done = sorted({k if isinstance(k, str) else k[0] for k in self._cache})

@@ -114,8 +114,8 @@ class CosineMatrix(Result):
         p = self._pairs(False)
         return float(p.abs().mean()) if p.numel() else math.nan
 
-    def summary(self):
-        """Per task: mean and min within-task cosine, mean and max across-task cosine, separated."""
+    def per_task(self):
+        """Per task (a DataFrame): mean and min within-task cosine, mean and max across-task cosine, separated."""
         import pandas as pd
 
         rows = []
@@ -131,6 +131,11 @@ class CosineMatrix(Result):
                          "across_max": float(a.max()) if a.numel() else math.nan,
                          "separated": bool(w.numel() and a.numel() and w.min() > a.max())})
         return pd.DataFrame(rows)
+
+    def summary(self) -> dict:
+        """The headline numbers (a dict, like every result's summary): within / across means and :meth:`per_task` as records."""
+        return {"within_mean": self.within_mean, "across_mean": self.across_mean, "across_abs_mean": self.across_abs_mean,
+                "per_task": self.per_task().to_dict(orient="records")}
 
     def to_frame(self):
         """One row per ordered pair of distinct vectors: a, b, their tasks, same_task, cosine."""
@@ -316,7 +321,7 @@ class GeometrySuite(Result):
     layer: int
 
     def to_frame(self):
-        return self.cosines.summary()
+        return self.cosines.per_task()
 
     def plot(self):
         return self.cosines.plot()
@@ -327,7 +332,7 @@ class GeometrySuite(Result):
             "layer": self.layer,
             "cosine": {"labels": list(cm.labels), "tasks": list(cm.tasks), "matrix": cm.cos.tolist(), "within_mean": cm.within_mean,
                        "across_mean": cm.across_mean, "across_abs_mean": cm.across_abs_mean,
-                       "per_task": cm.summary().to_dict(orient="records")},
+                       "per_task": cm.per_task().to_dict(orient="records")},
             "transfer": {"vectors": list(tr.labels), "vector_tasks": list(tr.vector_tasks), "tasks": list(tr.tasks),
                          "accuracy": tr.accuracy.tolist(), "zero_shot": tr.zero_shot.tolist(), "n": tr.n.tolist(),
                          "own_mean": tr.own_mean, "off_mean": tr.off_mean, "off_gain_mean": tr.off_gain_mean},
@@ -344,7 +349,7 @@ class GeometrySuite(Result):
         f3 = lambda x: f"{x:.3f}"  # noqa: E731
         lines = [f"layer {self.layer}: {len(cm.labels)} vectors, {len(set(cm.tasks))} tasks",
                  f"cosine within-task {cm.within_mean:.3f}, across-task {cm.across_mean:.3f} (|.| {cm.across_abs_mean:.3f})",
-                 cm.summary().to_string(index=False, float_format=f3), "",
+                 cm.per_task().to_string(index=False, float_format=f3), "",
                  f"transfer: own task {tr.own_mean:.3f}, other tasks {tr.off_mean:.3f} (gain over zero-shot {tr.off_gain_mean:+.3f})",
                  tr.to_frame().groupby(["vector_task", "task"], sort=False).accuracy.mean().unstack().to_string(float_format=lambda x: f"{x:.2f}")]
         if comp is not None:

@@ -171,6 +171,27 @@ class LensResult(Result):
                 for i, c in enumerate(self.conditions) for j, layer in enumerate(self.layers)]
         return pd.DataFrame(rows)
 
+    def wide(self, what: str = "accuracy"):
+        """``what`` (accuracy, label_accuracy, alignment) as a frame: a row per layer, a column per condition."""
+        return self.to_frame().pivot(index="layer", columns="condition", values=what)[list(self.conditions)]
+
+    def payload(self) -> dict:
+        """The JSON of ``tvlens analyze lens``: per condition, accuracy, label accuracy and alignment per layer."""
+        per = {what: {c: getattr(self, what)[i].tolist() for i, c in enumerate(self.conditions)}
+               for what in ("accuracy", "label_accuracy", "alignment")}
+        return {"task": self.task, "n": self.n, "layers": list(self.layers), "conditions": list(self.conditions),
+                "alignment_definition": self.definition, "chance_alignment": self.chance_alignment, **per,
+                "icl_beats_zero_shot_layer": self.icl_beats_zero_shot_layer}
+
+    def text(self, model: str = "") -> str:
+        """Accuracy and task alignment per layer (a column per condition), and where ICL first beats zero-shot."""
+        f2 = lambda x: f"{x:.2f}"  # noqa: E731
+        on = f" ({model}, n={self.n} test queries)" if model else f" (n={self.n} test queries)"
+        return "\n".join([f"logit lens on {self.task}{on}: accuracy per layer "
+                          f"(layer k = input of block k; {max(self.layers)} = final state)", self.wide().to_string(float_format=f2),
+                          "task alignment per layer:", self.wide("alignment").to_string(float_format=f2),
+                          f"ICL first beats zero-shot at layer {self.icl_beats_zero_shot_layer}"])
+
     def curve(self, condition: str, what: str = "accuracy") -> Float[torch.Tensor, " layer"]:
         if condition not in self.conditions:
             raise ConfigError(f"no condition {condition!r}; the conditions are {list(self.conditions)}")
@@ -229,6 +250,7 @@ def logit_lens(
     """
     from tvlens._hooks import AddAt
     from tvlens._validate import check_int
+    from tvlens.analysis._inputs import split_seed
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
 
@@ -246,7 +268,7 @@ def logit_lens(
         task = prompts.task
     else:
         task = get_task(task) if isinstance(task, str) else task
-        splits = make_splits(task, seed=seed)
+        splits = make_splits(task, seed=split_seed(next(iter(named.values()), None), seed))  # the vectors' own, when they have one
         for k in shots:
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise ConfigError(f"shots must be integers >= 0, got {k!r}; e.g. shots=(0, 8)")

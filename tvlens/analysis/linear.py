@@ -41,10 +41,10 @@ from tvlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinearFit", "final_states", "linear_propagation"]
+__all__ = ["LinearFit", "SuffixStates", "final_states", "linear_propagation", "ridge_fit"]
 
 
-class _Suffix:
+class SuffixStates:
     """Final last-token states of a fixed prompt set for many per-row vectors at one site (an engine prefix)."""
 
     def __init__(self, model, prompts, site) -> None:
@@ -81,7 +81,7 @@ def final_states(model, vector, prompts, thetas: Float[torch.Tensor, "copy d_mod
                  ) -> Float[torch.Tensor, "copy query d_model"]:
     """Final last-token states of ``prompts`` with each row of ``thetas`` (default: the vector) at its site."""
     site = _single_site(vector)
-    s = _Suffix(model, prompts, site)
+    s = SuffixStates(model, prompts, site)
     return s.states(vector.values if thetas is None else thetas)
 
 
@@ -194,6 +194,7 @@ def linear_propagation(
     import time
 
     from tvlens._validate import check_float, check_int
+    from tvlens.analysis._inputs import split_seed
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
 
@@ -224,7 +225,7 @@ def linear_propagation(
         if task is None:
             raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
         task = get_task(task) if isinstance(task, str) else task
-        splits = make_splits(task, seed=int(vector.meta.get("split_seed", 0)))
+        splits = make_splits(task, seed=split_seed(vector, seed))
         fit_prompts = make_prompts(splits, "train", k=0, seed=seed, n=n_queries)
         prompts = make_prompts(splits, "test", k=0, seed=seed, n=n_test)
     else:
@@ -236,7 +237,7 @@ def linear_propagation(
     eps = torch.randn(n_copies + n_heldout, d, generator=g)
     lam = torch.rand(n_copies + n_heldout, 1, generator=g) * noise * theta.norm() / math.sqrt(d)
     copies = theta + lam * eps  # [copy, d_model]
-    fit_set = _Suffix(model, fit_prompts, site)
+    fit_set = SuffixStates(model, fit_prompts, site)
     base = fit_set.states(torch.zeros(1, d))[0]  # [query, d_model]
     with_theta = fit_set.states(theta[None])[0]
     shifts = (fit_set.states(copies, rows_per_pass=rows_per_pass) - base).mean(1)  # [copy, d_model]: mean over queries
@@ -249,7 +250,7 @@ def linear_propagation(
     check_finite(f"the W_TV fit of {vector.task!r} at {site}", W, "the fit overflowed; give a vector of a usable size or a larger ridge")
     pred = copies[n_copies:] @ W.T
     held = shifts[n_copies:]
-    test = _Suffix(model, prompts, site)
+    test = SuffixStates(model, prompts, site)
     zs = test.states(torch.zeros(1, d))[0]  # [query, d_model]
     inj = test.states(theta[None])[0]
     gold = test.gold
@@ -267,15 +268,7 @@ def linear_propagation(
     return fit
 
 
-from tvlens.analysis._rotation import RotationStretch as RotationStretch  # noqa: E402  (re-exported: one public module)
-from tvlens.analysis._rotation import polar as polar  # noqa: E402
-from tvlens.analysis._rotation import rotation_vs_stretch as rotation_vs_stretch  # noqa: E402
-from tvlens.analysis._rotation import transition_layer as transition_layer  # noqa: E402
-
-__all__ += ["RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]
-
-
-# --- the registry's declarations (the report's linear and rotation sections; tvlens analyze rotation) ---
+# --- the registry's declaration (the report's linear section; `tvlens analyze linear` is hand-written) ---
 
 from dataclasses import field as _field  # noqa: E402
 
@@ -295,18 +288,5 @@ def _run_linear(ctx, opts: LinearOptions):
     return linear_propagation(ctx.model, ctx.vector, ctx.task, noise=opts.noise, ridge=opts.ridge)
 
 
-@dataclass(frozen=True)
-class RotationOptions(Options):
-    """Options of ``tvlens analyze rotation``."""
-
-    threshold: float = _field(default=0.5, metadata={"help": "cos(theta, Q theta) from which a layer counts as stretch (default 0.5)"})
-
-
-def _run_rotation(ctx, opts: RotationOptions):
-    return rotation_vs_stretch(ctx.model, ctx.vectors_by_layer(), ctx.task, threshold=opts.threshold)
-
-
 register(Analysis("linear", LinearOptions, _run_linear, LinearFit, "Linear propagation", "Logit lens and linearity",
                   "W_TV fitted so that injecting θ' shifts the final state by W_TV θ' (Figure 8A).", order=30, cli=False))
-register(Analysis("rotation", RotationOptions, _run_rotation, RotationStretch, "Rotation vs stretch", "Logit lens and linearity",
-                  "Polar decomposition of W_TV per layer (Figure 9).", order=40))

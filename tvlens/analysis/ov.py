@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from tvlens import _engine as engine
-from tvlens._result import Result
+from tvlens._result import ConditionAccuracy, Result
 from tvlens._validate import check_choice, check_layers, no_type_check
 from tvlens.analysis._inputs import check_vector, final_logits, resolve_prompts, single_layer_theta, steer_edit
 from tvlens.errors import ConfigError
@@ -170,8 +170,8 @@ def _steered_stats(model, vector: TaskVector, prompts, layers: list[int], batch_
 
 
 @no_type_check  # checks its arguments
-def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=None, task=None, layers=None,
-                n: int | None = None, batch_size: int = 64) -> OVProducts:
+def ov_products(model, vector: TaskVector, task=None, *, prompts=None, n: int | None = None, seed: int = 0,
+                ln: LNMode = "folded", layers=None, batch_size: int = 64) -> OVProducts:
     """Every head's OV product with θ, [layer, head, d_model] (see the module docstring for ``ln``).
 
     ``prompts`` (a PromptSet) or ``task`` give the attention weights, the logit-lens projection
@@ -195,7 +195,7 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
     idx = torch.tensor(todo)
     raw = unscaled_products(model, theta, todo)  # [layer', head, d_model]
     if have:
-        ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+        ps = resolve_prompts(task, prompts, n=n, seed=seed, batch_size=batch_size, vector=vector)
         vector.check_task(ps.task)
         batch, inv_b, att_b = _steered_stats(model, vector, ps, todo, batch_size)
         att[idx] = att_b.mean(0).cpu()
@@ -223,37 +223,34 @@ def ov_products(model, vector: TaskVector, *, ln: LNMode = "folded", prompts=Non
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class OVReconstruction(Result):
-    """Accuracy when the per-head OV products replace the injection of θ (paper: LTV 83, OV rec. 52)."""
+class OVReconstruction(ConditionAccuracy):
+    """Accuracy when the per-head OV products replace the injection of θ (paper: LTV 83, OV rec. 52).
 
-    task: str
-    layer: int
-    ln: str
-    n: int  # prompts
-    ltv: float  # θ injected at its site
-    zero_shot: float
-    variant_a: float  # final residual at N + Σ_{l'>=l, h} products
-    variant_b: float  # final residual at N + Σ products + θ
-    variant_a_weighted: float  # products weighted by each head's attention from N to N
-    variant_b_weighted: float
-    mlp_control: float  # final residual + the actual θ-induced change of every MLP output (layers >= l) at N
-    attn_path: float  # final residual + the actual θ-induced change of every attention output (layers >= l) at N
-    theta_only: float  # final residual + θ
-    cos_a_vs_attn: float  # cosine between mean r (variant A, weighted) and the mean actual attention-path change
+    The conditions (:data:`RECONSTRUCTION_CONDITIONS`), each readable as an attribute (``rec.variant_a``):
+    ``ltv`` θ injected at its site; ``zero_shot``; ``variant_a`` final residual at N + Σ_{l'>=l, h}
+    products; ``variant_b`` Σ products + θ; ``*_weighted`` products weighted by each head's attention
+    from N to N; ``mlp_control`` / ``attn_path`` the final residual + the actual θ-induced change of
+    every MLP / attention output (layers >= l) at N; ``theta_only`` the final residual + θ.
+    """
 
-    def to_frame(self):
-        """One row per condition: condition, accuracy."""
-        import pandas as pd
+    layer: int = 0
+    ln: str = "actual"
+    cos_a_vs_attn: float = float("nan")  # cosine between mean r (variant A, weighted) and the mean actual attention-path change
 
-        conds = ["zero_shot", "ltv", "variant_a", "variant_b", "variant_a_weighted", "variant_b_weighted", "attn_path",
-                 "mlp_control", "theta_only"]
-        return pd.DataFrame({"condition": conds, "accuracy": [getattr(self, c) for c in conds]})
+    ltv = property(lambda self: self.accuracy("ltv"))
+    zero_shot = property(lambda self: self.accuracy("zero_shot"))
+    variant_a = property(lambda self: self.accuracy("variant_a"))
+    variant_b = property(lambda self: self.accuracy("variant_b"))
+    variant_a_weighted = property(lambda self: self.accuracy("variant_a_weighted"))
+    variant_b_weighted = property(lambda self: self.accuracy("variant_b_weighted"))
+    mlp_control = property(lambda self: self.accuracy("mlp_control"))
+    attn_path = property(lambda self: self.accuracy("attn_path"))
+    theta_only = property(lambda self: self.accuracy("theta_only"))
 
     def plot(self):
-        import plotly.express as px
-
-        return px.bar(self.to_frame(), x="condition", y="accuracy", range_y=[0, 1],
-                      title=f"OV reconstruction of θ@L{self.layer} ({self.task}, LN {self.ln}, n={self.n})")
+        fig = super().plot()
+        fig.update_layout(title=f"OV reconstruction of θ@L{self.layer} ({self.task}, LN {self.ln}, n={self.n}, 95% intervals)")
+        return fig
 
     def __repr__(self) -> str:
         return (f"OVReconstruction({self.task!r} θ@L{self.layer}: ltv={self.ltv:.2f} zero_shot={self.zero_shot:.2f} "
@@ -261,8 +258,12 @@ class OVReconstruction(Result):
                 f"mlp={self.mlp_control:.2f})")
 
 
+RECONSTRUCTION_CONDITIONS = ("ltv", "zero_shot", "variant_a", "variant_b", "variant_a_weighted", "variant_b_weighted",
+                             "mlp_control", "attn_path", "theta_only")
+
+
 def reconstruction_inputs(fn: str, what: str, model, vector: TaskVector, task, prompts, ln: str, n: int | None,
-                          batch_size: int):
+                          batch_size: int, seed: int = 0):
     """The checked inputs of a reconstruction (``fn`` names the function, ``what`` the analysis in errors):
     the injection layer, θ and the prompts; the vector must have one site, at the last position."""
     check_choice(fn, "ln", ln, ("folded", "actual"))
@@ -270,17 +271,17 @@ def reconstruction_inputs(fn: str, what: str, model, vector: TaskVector, task, p
     layer, theta = single_layer_theta(vector)
     if len(vector.sites) != 1 or vector.sites[0].position != -1:
         raise ConfigError(f"{what} needs a vector with one site at the last position (Site(layer, -1))")
-    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    ps = resolve_prompts(task, prompts, n=n, seed=seed, batch_size=batch_size, vector=vector)
     vector.check_task(ps.task)
     return layer, theta, ps
 
 
 @no_type_check  # checks its arguments
-def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, ln: LNMode = "actual", n: int | None = None,
-                      batch_size: int = 64) -> OVReconstruction:
+def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, n: int | None = None, seed: int = 0,
+                      ln: LNMode = "actual", batch_size: int = 64) -> OVReconstruction:
     """Accuracy of the OV reconstruction of θ (variants A and B, plain and attention-weighted) and its controls."""
     layer, theta, ps = reconstruction_inputs("ov_reconstruction", "OV reconstruction", model, vector, task, prompts, ln, n,
-                                             batch_size)
+                                             batch_size, seed)
     cfg = model.cfg
     layers = list(range(layer, cfg.n_layers))
     raw = unscaled_products(model, theta, layers)  # [layer', head, d_model]
@@ -298,13 +299,15 @@ def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, ln:
     th = theta.to(r0.device)
     gold = batch.answer_ids.to(r0.device)
 
-    def acc(resid: torch.Tensor) -> float:
+    def correct(resid: torch.Tensor) -> int:
         with torch.no_grad():
-            return float((final_logits(model, resid).argmax(-1) == gold).float().mean())
+            return int((final_logits(model, resid).argmax(-1) == gold).sum())
 
     cos = float(torch.nn.functional.cosine_similarity(rec_w.mean(0), d_attn.mean(0), dim=0))
-    return OVReconstruction(ps.task.name, layer, ln, len(batch), acc(r1), acc(r0), acc(r0 + rec), acc(r0 + rec + th),
-                            acc(r0 + rec_w), acc(r0 + rec_w + th), acc(r0 + d_mlp), acc(r0 + d_attn), acc(r0 + th), cos)
+    counts = [correct(r1), correct(r0), correct(r0 + rec), correct(r0 + rec + th), correct(r0 + rec_w), correct(r0 + rec_w + th),
+              correct(r0 + d_mlp), correct(r0 + d_attn), correct(r0 + th)]  # in RECONSTRUCTION_CONDITIONS' order
+    return OVReconstruction(ps.task.name, RECONSTRUCTION_CONDITIONS, torch.tensor(counts), len(batch), layer=layer, ln=ln,
+                            cos_a_vs_attn=cos)
 
 
 # --- the registry's declaration (tvlens analyze ov, the report's section, the circuit's columns) ---

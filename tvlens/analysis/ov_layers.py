@@ -80,8 +80,8 @@ def _writes(raw: Float[torch.Tensor, "layer head d_model"], inv: Float[torch.Ten
 
 
 @no_type_check  # checks its arguments
-def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, heads=None, fraction: float = 0.1,
-                            ln: Literal["folded", "actual"] = "actual", n: int | None = None, batch_size: int = 64,
+def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, n: int | None = None, seed: int = 0,
+                            heads=None, fraction: float = 0.1, ln: Literal["folded", "actual"] = "actual", batch_size: int = 64,
                             budget: engine.Budget = engine.Budget()) -> OVLayerReconstruction:
     """Accuracy with each head's OV product of θ added to its own layer's attention output at N (see the module docstring).
 
@@ -89,7 +89,7 @@ def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=Non
     """
     check_float("ov_layer_reconstruction", "fraction", fraction, min=0, max=1, min_exclusive=True)
     layer, theta, ps = reconstruction_inputs("ov_layer_reconstruction", "the per-layer OV reconstruction", model, vector,
-                                             task, prompts, ln, n, batch_size)
+                                             task, prompts, ln, n, batch_size, seed)
     cfg = model.cfg
     if heads is None:
         from tvlens.analysis.saliency import head_saliency

@@ -183,7 +183,7 @@ def exact_drops(model, vector: TaskVector, batch: PromptBatch, heads: list[tuple
 
 @no_type_check  # checks its arguments
 def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: Literal["grad", "exact"] = "grad",
-                  layers=None, n: int | None = None, batch_size: int = 32, heads_per_pass: int | None = None,
+                  layers=None, n: int | None = None, seed: int = 0, batch_size: int = 32, heads_per_pass: int | None = None,
                   progress: bool = True) -> HeadSaliency:
     """Saliency of every head of ``layers`` (default: the injection layer and later) for ``task``'s zero-shot queries.
 
@@ -196,7 +196,7 @@ def head_saliency(model, vector: TaskVector, task=None, *, prompts=None, mode: L
     todo = list(range(first, cfg.n_layers)) if layers is None else list(check_layers("head_saliency", "layers", layers, cfg.n_layers))
     if heads_per_pass is not None:
         check_int("head_saliency", "heads_per_pass", heads_per_pass, min=1)
-    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    ps = resolve_prompts(task, prompts, n=n, seed=seed, batch_size=batch_size, vector=vector)
     vector.check_task(ps.task)
     batch = ps.tokenize(model)
     scores = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))

@@ -144,7 +144,7 @@ def attention_sinks(model, vector: TaskVector, task=None, key_heads=None, *, pro
     if pool is None:
         pool = key_heads.ranked() if isinstance(key_heads, HeadSaliency) else pool_heads(model, layer)
     sets = random_head_sets(check_heads(model, pool, "pool"), len(key), n_random, seed, exclude=key)
-    ps = resolve_prompts(task, prompts, n=n, batch_size=batch_size)
+    ps = resolve_prompts(task, prompts, n=n, seed=seed, batch_size=batch_size, vector=vector)
     vector.check_task(ps.task)
     batch = ps.tokenize(model)
     cfg = model.cfg

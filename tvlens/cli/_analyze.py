@@ -29,7 +29,7 @@ def register(sub, parser_class) -> None:
     taken: set[str] = set()
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:
-        from tvlens.cli._main import add_command
+        from tvlens.cli._common import add_command
 
         taken.add(name)
         return add_command(inner, name, fn, help)
@@ -50,7 +50,7 @@ def register(sub, parser_class) -> None:
 def add_parser_for(add, spec) -> argparse.ArgumentParser:
     """The subcommand of a registered analysis: the common inputs, then its options' fields."""
     from tvlens.analysis import option_specs
-    from tvlens.cli._main import add_template_option
+    from tvlens.cli._common import add_template_option
 
     sp = add(spec.name, cmd_registered, (spec.description or spec.title).replace("%", "%%"))  # argparse formats help with %
     sp.add_argument("--model", default="toy", help="model spec: toy (default), smollm2, a .gguf file, an HF folder, a TL name")
@@ -77,8 +77,7 @@ def cmd_registered(args: argparse.Namespace) -> tuple[dict, str]:
 
     import tvlens as tv
     from tvlens.analysis import AnalysisContext, as_results, option_specs
-    from tvlens.cli._main import check_output
-    from tvlens.errors import ConfigError
+    from tvlens.cli._common import check_output
 
     spec = args.analysis_spec
     if args.html:
@@ -93,10 +92,7 @@ def cmd_registered(args: argparse.Namespace) -> tuple[dict, str]:
         from tvlens.analysis._inputs import check_vector
 
         check_vector(model, vector, task)
-    layer = args.layer if args.layer is not None else model.cfg.n_layers // 2
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ConfigError(f"--layer {layer} is outside this model's layers 0..{model.cfg.n_layers - 1}")
-    ctx = AnalysisContext(model, args.model, task, layer, seed=args.seed, n=args.n, given_vector=vector)
+    ctx = AnalysisContext(model, args.model, task, args.layer, seed=args.seed, n=args.n, given_vector=vector)  # layer: default the middle
     results = as_results(spec.run(ctx, options))
     v = ctx.vector
     origin = {"path": args.vector} if args.vector else {"trained": True, "val_accuracy": ctx.ltv.val_accuracy}

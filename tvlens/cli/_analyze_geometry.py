@@ -6,7 +6,7 @@ import argparse
 import time
 
 from tvlens.analysis.geometry import REAL_COMPOSED, REAL_TASKS, TOY_COMPOSED, TOY_TASKS
-from tvlens.cli._main import add_template_option
+from tvlens.cli._common import add_template_option
 
 
 def add_parser(add) -> None:
@@ -34,14 +34,9 @@ def add_parser(add) -> None:
 def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens.analysis.geometry import geometry_suite, vector_labels
-    from tvlens.cli._main import check_output
+    from tvlens.cli._common import start
 
-    if args.html:
-        check_output(args.html, True, "--html")
-    if args.save_vectors and not args.vectors:
-        check_output(args.save_vectors, True, "--save-vectors", folder=True)
-    t0 = time.perf_counter()
-    model = tv.load_model(args.model)
+    t0, model, _ = start(args, task=False)
     vectors = [tv.TaskVector.load(p) for p in args.vectors] if args.vectors else None
     res = geometry_suite(model, args.model, template=args.template, tasks=args.tasks, seeds=tuple(args.seeds), layer=args.layer,
                          vectors=vectors, composed=args.composed, parts=args.parts, scales=tuple(args.scales), seed=args.seed,
@@ -62,7 +57,7 @@ def cmd_geometry(args: argparse.Namespace) -> tuple[dict, str]:
     if args.html:
         from tvlens.cli._html import write_page
 
-        sections = [("Cosine between task vectors", res.cosines.plot(), res.cosines.summary()),
+        sections = [("Cosine between task vectors", res.cosines.plot(), res.cosines.per_task()),
                     ("Transfer: each vector on each task", res.transfer.plot(), None)]
         if res.composition is not None:
             sections.append(("Composition", res.composition.plot(), res.composition.to_frame()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tvlens.cli._main import add_template_option
+from tvlens.cli._common import add_template_option
 
 KINDS = ("zero", "mean", "path")
 
@@ -30,34 +30,19 @@ def add_parser(add) -> None:
     sp.add_argument("--html", default=None, help="write the head-saliency dashboard to this .html file (replaced if present)")
 
 
-def _vector(args, model, task):
-    import tvlens as tv
-
-    if args.vector:
-        v = tv.TaskVector.load(args.vector)
-        from tvlens.analysis._inputs import check_vector
-
-        check_vector(model, v, task)  # the same checks (and warnings) as every analysis: analyze geometry --vectors too
-        return v, {"path": args.vector}
-    layer = args.layer if args.layer is not None else model.cfg.n_layers // 2
-    res = tv.train_ltv(model, task, layers=[layer], splits=tv.make_splits(task, seed=args.seed),
-                       config=tv.LTVConfig(seed=args.seed), progress=not args.json)
-    return res.vector, {"trained": True, "val_accuracy": res.val_accuracy, "train_seconds": round(res.seconds, 2)}
-
-
 def cmd_analyze_heads(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
-    from tvlens.cli._main import check_output
+    from tvlens.analysis import AnalysisContext
+    from tvlens.cli._common import start
 
-    if args.html:
-        check_output(args.html, True, "--html")
-    t0 = time.perf_counter()
-    model = tv.load_model(args.model)
-    task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
-    vector, origin = _vector(args, model, task)
-    seed = int(vector.meta.get("split_seed", args.seed)) if args.vector else args.seed
-    c = tv.circuit(model, vector, task, n=args.n, fraction=args.fraction, n_random=args.n_random, seed=seed)
-    vec = {**origin, "sites": [str(s) for s in vector.sites], "norm": float(vector.values.norm()), "method": vector.method}
+    t0, model, task = start(args)
+    given = tv.TaskVector.load(args.vector) if args.vector else None
+    if given is not None:
+        given.check_compatible(model)
+    ctx = AnalysisContext(model, args.model, task, args.layer, seed=args.seed, n=args.n, given_vector=given, progress=not args.json)
+    vector = ctx.vector  # the given one, or an LTV trained at --layer; ctx.seed: the vector's split seed when it has one
+    c = tv.circuit(model, vector, task, n=args.n, fraction=args.fraction, n_random=args.n_random, seed=ctx.seed)
+    vec = {**ctx.vector_origin(args.vector), "sites": [str(s) for s in vector.sites], "norm": float(vector.values.norm()), "method": vector.method}
     payload = {"model": args.model, "fingerprint": tv.fingerprint(model), "vector": vec, **c.payload(tuple(args.ablation))}
     text = c.text_of(payload, args.model, vec)
     if args.html:

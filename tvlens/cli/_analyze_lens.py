@@ -1,8 +1,9 @@
 """``tvlens analyze lens`` and ``tvlens analyze linear``: how a task vector becomes an answer.
 
 Without ``--vector`` both train the LTVs they need with the default ``tv.LTVConfig(seed=--seed)``:
-``lens`` one at L/4 and one at 3L/4, ``linear`` one per layer of ``--layers`` (default: every
-layer on the embedded model, every third layer on others).
+``lens`` one at L/4 and one at 3L/4 (:func:`tvlens.analysis.lens_layers`), ``linear`` one per
+layer of ``--layers`` (default :func:`tvlens.analysis.default_layers`, as in the report: every
+layer on a model of <= 8 layers such as the embedded one, every third layer on others).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tvlens.cli._main import add_template_option
+from tvlens.cli._common import add_template_option, start
 from pathlib import Path
 
 
@@ -23,7 +24,7 @@ def add_parser(add) -> None:
     sp = add("linear", cmd_linear, "linear propagation W_TV(l) per layer, its accuracy vs injection, rotation vs stretch")
     _common(sp)
     sp.add_argument("--layers", type=int, nargs="+", default=None,
-                    help="injection layers (default: every layer on toy, every third on other models)")
+                    help="injection layers (default: every layer on models of <= 8 layers, e.g. toy; every third on others)")
     sp.add_argument("--n-copies", type=int, default=None, help="noisy copies fitting each W (default ceil(1.1 d_model))")
     sp.add_argument("--noise", type=float, default=1.0, help="copy noise, as a fraction of ||theta|| (default 1.0)")
     sp.add_argument("--ridge", type=float, default=1e-3, help="ridge, relative to the copies' mean squared norm (default 1e-3)")
@@ -93,20 +94,6 @@ def _vectors(args, model, task, layers: list[int]) -> tuple[dict, dict]:
     return out, secs
 
 
-def _setup(args):
-    import torch
-
-    import tvlens as tv
-    from tvlens.cli._main import check_output
-
-    if args.html:
-        check_output(args.html, True, "--html")
-    if getattr(args, "save_vectors", None):
-        check_output(args.save_vectors, True, "--save-vectors", folder=True)
-    model = tv.load_model(args.model)
-    return model, tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
-
-
 def _lens(model, task, vectors: dict, args):
     from tvlens.analysis import logit_lens
 
@@ -116,34 +103,22 @@ def _lens(model, task, vectors: dict, args):
 
 
 def cmd_lens(args: argparse.Namespace) -> tuple[dict, str]:
-    from tvlens.analysis import decoded_tokens
+    from tvlens.analysis import decoded_tokens, lens_layers
 
-    t0 = time.perf_counter()
-    model, task = _setup(args)
-    L = model.cfg.n_layers
-    layers = args.layers if args.layers is not None else sorted({L // 4, (3 * L) // 4})
+    t0, model, task = start(args)
+    layers = args.layers if args.layers is not None else lens_layers(model.cfg.n_layers)
     vectors, train_s = _vectors(args, model, task, layers)
     lens = _lens(model, task, vectors, args)
     named = {f"θ@L{layer}": v for layer, v in sorted(vectors.items())}
     dec = decoded_tokens(model, named, args.top_k)
     raw = decoded_tokens(model, named, args.top_k, through_ln=False)
     payload = {
-        "model": args.model, "task": lens.task, "n": lens.n, "layers": list(lens.layers), "conditions": list(lens.conditions),
-        "alignment_definition": lens.definition, "chance_alignment": lens.chance_alignment,
-        "accuracy": {c: lens.accuracy[i].tolist() for i, c in enumerate(lens.conditions)},
-        "label_accuracy": {c: lens.label_accuracy[i].tolist() for i, c in enumerate(lens.conditions)},
-        "alignment": {c: lens.alignment[i].tolist() for i, c in enumerate(lens.conditions)},
-        "icl_beats_zero_shot_layer": lens.icl_beats_zero_shot_layer,
+        "model": args.model, **lens.payload(),
         "decoded": [{"vector": lab, "through_ln": list(dec.tokens[i]), "raw": list(raw.tokens[i])} for i, lab in enumerate(dec.labels)],
         "train_seconds": train_s, "seconds": round(time.perf_counter() - t0, 2),
     }
-    frame = lens.to_frame()
-    wide = frame.pivot(index="layer", columns="condition", values="accuracy")[list(lens.conditions)]
-    text = [f"logit lens on {lens.task} ({args.model}, n={lens.n} test queries): accuracy per layer "
-            f"(layer k = input of block k; {L} = final state)", wide.to_string(float_format=lambda x: f"{x:.2f}"),
-            "task alignment per layer:",
-            frame.pivot(index="layer", columns="condition", values="alignment")[list(lens.conditions)].to_string(float_format=lambda x: f"{x:.2f}"),
-            f"ICL first beats zero-shot at layer {lens.icl_beats_zero_shot_layer}", "decoded tokens (through ln_final):"]
+    wide = lens.wide()
+    text = [lens.text(args.model), "decoded tokens (through ln_final):"]
     text += [f"  {lab}: {' '.join(map(repr, dec.tokens[i]))}" for i, lab in enumerate(dec.labels)]
     if args.html:
         from tvlens.cli._html import write_page
@@ -158,13 +133,10 @@ def cmd_lens(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_linear(args: argparse.Namespace) -> tuple[dict, str]:
-    from tvlens.analysis import rotation_vs_stretch
+    from tvlens.analysis import default_layers, rotation_vs_stretch
 
-    t0 = time.perf_counter()
-    model, task = _setup(args)
-    L = model.cfg.n_layers
-    step = 1 if args.model == "toy" else 3
-    layers = args.layers if args.layers is not None else list(range(0, L, step))
+    t0, model, task = start(args)
+    layers = args.layers if args.layers is not None else default_layers(model.cfg.n_layers)
     vectors, train_s = _vectors(args, model, task, layers)
     lens = None if args.no_lens else _lens(model, task, {}, args)
     res = rotation_vs_stretch(model, vectors, task, lens=lens, threshold=args.threshold, definition=args.definition,
@@ -175,12 +147,7 @@ def cmd_linear(args: argparse.Namespace) -> tuple[dict, str]:
     if lens is not None:
         payload["lens_accuracy"] = {c: lens.accuracy[i].tolist() for i, c in enumerate(lens.conditions)}
     frame = res.to_frame()
-    cols = ["layer", "injected_acc", "reconstructed_acc", "zero_shot_acc", "fit_r2", "cos_theta_Qtheta",
-            "alignment_theta", "alignment_Qtheta", "q_minus_i_rel"]
-    text = [f"linear propagation on {res.task} ({args.model}):", frame[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"),
-            f"transition layer (cos(θ, Qθ) >= {args.threshold} from there on): {res.transition_layer}; "
-            f"ICL first beats zero-shot in logit-lens accuracy at layer {res.icl_layer}",
-            "decoded tokens of Qθ:"] + [f"  L{r['layer']}: {r['decoded_Qtheta']}" for r in res.rows]
+    text = [res.text(args.model)]
     text.append(f"{payload['seconds']:.1f} s")
     if args.html:
         from tvlens.cli._html import write_page

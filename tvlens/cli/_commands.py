@@ -125,7 +125,7 @@ def cmd_toy_train(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens.toy import ToyTrainConfig, save_toy_checkpoint, train_toy_model
 
-    from tvlens.cli._main import check_output
+    from tvlens.cli._common import check_output
 
     check_output(args.out, args.overwrite, folder=True)
     cfg = ToyTrainConfig(seed=args.seed, threads=args.threads)
@@ -162,7 +162,7 @@ def _ltv_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_distinct, check_output
+    from tvlens.cli._common import check_distinct, check_output
 
     check_distinct(args.checkpoint, args.out, "--checkpoint and --out")
     check_output(args.out, args.overwrite)
@@ -263,13 +263,9 @@ def _sweep_text(res, payload: dict) -> str:
 def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_output, executor_from_args
+    from tvlens.cli._common import executor_from_args, start
 
-    if args.html:
-        check_output(args.html, True, "--html")
-    t0 = time.perf_counter()
-    model = tv.load_model(args.model)
-    task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
+    t0, model, task = start(args)
     res = tv.sweep(model, task, methods=args.methods, layers=args.layers, fv_shots=_fv_shots(args),
                    vanilla_shots=args.vanilla_shots, top_k=args.top_k, seed=args.seed,
                    ltv_config=tv.LTVConfig(seed=args.seed), executor=executor_from_args(args), spec=args.model)
@@ -289,12 +285,9 @@ def cmd_sweep(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_compare(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
 
-    from tvlens.cli._main import check_output, executor_from_args
+    from tvlens.cli._common import executor_from_args, start
 
-    if args.html:
-        check_output(args.html, True, "--html")
-    t0 = time.perf_counter()
-    model = tv.load_model(args.model)
+    t0, model, _ = start(args, task=False)
     toy = args.model == "toy"
     names = args.tasks or (tv.tasks.toy_task_names() if toy else list(REAL_MODEL_DEMO_TASKS))
     tasks = [tv.tasks.resolve(n, model_name=args.model, template=args.template) for n in names]

@@ -11,60 +11,22 @@ import argparse
 import contextlib
 import json
 import logging
-import math
-import os
 import sys
 import traceback
 import warnings
-from pathlib import Path
 
-from tvlens.errors import ConfigError, OutputExistsError, TvlensError, TvlensWarning
-
-JSON_DECIMALS = 4  # floats in --json output are rounded to this many decimals
-
-
-class UsageError(Exception):
-    """A command line argparse rejects (unknown option, missing value, ...)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would print usage and exit; let main() report it
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def round_floats(obj, ndigits: int = JSON_DECIMALS):
-    """``obj`` with every float rounded to ``ndigits`` decimals and nan/inf as None (valid JSON)."""
-    if isinstance(obj, float):
-        return round(obj, ndigits) if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: round_floats(v, ndigits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [round_floats(v, ndigits) for v in obj]
-    return obj
-
-
-def ci95(accuracy: float, n: int) -> list[float]:
-    """The 95% Wilson interval of an accuracy on ``n`` queries, as a JSON pair."""
-    from tvlens.stats import accuracy_interval
-
-    return list(accuracy_interval(accuracy, n))
-
-
-def check_output(path: str | os.PathLike, overwrite: bool, option: str = "--out", *, folder: bool = False) -> None:
-    """Refuse an existing output, or one that cannot be written (a parent that is a file, a folder that is not
-    writable; :func:`tvlens._validate.check_output_path`), before any work is done (the save refuses again, atomically)."""
-    from tvlens._validate import check_output_dir, check_output_path
-
-    if not overwrite and os.path.lexists(path):
-        raise OutputExistsError(f"{option} {str(path)!r} already exists; pass --overwrite to replace it, or choose another path")
-    (check_output_dir if folder else check_output_path)(path, option)
-
-
-def check_distinct(a: str | os.PathLike | None, b: str | os.PathLike | None, what: str) -> None:
-    if a is not None and b is not None and Path(a).resolve() == Path(b).resolve():
-        other = Path(a).with_name(f"{Path(a).stem}.ckpt{Path(a).suffix}")
-        raise ConfigError(f"{what} name the same file {str(a)!r}; give the checkpoint a path of its own, e.g. {str(other)!r}")
-
+from tvlens.cli._common import JSON_DECIMALS as JSON_DECIMALS  # noqa: F401 (re-exported: the CLI's names)
+from tvlens.cli._common import Parser as _Parser
+from tvlens.cli._common import UsageError as UsageError
+from tvlens.cli._common import add_command as add_command
+from tvlens.cli._common import add_executor_options as add_executor_options
+from tvlens.cli._common import add_template_option as add_template_option
+from tvlens.cli._common import check_distinct as check_distinct  # noqa: F401
+from tvlens.cli._common import check_output as check_output  # noqa: F401
+from tvlens.cli._common import ci95 as ci95  # noqa: F401
+from tvlens.cli._common import executor_from_args as executor_from_args  # noqa: F401
+from tvlens.cli._common import round_floats as round_floats
+from tvlens.errors import OutputExistsError, TvlensError, TvlensWarning
 
 def _hint(e: BaseException) -> str:
     if isinstance(e, UsageError):
@@ -95,25 +57,6 @@ def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
         print(json.dumps(round_floats(payload), indent=2, allow_nan=False))
     else:
         print(text)
-
-
-def add_command(sub, name: str, fn, help: str) -> argparse.ArgumentParser:
-    """A (sub)command's parser with the options every command shares (--json, --debug) and ``fn`` as its handler."""
-    sp = sub.add_parser(name, help=help, description=help)
-    sp.add_argument("--json", action="store_true", help="print one JSON document on stdout (errors too)")
-    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure")
-    sp.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
-                    help="neither load nor save learned task vectors in the vector store ($TVLENS_CACHE_DIR/vectors)")
-    sp.set_defaults(fn=fn)
-    return sp
-
-
-def add_template_option(sp: argparse.ArgumentParser) -> None:
-    """``--template``, beside every ``--task``/``--tasks`` option."""
-    sp.add_argument("--template", default=None,
-                    help="prompt template of the task(s): arrow ('{x} ->'), qa ('Q: {x}\\nA:', the function-vectors "
-                         "format) or a query string with {x} (\\n for a newline); default: each task's own. "
-                         "'capitalize[arrow]' as a task name says the same")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,27 +160,6 @@ def _baseline_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, demonstrations and LTV config")
     sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page (plots and tables)")
     add_executor_options(sp)
-
-
-def add_executor_options(sp: argparse.ArgumentParser) -> None:
-    """``--executor``/``--workers``/``--address``: where a command's independent LTV jobs run (tvlens._executor)."""
-    sp.add_argument("--executor", choices=["local", "ray"], default=None,
-                    help="run the LTV trainings as parallel jobs: local worker processes (--workers N) or Ray "
-                         "(pip install 'tvlens[ray]'; a local instance, or --address of a cluster). Same vectors")
-    sp.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes of --executor local (default: CPU count)")
-    sp.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: start a local instance)")
-
-
-def executor_from_args(args: argparse.Namespace):
-    """The executor the options name, or None (train in this process)."""
-    from tvlens._executor import get_executor
-
-    kind, workers, address = getattr(args, "executor", None), getattr(args, "workers", None), getattr(args, "address", None)
-    if kind is None and workers is None and address is None:
-        return None
-    if kind is None:
-        kind = "ray" if address is not None else "local"
-    return get_executor(kind, workers=workers or max(1, os.cpu_count() or 1), address=address)
 
 
 def main(argv: list[str] | None = None) -> int:

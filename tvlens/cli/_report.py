@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tvlens.cli._main import add_template_option
+from tvlens.cli._common import add_template_option
 
 
 def add_parser(cmd) -> None:
@@ -24,7 +24,7 @@ def add_parser(cmd) -> None:
 
 def cmd_report(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
-    from tvlens.cli._main import check_output
+    from tvlens.cli._common import check_output
     from tvlens.viz.report import build_report
 
     check_output(args.out, args.overwrite, "out")

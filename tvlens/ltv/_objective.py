@@ -161,7 +161,7 @@ def fast_path_unsupported_reason(model) -> str | None:
 
 
 class NaiveObjective:
-    """Full forward with theta added through :mod:`tvlens.interventions`: the reference implementation."""
+    """Full forward (:func:`tvlens._engine.forward_logits`) with theta added at its sites: the reference implementation."""
 
     def __init__(self, model, tb: TargetBatch, sites: Sequence[Site], out_of_range: OutOfRange = "error") -> None:
         self.model, self.tb, self.sites, self.out_of_range = model, tb, tuple(sites), out_of_range
@@ -169,15 +169,16 @@ class NaiveObjective:
         self.targets = TargetIndex(tb)
 
     def target_logits(self, theta: Float[torch.Tensor, "site d_model"], idx: torch.Tensor | None = None):
-        from tvlens._hooks import AddAt, Span, intervene
+        from tvlens import _engine as engine
+        from tvlens._hooks import AddAt, Span
 
         t = self.targets.gather(idx)
         tb = self.tb
         pick = (lambda x: x) if idx is None else (lambda x: x[idx])  # noqa: E731
         # the prompt spans are explicit: the teacher-forced answer tokens after them are real tokens too
         edit = AddAt(self.sites, theta, out_of_range=self.out_of_range)
-        with intervene(self.model, edit, span=Span(pick(tb.prompt_first), pick(tb.prompt_last))):
-            logits = self.model(pick(tb.tokens), attention_mask=pick(tb.attention_mask))  # [batch, pos, vocab]
+        logits = engine.forward_logits(self.model, pick(tb.tokens), pick(tb.attention_mask), [edit],
+                                       span=Span(pick(tb.prompt_first), pick(tb.prompt_last)))  # [batch, pos, vocab]
         return logits[t.tgt_row, t.tgt_col], t
 
     def loss(self, theta, idx=None):

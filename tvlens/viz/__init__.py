@@ -4,3 +4,5 @@
 - :mod:`tvlens.viz.report`: the report, every analysis for one task on one page
   (:func:`~tvlens.viz.report.build_report`, ``tvlens report``).
 """
+
+from tvlens.viz import heads as heads  # noqa: E402  (registers the dashboard view of Circuit.dashboard)

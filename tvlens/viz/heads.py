@@ -1,7 +1,7 @@
 """The head-saliency dashboard: one self-contained offline HTML page about which heads carry a vector.
 
 Context:
-    The page is built only from frames and tensors (:class:`DashboardData`), which
+    The page is built only from frames and tensors (:class:`DashboardData`, defined beside the circuit), which
     :meth:`tvlens.analysis.circuit.Circuit.dashboard_data` fills from the analyses' results. It
     shows the saliency heatmap (layers down, heads across; hover gives score, rank, layer, head,
     sink mass, OV norm and any other column), the key heads marked, and a panel for the selected
@@ -26,47 +26,13 @@ import html
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from jaxtyping import Float
-
-from tvlens.errors import ConfigError
+from tvlens.analysis._registry import register_view
+from tvlens.analysis.circuit import DashboardData as DashboardData  # the page's data (frames and tensors) sits with the circuit
 
 HOVER_COLUMNS = ("rank", "sink_mass", "ov_norm", "exact_effect", "cos_theta", "label_proj")  # shown on hover when present
-
-
-@dataclass(frozen=True, eq=False)
-class DashboardData:
-    """What the dashboard shows. Frames and tensors only; no model."""
-
-    title: str
-    heads: Any  # pandas DataFrame, one row per head: layer, head, saliency (+ rank, sink_mass, ov_norm, key, ...)
-    tokens: tuple[str, ...]  # the example prompt's tokens (as shown on the pattern's axes)
-    patterns: Float[torch.Tensor, "layer head pos pos"]  # attention pattern of every head on the example prompt
-    decoded: tuple[tuple[str, ...], ...]  # per head (index layer * n_heads + head): its OV output's top tokens
-    decoded_values: Float[torch.Tensor, "layer head k"]  # the logits (direct-logit projections) of those tokens
-    ablation: Any = None  # DataFrame: kind, none, key, random_mean, random_std (accuracies), or None
-    sinks: Any = None  # DataFrame: offset (positions before the last, 0 = last), key, random (mean attention), or None
-    injection_layer: int | None = None  # the vector's layer (marked on the plots)
-    notes: tuple[str, ...] = field(default=())  # summary lines shown under the title
-
-    def __post_init__(self) -> None:
-        missing = [c for c in ("layer", "head", "saliency") if c not in self.heads.columns]
-        if missing:
-            raise ConfigError(f"the heads frame lacks columns {missing}; build it with Circuit.heads()")
-        n_layers, n_heads = int(self.heads["layer"].max()) + 1, int(self.heads["head"].max()) + 1
-        if tuple(self.patterns.shape[:2]) != (n_layers, n_heads) or self.patterns.shape[2:] != (len(self.tokens),) * 2:
-            raise ConfigError(f"patterns must be [layer, head, pos, pos] = [{n_layers}, {n_heads}, {len(self.tokens)}, "
-                              f"{len(self.tokens)}] (the example's tokens), got {list(self.patterns.shape)}")
-        if len(self.decoded) != n_layers * n_heads or tuple(self.decoded_values.shape[:2]) != (n_layers, n_heads):
-            raise ConfigError(f"decoded tokens must be given for each of the {n_layers * n_heads} heads")
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.heads["layer"].max()) + 1, int(self.heads["head"].max()) + 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -261,3 +227,11 @@ def write_dashboard(data: DashboardData, path: str | os.PathLike, *, overwrite: 
     """Render ``data`` and write the page to ``path`` atomically; returns the :class:`Dashboard`."""
     page = Dashboard(render_dashboard(data))
     return Dashboard(page.html, page.save(path, overwrite=overwrite))
+
+
+def circuit_dashboard(data: DashboardData, path: str | os.PathLike | None = None, *, overwrite: bool = True) -> Dashboard:
+    """What :meth:`Circuit.dashboard <tvlens.analysis.Circuit.dashboard>` returns: the page, written to ``path`` when given."""
+    return write_dashboard(data, path, overwrite=overwrite) if path is not None else Dashboard(render_dashboard(data))
+
+
+register_view("dashboard", circuit_dashboard)

@@ -143,9 +143,6 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
         raise ConfigError(f"unknown report section(s) {unknown}; the sections are {list(SECTIONS)}")
     keys = [k for k in keys if k not in skip]
     task = resolve_task(model, task)
-    layer = model.cfg.n_layers // 2 if layer is None else layer
-    if not 0 <= layer < model.cfg.n_layers:
-        raise ConfigError(f"layer {layer} is outside the model's layers 0..{model.cfg.n_layers - 1}")
     name = model_name or getattr(model.cfg, "model_name", "model")
     ctx = ReportContext(model, "toy" if name == "tvlens-toy" else name, task, layer, seed, n)
     out = []
@@ -160,7 +157,7 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
             log.warning("report section %s failed: %s: %s", key, type(e).__name__, e)
             results, error = (), f"{type(e).__name__}: {e}"
         out.append(ReportSection(key, spec.title, spec.group, spec.description, results, round(time.perf_counter() - t0, 2), error))
-    return Report(name, tv.fingerprint(model), task.name, layer, tuple(out))
+    return Report(name, tv.fingerprint(model), task.name, ctx.layer, tuple(out))
 
 
 def write_report(model, task, path: str | os.PathLike, **options) -> Report:

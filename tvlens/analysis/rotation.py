@@ -20,6 +20,9 @@ import torch
 from jaxtyping import Float
 
 from tvlens._result import Result
+from tvlens.analysis._inputs import split_seed
+from tvlens.analysis.lens import answer_token_ids, decoded_tokens, task_alignment
+from tvlens.analysis.linear import linear_propagation
 from tvlens.errors import ConfigError
 
 __all__ = ["RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]
@@ -71,6 +74,17 @@ class RotationStretch(Result):
         return {"task": self.task, "layers": [dict(r) for r in self.rows], "transition_layer": self.transition_layer,
                 "icl_beats_zero_shot_layer": self.icl_layer, "threshold": self.threshold, "alignment_definition": self.definition}
 
+    def text(self, model: str = "") -> str:
+        """The per-layer table, the transition layer and the ICL layer, and the decoded tokens of Qθ."""
+        cols = ["layer", "injected_acc", "reconstructed_acc", "zero_shot_acc", "fit_r2", "cos_theta_Qtheta",
+                "alignment_theta", "alignment_Qtheta", "q_minus_i_rel"]
+        on = f" ({model})" if model else ""
+        return "\n".join([f"linear propagation on {self.task}{on}:",
+                          self.to_frame()[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"),
+                          f"transition layer (cos(θ, Qθ) >= {self.threshold} from there on): {self.transition_layer}; "
+                          f"ICL first beats zero-shot in logit-lens accuracy at layer {self.icl_layer}",
+                          "decoded tokens of Qθ:"] + [f"  L{r['layer']}: {r['decoded_Qtheta']}" for r in self.rows])
+
     def plot(self):
         """Accuracy (injected, reconstructed, zero-shot), alignment of theta vs Q theta, cos(theta, Q theta)."""
         import plotly.graph_objects as go
@@ -116,8 +130,6 @@ def rotation_vs_stretch(
     ``fits``: ``{layer: LinearFit}`` already computed (skips those fits); ``fit_options`` go to
     :func:`~tvlens.analysis.linear_propagation`.
     """
-    from tvlens.analysis.lens import answer_token_ids, decoded_tokens, task_alignment
-    from tvlens.analysis.linear import linear_propagation
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
 
@@ -149,7 +161,9 @@ def rotation_vs_stretch(
         if task is None:
             raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
         task = get_task(task) if isinstance(task, str) else task
-        prompts = make_prompts(make_splits(task, seed=0), "test", k=0, n=fit_options.get("n_test", 200))
+        seed = fit_options.get("seed", 0)
+        prompts = make_prompts(make_splits(task, seed=split_seed(next(iter(vecs.values())), seed)), "test", k=0, seed=seed,
+                               n=fit_options.get("n_test", 200))
     ids = answer_token_ids(model, prompts)
     d = model.cfg.d_model
     rows = []
@@ -177,3 +191,25 @@ def rotation_vs_stretch(
         task=prompts.task.name if task is None else task.name, rows=tuple(rows),
         transition_layer=transition_layer(layers, [r["cos_theta_Qtheta"] for r in rows], threshold),
         icl_layer=None if lens is None else lens.icl_beats_zero_shot_layer, threshold=float(threshold), definition=definition)
+
+
+# --- the registry's declaration (the report's rotation section; tvlens analyze rotation) ---
+
+from dataclasses import field as _field  # noqa: E402
+
+from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class RotationOptions(Options):
+    """Options of ``tvlens analyze rotation``."""
+
+    threshold: float = _field(default=0.5, metadata={"help": "cos(theta, Q theta) from which a layer counts as stretch (default 0.5)"})
+
+
+def _run_rotation(ctx, opts: RotationOptions):
+    return rotation_vs_stretch(ctx.model, ctx.vectors_by_layer(), ctx.task, threshold=opts.threshold)
+
+
+register(Analysis("rotation", RotationOptions, _run_rotation, RotationStretch, "Rotation vs stretch", "Logit lens and linearity",
+                  "Polar decomposition of W_TV per layer (Figure 9).", order=40))
