@@ -38,7 +38,9 @@ def cmd_analyze_heads(args: argparse.Namespace) -> tuple[dict, str]:
     t0, model, task = start(args)
     given = tv.TaskVector.load(args.vector) if args.vector else None
     if given is not None:
-        given.check_compatible(model)
+        from tvlens.analysis._inputs import check_vector
+
+        check_vector(model, given, task)  # the same checks (and warnings) as every analysis: analyze geometry --vectors too
     ctx = AnalysisContext(model, args.model, task, args.layer, seed=args.seed, n=args.n, given_vector=given, progress=not args.json)
     vector = ctx.vector  # the given one, or an LTV trained at --layer; ctx.seed: the vector's split seed when it has one
     c = tv.circuit(model, vector, task, n=args.n, fraction=args.fraction, n_random=args.n_random, seed=ctx.seed)
