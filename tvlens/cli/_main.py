@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("bench", c.cmd_bench, "speed benchmarks (ratios measured in one run)")
     sp.add_argument("--quick", action="store_true", help="shorter timing windows")
+    sp.add_argument("--model", choices=("smollm2",), default=None,
+                    help="issue #17's engine entries on this real model instead of the default entries (loads it offline)")
     return p
 
 
