@@ -155,3 +155,30 @@ def test_bad_inputs(model, prompts):
         head_ablation(model, v, prompts)
     with pytest.raises(ConfigError, match="outside"):
         head_ablation(model, v, prompts, [(9, 0)])
+
+
+@pytest.mark.parametrize("arch", list(TINY_ARCHS))
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_conditions_as_replicas_equal_one_condition_at_a_time(toy_tokenizer, arch, padding):
+    # measure_conditions at the last token runs every condition with θ as a replica of one suffix run
+    # (several heads a row); the oracle runs each condition alone. A tiny budget also splits the
+    # conditions and the prompts over several runs; sets of different sizes, an empty one, a repeated layer.
+    from tvlens import _engine as engine
+    from tvlens.analysis.ablation import _measure_one_at_a_time, measure_conditions
+
+    model = make_tiny_model(toy_tokenizer, seed=6, **TINY_ARCHS[arch])
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=2, n=7)  # mixed lengths
+    batch = ps.tokenize(model, padding_side=padding)
+    v = vec(model, 1, seed=2)
+    sets = [((1, 0), (2, 1), (2, 0)), ((0, 1),), (), ((2, 1), (1, 1))]
+    for kind in ("zero", "mean", "path"):
+        old = _measure_one_at_a_time(model, v, batch, sets, kind, batch_size=3)
+        # rows a run: 5 conditions x 7 prompts; 2 x 1; 5 x 2
+        for budget in (engine.Budget(), engine.Budget(max_rows=2), engine.Budget(max_rows=12)):
+            new = measure_conditions(model, v, batch, sets, kind, batch_size=3, budget=budget)
+            flat = lambda r: [r[0], r[1], *r[2]]  # noqa: E731
+            for (a, p), (ra, rp) in zip(flat(new), flat(old)):
+                assert a == ra and abs(p - rp) < 1e-6  # both are suffix runs: float32 rounding apart
+        assert max(abs(p - old[1][1]) for _, p in old[2][:2]) > 1e-5  # the ablations move p(gold) (~1/374): not vacuous
+        assert old[2][2] == old[1]  # the empty set is θ alone
+    assert_no_hooks_left(model)

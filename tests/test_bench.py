@@ -50,3 +50,56 @@ def test_bench_steered_eval_entry(tiny_model):
     assert d["max_abs_diff"] < 1e-5  # the engine's logits are the full forward's, verdicts identical
     assert d["ratio"] == d["baseline_s"] / d["fast_s"] and d["one_condition_ratio"] > 0
     json.dumps(d)
+
+
+def test_engine_entries_agree_with_their_references_and_report_peak_memory(tiny_model):
+    # every issue-#17 entry (AIE, exact saliency, zero/mean/path ablation, steered evaluation) on a tiny model:
+    # the engine's numbers are the reference's, and each entry reports its own peak-memory window
+    import torch
+
+    from tvlens.bench import _engine_entries
+
+    v = tv.TaskVector(3 * torch.randn(1, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(1)), (tv.Site(1, -1),),
+                      task="toy/antonym", model_fingerprint=tv.fingerprint(tiny_model))
+    splits = tv.make_splits(tv.tasks.get("toy/antonym"))
+    rows = [r.as_dict() for r in _engine_entries("tiny", tiny_model, v, splits, quick=True, only=None, n_ten=2, n_zero=5, n_eight=3)]
+    assert [r["name"] for r in rows] == ["engine_fv_aie_tiny_10shot", "engine_exact_saliency_tiny_10shot", "engine_zero_ablation_tiny",
+                                         "engine_mean_ablation_tiny", "engine_path_ablation_tiny", "engine_steered_eval_tiny_8shot"]
+    for r in rows:
+        assert r["max_abs_diff"] < 1e-5, r["name"]  # inf where an accuracy (or a verdict) differs
+        assert r["peak_memory_mb"] > 0 and r["peak_memory_scope"] in ("entry", "process so far")
+        assert r["ratio"] == r["baseline_s"] / r["fast_s"]
+        json.dumps(r)
+    only = _engine_entries("tiny", tiny_model, v, splits, quick=True, only=("ablation",), n_ten=2, n_zero=5, n_eight=3)
+    assert [r.name for r in only] == ["engine_zero_ablation_tiny", "engine_mean_ablation_tiny", "engine_path_ablation_tiny"]
+
+
+def test_cli_bench_model_flag(capsys, monkeypatch, tiny_model):
+    # `tvlens bench --model smollm2 [--quick]` runs the SmolLM2 entries (replaced here by the tiny model's, which is
+    # what they run on the real model) and reports each entry's peak and the run's peak resident memory
+    import tvlens.bench as bench
+    from tvlens.cli._main import main
+
+    calls = []
+
+    def entries(*, quick=False):
+        calls.append(quick)
+        splits = tv.make_splits(tv.tasks.get("toy/antonym"))
+        v = tv.TaskVector(torch.randn(1, tiny_model.cfg.d_model), (tv.Site(1, -1),), task="toy/antonym",
+                          model_fingerprint=tv.fingerprint(tiny_model))
+        return bench._engine_entries("tiny", tiny_model, v, splits, quick=quick, only=("ablation",), n_ten=2, n_zero=4, n_eight=2)
+
+    import torch
+
+    monkeypatch.setattr(bench, "smollm2_benchmarks", entries)
+    assert main(["bench", "--model", "smollm2", "--quick", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert calls == [True] and [r["name"] for r in doc["benchmarks"]][0] == "engine_zero_ablation_tiny"
+    assert doc["peak_rss_mb"] >= max(r["peak_memory_mb"] for r in doc["benchmarks"]) > 0
+    assert main(["bench", "--model", "gpt2"]) != 0  # only the real model the entries are written for
+    assert "invalid choice" in capsys.readouterr().err
+    try:
+        main(["bench", "--help"])
+    except SystemExit:
+        pass
+    assert "--model {smollm2}" in capsys.readouterr().out

@@ -237,17 +237,26 @@ class SetHeadPerRow(Edit):
     """Row ``b``'s ``attn.hook_z`` of head ``heads[b]`` = (layer, head) set to ``values[b]`` at ``position``.
 
     Many single-head patches in one forward pass: replicate a batch once per head and give each
-    replica its own head (rows with layer -1 are left alone). Vectorised (one ``index_put`` per layer).
+    replica its own head (rows with layer -1 are left alone). Several heads a row: ``heads``
+    [batch, k, 2] and ``values`` [batch, k, d_head] (slot j of row b sets head ``heads[b, j]``;
+    slots with layer -1 are unused). Vectorised (one ``index_put`` per layer).
     """
 
-    heads: Int[torch.Tensor, "batch 2"]  # (layer, head) per row; layer -1 = no patch
-    values: Float[torch.Tensor, "batch d_head"]
+    heads: Int[torch.Tensor, "batch *k 2"]  # (layer, head) per row (and slot); layer -1 = no patch
+    values: Float[torch.Tensor, "batch *k d_head"]
     position: int = -1
     out_of_range: OutOfRange = "error"
 
+    def __post_init__(self) -> None:
+        if self.heads.ndim not in (2, 3) or self.heads.shape[-1] != 2 or self.values.shape[:-1] != self.heads.shape[:-1]:
+            raise ConfigError(f"SetHeadPerRow needs heads [batch, 2] with values [batch, d_head], or heads [batch, k, 2] with "
+                              f"values [batch, k, d_head]; got {tuple(self.heads.shape)} and {tuple(self.values.shape)}")
+
     def hook_names(self, model) -> tuple[str, ...]:
-        layers = sorted({int(x) for x in self.heads[:, 0].tolist() if x >= 0})
-        bad = [x for x in layers if x >= model.cfg.n_layers] + [int(h) for h in self.heads[:, 1].tolist() if h >= model.cfg.n_heads]
+        flat = self.heads.reshape(-1, 2)
+        used = flat[flat[:, 0] >= 0]
+        layers = sorted({int(x) for x in used[:, 0].tolist()})
+        bad = [x for x in layers if x >= model.cfg.n_layers] + [int(h) for h in used[:, 1].tolist() if h >= model.cfg.n_heads]
         if bad:
             raise ConfigError(f"heads outside this model's {model.cfg.n_layers} layers x {model.cfg.n_heads} heads: {bad}")
         return tuple(f"blocks.{layer}.attn.hook_z" for layer in layers)
@@ -257,13 +266,15 @@ class SetHeadPerRow(Edit):
             raise ConfigError(f"SetHeadPerRow has {len(self.heads)} rows but the forward call has {z.shape[0]}")
         layer = int(name.split(".")[1])
         _, row, col = pos.local([self.position], self.out_of_range)
-        keep = self.heads[row, 0] == layer
-        row, col = row[keep], col[keep]
-        if not len(row):
+        heads = self.heads if self.heads.ndim == 3 else self.heads[:, None]  # [batch, k, 2]
+        values = self.values if self.values.ndim == 3 else self.values[:, None]  # [batch, k, d_head]
+        hit, slot = (heads[row, :, 0] == layer).nonzero(as_tuple=True)  # [n] (row, slot) pairs, row-major
+        if not len(hit):
             return None
-        head = self.heads[row, 1]
+        row, col = row[hit], col[hit]
+        head = heads[row, slot, 1]
         dev = z.device
-        return z.index_put((row.to(dev), col.to(dev), head.to(dev)), self.values[row].to(device=dev, dtype=z.dtype))
+        return z.index_put((row.to(dev), col.to(dev), head.to(dev)), values[row, slot].to(device=dev, dtype=z.dtype))
 
 
 @dataclass(frozen=True, eq=False)

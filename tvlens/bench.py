@@ -116,13 +116,84 @@ def bench_saliency(name: str, model, vector, prompts, *, min_seconds: float = 2.
     return BenchResult(name, exact, grad, details)
 
 
-def _peak_memory_mb(model) -> float:
-    """Peak memory so far: CUDA allocations on a GPU model, else the process's peak resident set (Linux: KiB)."""
-    if str(model.cfg.device).startswith("cuda"):
+_EARLIER_PEAK_KIB = 0  # the largest resident high-water mark read so far (over every window)
+
+
+def _hwm_kib() -> int | None:
+    """The process's resident high-water mark (Linux ``VmHWM``, KiB; None where /proc is absent)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    global _EARLIER_PEAK_KIB
+                    kib = int(line.split()[1])
+                    _EARLIER_PEAK_KIB = max(_EARLIER_PEAK_KIB, kib)  # madvise-freed pages may leave the mark below a reading
+                    return kib
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Start a new peak-memory window: CUDA's peak statistics and the resident high-water mark
+    (Linux: writing 5 to /proc/self/clear_refs). False where the resident peak cannot be reset."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    _hwm_kib()  # kept in _EARLIER_PEAK_KIB: the reset also restarts ru_maxrss's reading
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_memory_mb(model=None) -> float:
+    """Peak memory of the window since :func:`_reset_peak`: CUDA allocations on a GPU model, else the
+    process's resident peak (VmHWM; where it cannot be reset, ``ru_maxrss``, the peak of the whole process)."""
+    if model is not None and str(model.cfg.device).startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
+    hwm = _hwm_kib()
+    if hwm is not None:
+        return hwm / 1024
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _trim() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so an entry's window starts
+    from what the process holds, not from what an earlier entry freed."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def process_peak_rss_mb() -> float:
+    """The whole process's peak resident set so far: the largest high-water mark over every window
+    (``ru_maxrss`` reads the same mark, so it too restarts at each reset)."""
+    import resource
+
+    now = _hwm_kib() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(_EARLIER_PEAK_KIB, now) / 1024
+
+
+def _measured(entry: Callable[[], BenchResult], model=None) -> BenchResult:
+    """Run one entry in its own peak-memory window: ``peak_memory_mb`` is the resident peak while it ran
+    (everything resident counts, e.g. the model's weights; ``peak_memory_scope`` says how it was taken)."""
+    import gc
+
+    gc.collect()
+    _trim()
+    scoped = _reset_peak()
+    res = entry()
+    details = {**res.details, "peak_memory_mb": _peak_memory_mb(model),
+               "peak_memory_scope": "entry" if scoped else "process so far"}
+    return BenchResult(res.name, res.baseline_s, res.fast_s, details)
 
 
 def _against_reference(name: str, model, reference: Callable[[], object], engine_fn: Callable[[], object],
@@ -131,8 +202,7 @@ def _against_reference(name: str, model, reference: Callable[[], object], engine
     out = {}
     baseline = _time_per_call(lambda: out.__setitem__("ref", reference()), min_calls=1, min_seconds=min_seconds)
     fast = _time_per_call(lambda: out.__setitem__("new", engine_fn()), min_calls=1, min_seconds=min_seconds)
-    details = {**details, "max_abs_diff": diff(out["ref"], out["new"]), "threads": torch.get_num_threads(),
-               "peak_memory_mb": _peak_memory_mb(model)}
+    details = {**details, "max_abs_diff": diff(out["ref"], out["new"]), "threads": torch.get_num_threads()}
     log.info("%s: full width %.4f s, engine %.4f s", name, baseline, fast)
     return BenchResult(name, baseline, fast, details)
 
@@ -222,18 +292,58 @@ def bench_engine_steered_eval(name: str, model, batch, layers, *, batch_size: in
 
 
 def smollm2_steered_eval(*, quick: bool = False) -> BenchResult:
-    """The steered-evaluation entry on SmolLM2-135M itself (``tv.load_model("smollm2")``), 8-shot antonym prompts.
+    """The steered-evaluation entry on SmolLM2-135M itself (``tv.load_model("smollm2")``), 8-shot antonym prompts
+    (one of :func:`smollm2_benchmarks`' entries)."""
+    return smollm2_benchmarks(quick=quick, only=("steered_eval",))[0]
 
-    Not part of ``tvlens bench`` (it needs the real model): ``python -c "from tvlens.bench import smollm2_steered_eval as
-    f; print(f().as_dict())"``.
+
+def smollm2_benchmarks(*, quick: bool = False, only: tuple[str, ...] | None = None) -> list[BenchResult]:
+    """Issue #17's entries on SmolLM2-135M itself (``tv.load_model("smollm2")``, ``tvlens bench --model smollm2``):
+    AIE of all 270 heads and exact saliency (135 heads) on 10-shot antonym prompts, zero/mean/path ablation
+    (zero-shot test queries) and steered evaluation (8-shot), each against the kept reference.
+
+    θ is a random vector at L15@-1 (timing and agreement do not depend on a trained one). ``quick``:
+    fewer prompts and no repeated timing; ``only``: a subset of "aie", "saliency", "ablation", "steered_eval".
     """
     import tvlens as tv
+    from tvlens.vector import TaskVector
 
     model = tv.load_model("smollm2")
+    cfg = model.cfg
+    theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(0))
+    vector = TaskVector(values=theta, sites=(Site(cfg.n_layers // 2, -1),), task="antonym", d_model=cfg.d_model,
+                        n_layers=cfg.n_layers)
     splits = tv.make_splits(tv.tasks.get("antonym"))
-    batch = tv.make_prompts(splits, "test", k=8, n=16 if quick else 64).tokenize(model)
-    return bench_engine_steered_eval("engine_steered_eval_smollm2_8shot", model, batch, range(0, 30, 5),
-                                     min_seconds=0.0 if quick else 2.0)
+    return _engine_entries("smollm2", model, vector, splits, quick=quick, only=only,
+                           n_ten=4 if quick else 25, n_zero=16 if quick else 64, n_eight=16 if quick else 64)
+
+
+def _engine_entries(tag: str, model, vector, splits, *, quick: bool, only: tuple[str, ...] | None, n_ten: int, n_zero: int,
+                    n_eight: int) -> list[BenchResult]:
+    """The engine entries of one model: each in its own peak-memory window."""
+    import tvlens as tv
+
+    min_s = 0.0 if quick else 2.0
+    want = lambda what: only is None or what in only  # noqa: E731
+    results = []
+    if want("aie") or want("saliency"):
+        ten = tv.make_prompts(splits, "train", k=10, n=n_ten).tokenize(model)  # Todd et al.: 25 corrupted prompts
+    if want("aie"):
+        results.append(_measured(lambda: bench_engine_aie(f"engine_fv_aie_{tag}_10shot", model, ten, min_seconds=min_s), model))
+    if want("saliency"):
+        results.append(_measured(lambda: bench_engine_saliency(f"engine_exact_saliency_{tag}_10shot", model, vector, ten,
+                                                               min_seconds=min_s), model))
+    if want("ablation"):
+        zero_shot = tv.make_prompts(splits, "test", n=n_zero).tokenize(model)
+        for kind in ("zero", "mean", "path"):
+            results.append(_measured(lambda: bench_engine_ablation(f"engine_{kind}_ablation_{tag}", model, vector, zero_shot, kind,
+                                                                   min_seconds=min_s), model))
+    if want("steered_eval"):
+        eight = tv.make_prompts(splits, "test", k=8, n=n_eight).tokenize(model)
+        layers = range(0, model.cfg.n_layers, max(1, model.cfg.n_layers // 6))  # six vectors (sweep-like) and the unsteered run
+        results.append(_measured(lambda: bench_engine_steered_eval(f"engine_steered_eval_{tag}_8shot", model, eight, layers,
+                                                                   min_seconds=min_s), model))
+    return results
 
 
 def _smollm2_shape_with_tokenizer(tokenizer, *, n_layers: int = 30, seed: int = 0):
@@ -254,26 +364,17 @@ def _smollm2_shape_with_tokenizer(tokenizer, *, n_layers: int = 30, seed: int = 
 
 
 def engine_benchmarks(*, quick: bool = False) -> list[BenchResult]:
-    """Issue #17's entries: AIE (10-shot), exact saliency, zero/mean/path ablation and steered evaluation
+    """Issue #17's entries: AIE (10-shot), exact saliency (10-shot), zero/mean/path ablation and steered evaluation
     (8-shot), the kept references vs the engine,
-    on a SmolLM2-shaped random model with the toy tokenizer (``quick``: fewer layers and prompts)."""
+    on a SmolLM2-shaped random model with the toy tokenizer (``quick``: fewer layers and prompts).
+    The same entries on SmolLM2 itself: :func:`smollm2_benchmarks`."""
     import tvlens as tv
 
-    min_s = 0.0 if quick else 2.0
     toy = tv.load_model("toy")
     model, vector = _smollm2_shape_with_tokenizer(toy.tokenizer, n_layers=6 if quick else 30)
     splits = tv.make_splits(tv.tasks.get("toy/antonym"))
-    ten = tv.make_prompts(splits, "train", k=10, n=4 if quick else 25).tokenize(model)  # Todd et al.: 25 corrupted prompts
-    results = [bench_engine_aie("engine_fv_aie_smollm2_shape_10shot", model, ten, min_seconds=min_s)]
-    zero_shot = tv.make_prompts(splits, "test", n=8 if quick else 64).tokenize(model)
-    results.append(bench_engine_saliency("engine_exact_saliency_smollm2_shape", model, vector, ten, min_seconds=min_s))
-    for kind in ("zero", "mean", "path"):
-        results.append(bench_engine_ablation(f"engine_{kind}_ablation_smollm2_shape", model, vector, zero_shot, kind,
-                                             min_seconds=min_s))
-    eight = tv.make_prompts(splits, "test", k=8, n=16 if quick else 64).tokenize(model)
-    layers = range(0, model.cfg.n_layers, max(1, model.cfg.n_layers // 6))  # six vectors (sweep-like) and the unsteered run
-    results.append(bench_engine_steered_eval("engine_steered_eval_smollm2_shape_8shot", model, eight, layers, min_seconds=min_s))
-    return results
+    return _engine_entries("smollm2_shape", model, vector, splits, quick=quick, only=None, n_ten=4 if quick else 25,
+                           n_zero=8 if quick else 64, n_eight=16 if quick else 64)
 
 
 def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
@@ -337,24 +438,28 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
     splits = tv.make_splits(tv.tasks.get("toy/antonym"))
     for k, name in ((0, "ltv_step_toy_zero_shot"), (8, "ltv_step_toy_8shot")):
         tb = build_targets(model, tv.make_prompts(splits, "train", k=k), padding_side="left")
-        results.append(bench_ltv_step(name, model, tb, (Site(layer, -1),), batch=32, min_seconds=min_s))
+        results.append(_measured(lambda: bench_ltv_step(name, model, tb, (Site(layer, -1),), batch=32, min_seconds=min_s)))
     batch = 8 if quick else LTVConfig().batch_size  # the default training batch
     big, tb = _gpt2_shape_batch(batch=2 * batch, n_tokens=128)  # prepared pool of 2 x batch prompts
-    results.append(bench_ltv_step("ltv_step_gpt2_shape_128", big, tb, (Site(6, -1),), batch=batch, min_seconds=min_s))
+    results.append(_measured(lambda: bench_ltv_step("ltv_step_gpt2_shape_128", big, tb, (Site(6, -1),), batch=batch,
+                                                    min_seconds=min_s)))
+    del big, tb  # 124M parameters: not held through the later entries
     # FV head AIE on the toy model: 25 corrupted 8-shot prompts (Todd et al.'s count), every head
     fv_batch = tv.make_prompts(splits, "train", k=8, n=25).tokenize(model)
-    results.append(bench_fv_aie("fv_aie_toy_8shot_all_heads", model, fv_batch, min_seconds=min_s))
+    results.append(_measured(lambda: bench_fv_aie("fv_aie_toy_8shot_all_heads", model, fv_batch, min_seconds=min_s)))
     # linear propagation: final states of 32 noisy copies x 16 8-shot prompts, vector at layer 1
-    results.append(bench_linear_copies("linear_copies_toy_8shot", model, tv.make_prompts(splits, "train", k=8, n=16), 1,
-                                       min_seconds=min_s))
+    results.append(_measured(lambda: bench_linear_copies("linear_copies_toy_8shot", model, tv.make_prompts(splits, "train", k=8, n=16),
+                                                         1, min_seconds=min_s)))
     # head saliency of the default LTV (every head of its layer and later) on the zero-shot test queries
     vector = tv.train_ltv(model, "toy/antonym", progress=False).vector
-    results.append(bench_saliency("saliency_toy_exact_vs_one_pass", model, vector, tv.make_prompts(splits, "test"), min_seconds=min_s))
+    results.append(_measured(lambda: bench_saliency("saliency_toy_exact_vs_one_pass", model, vector, tv.make_prompts(splits, "test"),
+                                                    min_seconds=min_s)))
     # the same at a GPT-2-small layout (12 layers x 12 heads, d_model 768; random weights, the toy tokenizer,
     # a random vector at layer 6): 72 heads read it, so exact mode needs 72 ablated copies of every prompt
     mid, mid_vector = _gpt2_shape_with_tokenizer(model.tokenizer)
-    results.append(bench_saliency("saliency_gpt2_shape_exact_vs_one_pass", mid, mid_vector,
-                                  tv.make_prompts(splits, "test", n=8 if quick else 25), min_seconds=min_s))
+    results.append(_measured(lambda: bench_saliency("saliency_gpt2_shape_exact_vs_one_pass", mid, mid_vector,
+                                                    tv.make_prompts(splits, "test", n=8 if quick else 25), min_seconds=min_s)))
+    del mid, mid_vector
     return results + engine_benchmarks(quick=quick)
 
 

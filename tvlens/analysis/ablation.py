@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from tvlens._hooks import AblateHeads, Activations, Edit, PatchFrom
+from tvlens._hooks import AblateHeads, Activations, Edit, PatchFrom, SetHeadPerRow
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_float, check_int, check_positions, no_type_check
 from tvlens import _engine as engine
@@ -116,9 +116,85 @@ def ablation_edits(heads: Sequence[Head], kind: Kind, *, means: dict | None = No
 
 
 def measure_conditions(model, vector: TaskVector, batch: PromptBatch, sets: Sequence[Sequence[Head]], kind: Kind, *,
-                       positions: Sequence[int] | None = (-1,), means_from: str = "steered", batch_size: int = 64
+                       positions: Sequence[int] | None = (-1,), means_from: str = "steered", batch_size: int = 64,
+                       budget: engine.Budget = engine.Budget()
                        ) -> tuple[tuple[float, float], tuple[float, float], list[tuple[float, float]]]:
-    """(accuracy, mean p(gold)) without θ, with θ, and with θ and each head set of ``sets`` ablated (``kind``)."""
+    """(accuracy, mean p(gold)) without θ, with θ, and with θ and each head set of ``sets`` ablated (``kind``).
+
+    At the last token (``positions=(-1,)``, the default) every condition with θ runs in one suffix
+    run per sub-batch: the prompts replicated once per condition, replica r ablating set r
+    (:class:`~tvlens._hooks.SetHeadPerRow`, several heads a row). Other positions run one
+    condition after another (:func:`_measure_one_at_a_time`).
+    """
+    if positions is None or tuple(positions) != (-1,):
+        return _measure_one_at_a_time(model, vector, batch, sets, kind, positions=positions, means_from=means_from,
+                                      batch_size=batch_size)
+    cfg = model.cfg
+    layer, _ = injection(vector)
+    steer = steer_edit(vector)
+    used = sorted({lay for hs in sets for lay, _ in hs})
+    first = min([layer, *used])
+    # One prefix serves the runs with and without θ: a prefix's keys and values (columns before c0)
+    # and its residual stream before l0 are computed without any edit, and c0, l0 depend only on the
+    # columns and layers the edits touch, which are the same whether θ is a base edit (stored in the
+    # residuals from l0 up) or an edit of every run. Runs with θ add it as an edit from ``first``.
+    n = len(batch)
+    gold = batch.answer_ids
+    with torch.no_grad():
+        pre = engine.prefix(model, batch, positions=(-1,), layer=first, edits=[steer], prepare_rows=batch_size)
+        zero_shot = _scores(final_logits(model, pre.final()).float(), gold)
+        z_names = [f"blocks.{lay}.attn.hook_z" for lay in used]
+        read_z = lambda r: torch.stack([r.at_last(r.acts[nm]).float() for nm in z_names], 1)  # noqa: E731 [b, layer, head, d_head]
+        src = None  # [n, layer, head, d_head]: the means' input (mean) or the run without θ (path)
+        if used and kind == "path":
+            src = engine.run_rows(pre, start=first, names=z_names, read=read_z, budget=budget)
+        elif used and kind == "mean":
+            src = engine.run_rows(pre, [steer] if means_from == "steered" else [], start=first, names=z_names, read=read_z,
+                                  budget=budget)
+            src = src.mean(0, keepdim=True).expand(n, -1, -1, -1)  # every prompt gets the mean over the prompts
+        conditions = [(), *[tuple(hs) for hs in sets]]  # θ alone: a replica with no head ablated, exactly no change
+        k = max(1, *(len(hs) for hs in conditions))
+        slot_of = torch.zeros(cfg.n_layers + 1, dtype=torch.long)  # layer -> its index in ``used`` (-1, unused slots: 0)
+        slot_of[torch.tensor(used, dtype=torch.long)] = torch.arange(len(used))
+        heads = torch.full((len(conditions), k, 2), -1, dtype=torch.long)  # [condition, slot, (layer, head)]
+        for c, hs in enumerate(conditions):
+            if hs:
+                heads[c, : len(hs)] = torch.tensor(hs, dtype=torch.long)
+        rows_cap = engine.rows_per_pass(pre, first, budget=budget)
+        per_run = max(1, min(len(conditions), rows_cap))  # conditions a run (all of them unless the budget is tiny)
+        prompts_per_run = max(1, min(n, rows_cap // per_run))
+        got: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in conditions]
+        for lo in range(0, n, prompts_per_run):
+            rows = torch.arange(lo, min(lo + prompts_per_run, n))
+            m = len(rows)
+            for cs in range(0, len(conditions), per_run):
+                hc = heads[cs : cs + per_run]  # [c, k, 2]
+                c = len(hc)
+                hl = hc.repeat_interleave(m, 0)  # [c*m, k, 2]: replica j ablates condition cs + j's set
+                if kind == "zero" or src is None:
+                    vals = torch.zeros(c * m, k, cfg.d_head)
+                else:
+                    lay_slot = slot_of[hl[..., 0]]  # [c*m, k]
+                    prompt = rows.repeat(c)[:, None].expand(-1, k)
+                    vals = src[prompt.to(src.device), lay_slot.to(src.device), hl[..., 1].clamp(min=0).to(src.device)]
+                out = engine.run(pre, [steer, SetHeadPerRow(hl, vals)], start=first, rows=rows, replicas=c)
+                logits = final_logits(model, out.last()).float().reshape(c, m, -1)  # [condition, prompt, vocab]
+                g = gold[rows].to(logits.device)
+                for j in range(c):
+                    got[cs + j].append(((logits[j].argmax(-1) == g).float(), engine.p_gold(logits[j], g)))
+    res = [(float(torch.cat([a for a, _ in parts]).mean()), float(torch.cat([p for _, p in parts]).mean())) for parts in got]
+    return zero_shot, res[0], res[1:]
+
+
+def _scores(logits: torch.Tensor, gold: torch.Tensor) -> tuple[float, float]:
+    g = gold.to(logits.device)
+    return float((logits.argmax(-1) == g).float().mean()), float(engine.p_gold(logits, g).mean())
+
+
+def _measure_one_at_a_time(model, vector: TaskVector, batch: PromptBatch, sets: Sequence[Sequence[Head]], kind: Kind, *,
+                           positions: Sequence[int] | None = (-1,), means_from: str = "steered", batch_size: int = 64
+                           ) -> tuple[tuple[float, float], tuple[float, float], list[tuple[float, float]]]:
+    """:func:`measure_conditions` for any ``positions``: one suffix run per condition and sub-batch."""
     layer, _ = injection(vector)
     steer = steer_edit(vector)
     used = sorted({lay for hs in sets for lay, _ in hs})
@@ -150,14 +226,10 @@ def measure_conditions(model, vector: TaskVector, batch: PromptBatch, sets: Sequ
             return ablation_edits(hs, kind, means=means, clean=src, positions=positions)
         return make
 
-    gold = batch.answer_ids
-
     def measure(pre: engine.Prefix, es=()) -> tuple[float, float]:
         with torch.no_grad():
             resid = engine.run_rows(pre, es, start=first) if es else pre.final()
-            logits = final_logits(model, resid).float()
-        g = gold.to(logits.device)
-        return float((logits.argmax(-1) == g).float().mean()), float(engine.p_gold(logits, g).mean())
+            return _scores(final_logits(model, resid).float(), batch.answer_ids)
 
     zero_shot = measure(clean)
     none, p_none = measure(steered, edits_for(()))  # the same suffix runs as the ablated sets: no ablation = no change, exactly

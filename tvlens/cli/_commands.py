@@ -215,13 +215,19 @@ def cmd_eval(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> tuple[dict, str]:
-    from tvlens.bench import run_benchmarks
+    from tvlens.bench import process_peak_rss_mb, run_benchmarks, smollm2_benchmarks
 
     if getattr(args, "peers", False):
         return _bench_peers(args)
-    rows = [r.as_dict() for r in run_benchmarks(quick=args.quick)]
-    text = "\n".join(f"{r['name']:<28} baseline {r['baseline_s'] * 1e3:9.2f} ms  fast {r['fast_s'] * 1e3:8.2f} ms  ratio {r['ratio']:7.1f}x" for r in rows)
-    return {"benchmarks": rows}, text
+    if getattr(args, "model", None) == "smollm2":
+        results = smollm2_benchmarks(quick=args.quick)
+    else:
+        results = run_benchmarks(quick=args.quick)
+    rows = [r.as_dict() for r in results]
+    peak = process_peak_rss_mb()
+    text = "\n".join(f"{r['name']:<28} baseline {r['baseline_s'] * 1e3:9.2f} ms  fast {r['fast_s'] * 1e3:8.2f} ms  ratio {r['ratio']:7.1f}x"
+                     + (f"  peak {r['peak_memory_mb']:7.0f} MB" if "peak_memory_mb" in r else "") for r in rows)
+    return {"benchmarks": rows, "peak_rss_mb": peak}, f"{text}\npeak resident memory of the run: {peak:.0f} MB"
 
 
 def _bench_peers(args: argparse.Namespace) -> tuple[dict, str]:

