@@ -4,7 +4,7 @@ Each item offers a smaller sooner reward against a larger later one, worded in o
 ways (amounts, delays, units, phrasings, which option is (A) and which (B)). The gold output of
 an item is a multi-token response that commits to the SOONER option (the behaviour the task
 vector should induce, as in the paper); :func:`items` also gives, per item, several responses
-committing to each option, which tests and the judge (:mod:`tvlens.analysis._judge`) use.
+committing to each option, which tests and the judge (:mod:`tvlens.tasks._judge`) use.
 
 The items are generated from a seed, not copied from any dataset.
 
