@@ -157,8 +157,9 @@ class BehaviourOptions(Options):
 
 
 def _run_behaviour(ctx, opts: BehaviourOptions):
-    layer = ctx.model.cfg.n_layers // 2
-    return behaviour(ctx.model, "myopic", layer=layer, n=50, shots=opts.shots, max_new_tokens=opts.tokens, seed=ctx.seed)
+    # the myopic task has its own judge: --task is not used; --layer and --n are
+    return behaviour(ctx.model, "myopic", layer=ctx.layer, n=ctx.n or 50, shots=opts.shots, max_new_tokens=opts.tokens,
+                     seed=ctx.seed)
 
 
 register(Analysis("behaviour", BehaviourOptions, _run_behaviour, BehaviourResult, "Behaviour (myopic choices)", "Baselines",
