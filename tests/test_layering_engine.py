@@ -18,6 +18,7 @@ ROOT = Path(tvlens.__file__).parent
 ALLOWED: dict[str, frozenset[str] | None] = {
     "_engine.py": None,  # THE forward pass
     "_engine_lean.py": None,  # the engine's shared-prefix blocks
+    "_engine_generate.py": None,  # greedy generation with steering edits
     "_reference.py": None,  # the pre-engine paths kept for the oracle tests and the bench
     "bench.py": frozenset({"bench_linear_copies"}),  # its reference arm: full forwards with a per-row vector
     "bench_peers.py": frozenset({"hf_matches_tvlens"}),  # the tvlens side of the check that the peers' model is the same function

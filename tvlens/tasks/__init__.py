@@ -24,10 +24,12 @@ from tvlens.tasks._wordpairs import load_function_vectors_json as load_function_
 from tvlens.tasks._wordpairs import _register_all as _register_wordpairs
 from tvlens.tasks._fv import _register_all as _register_fv
 from tvlens.tasks._composed import _register_all as _register_composed
+from tvlens.tasks._myopic import _register_all as _register_myopic
 
 _register_toy()
 _register_hf()
 _register_wordpairs()
 _register_fv()
 _register_composed()
+_register_myopic()
 from_pairs = Task.from_pairs
