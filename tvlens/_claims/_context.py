@@ -55,9 +55,13 @@ class ClaimsContext:
 
     def analysis(self, name: str, task=None) -> tuple:
         """The results of registered analysis ``name`` (default options) on ``task`` (default: the first)."""
+        import dataclasses
+
         ctx = self.analysis_context(task)
         spec = get_analysis(name)
-        return self._once(("analysis", name, ctx.task.name), lambda: as_results(spec.run(ctx, spec.options())))
+        fields = {f.name for f in dataclasses.fields(spec.options)}
+        options = spec.options(**({"fraction": self.fraction} if "fraction" in fields else {}))  # the claims' key-head share
+        return self._once(("analysis", name, ctx.task.name), lambda: as_results(spec.run(ctx, options)))
 
     def layers(self) -> list[int]:
         return default_layers(self.n_layers)
