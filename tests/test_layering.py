@@ -26,7 +26,7 @@ LEVELS = [  # (module prefix, level); the longest matching prefix wins
     ("tvlens._hooks", 3), ("tvlens.interventions", 3), ("tvlens._engine", 3), ("tvlens._engine_lean", 3),
     ("tvlens._engine_generate", 3), ("tvlens.store", 3), ("tvlens._executor", 3),  # the vector store; the job executor
     ("tvlens.evaluate", 4), ("tvlens.steer", 4), ("tvlens.ltv", 4), ("tvlens.baselines", 4),
-    ("tvlens.analysis", 5), ("tvlens._reference", 5),  # the full-width reference paths of the bench and the oracles
+    ("tvlens.analysis", 5), ("tvlens._reference", 5), ("tvlens._claims", 5),  # the full-width reference paths of the bench and the oracles
     ("tvlens", 6),  # the package root: tvlens/__init__.py
     ("tvlens.viz", 7),
     ("tvlens.cli", 8), ("tvlens.bench", 8), ("tvlens.bench_peers", 8), ("tvlens.__main__", 8),

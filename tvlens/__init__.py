@@ -48,3 +48,5 @@ from tvlens.baselines import compare as compare
 from tvlens.baselines import vanilla_tv_per_prompt as vanilla_tv_per_prompt
 from tvlens import analysis as analysis
 from tvlens.analysis.circuit import circuit as circuit
+from tvlens._claims import ClaimsResult as ClaimsResult
+from tvlens._claims import claims as claims

@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _report.add_parser(cmd)
 
+    from tvlens.cli import _claims
+
+    _claims.add_parser(cmd)
+
     sp = cmd("bench", c.cmd_bench, "speed benchmarks (ratios measured in one run)")
     sp.add_argument("--quick", action="store_true", help="shorter timing windows")
     sp.add_argument("--peers", action="store_true",
