@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tvlens.cli._main import add_template_option, check_output
+from tvlens.cli._common import add_template_option, check_output
 
 
 def add_parser(cmd) -> None:
