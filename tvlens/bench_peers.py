@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -266,18 +265,10 @@ def bench_ltv_peers(model, hf, shots: int, *, calls: int = 3, peer_calls: int = 
 def corrupted_prompts(model, *, shots: int = 10, n: int = 25, seed: int = 0, task=TASK):
     """``n`` ``shots``-shot training prompts of the task with each prompt's demonstration labels shuffled, tokenised."""
     import tvlens as tv
-    from tvlens.prompts import PromptSet
-    from tvlens.tasks import Example
+    from tvlens.baselines.function_vector import shuffled_labels
 
     splits = tv.make_splits(tv.tasks.get(task) if isinstance(task, str) else task)
-    clean = tv.make_prompts(splits, "train", k=shots, n=n, seed=seed)
-    rng = random.Random(f"tvlens-bench-peers-{seed}")
-    demos = []
-    for ds in clean.demos:
-        outs = [d.output for d in ds]
-        rng.shuffle(outs)
-        demos.append(tuple(Example(d.fields, o) for d, o in zip(ds, outs)))
-    return PromptSet(clean.task, clean.split, clean.k, clean.queries, tuple(demos), clean.seed).tokenize(model)
+    return shuffled_labels(tv.make_prompts(splits, "train", k=shots, n=n, seed=seed), seed).tokenize(model)  # the FV's own corruption
 
 
 def hf_aie_loop(hf, tokens: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, gold: torch.Tensor,

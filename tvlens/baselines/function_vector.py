@@ -99,7 +99,7 @@ class AIEResult(Result):
                 f"top L{layer}H{head}={v:.3f})")
 
 
-def _shuffled_labels(prompts: PromptSet, seed: int) -> PromptSet:
+def shuffled_labels(prompts: PromptSet, seed: int) -> PromptSet:
     """The same demonstrations and queries, each prompt's demonstration labels shuffled among them."""
     rng = random.Random(f"tvlens-fv-corrupt-{prompts.task.base_name}-{seed}")
     demos = []
@@ -144,7 +144,7 @@ def _clean_and_corrupted(model, task: Task, splits: TaskSplits, shots: int, n_cl
                           "there are no clean prompts for function-vector head means; try other shots= or another task")
     acc = len(correct) / len(clean)
     good = clean.subset(correct[:n_clean])
-    return good, _shuffled_labels(good.subset(list(range(min(n_corrupt, len(good))))), seed), acc
+    return good, shuffled_labels(good.subset(list(range(min(n_corrupt, len(good))))), seed), acc
 
 
 @no_type_check  # checks its arguments
