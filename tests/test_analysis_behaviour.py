@@ -38,7 +38,7 @@ def test_result_views_and_round_trip(result, tmp_path):
     assert list(df["method"]) == ["zero_shot", "ltv"] and set(df.columns) >= {"sooner", "later_lo", "unclear_hi"}
     assert abs(df[["sooner", "later", "unclear"]].sum(axis=1) - 1).max() < 1e-9
     assert "zero_shot" in result.text() and result.payload()["methods"]["ltv"]["n"] == 6
-    assert BehaviourResult.load(result.save(tmp_path / "b.json")) == result
+    assert BehaviourResult.load(result.save(tmp_path / "b.json")).payload() == result.payload()
     result.plot()
 
 

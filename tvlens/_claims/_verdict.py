@@ -10,7 +10,7 @@ Context:
 ('holds', 'key-head ablation costs 0.12 more than random (threshold >= 0.10)')
 >>> lo, hi = diff_interval(40, 50, 20, 50)
 >>> round(lo, 3), round(hi, 3)
-(0.211, 0.56)
+(0.21, 0.552)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ METHODS = ("zero_shot", "ltv", "vanilla", "fv")
 VERDICTS = ("sooner", "later", "unclear")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class BehaviourResult(Result):
     """Per method: how many generations commit to the sooner / later option or neither."""
 
