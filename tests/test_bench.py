@@ -63,15 +63,18 @@ def test_engine_entries_agree_with_their_references_and_report_peak_memory(tiny_
                       task="toy/antonym", model_fingerprint=tv.fingerprint(tiny_model))
     splits = tv.make_splits(tv.tasks.get("toy/antonym"))
     rows = [r.as_dict() for r in _engine_entries("tiny", tiny_model, v, splits, quick=True, only=None, n_ten=2, n_zero=5, n_eight=3)]
-    assert [r["name"] for r in rows] == ["engine_fv_aie_tiny_10shot", "engine_exact_saliency_tiny_10shot", "engine_zero_ablation_tiny",
-                                         "engine_mean_ablation_tiny", "engine_path_ablation_tiny", "engine_steered_eval_tiny_8shot"]
+    ablations = ["engine_zero_ablation_tiny", "engine_mean_ablation_tiny", "engine_path_ablation_tiny"]
+    ablations += [f"{a}_8shot" for a in ablations]  # the same on 8-shot prompts
+    assert [r["name"] for r in rows] == ["engine_fv_aie_tiny_10shot", "engine_exact_saliency_tiny_10shot", *ablations,
+                                         "engine_steered_eval_tiny_8shot"]
     for r in rows:
         assert r["max_abs_diff"] < 1e-5, r["name"]  # inf where an accuracy (or a verdict) differs
         assert r["peak_memory_mb"] > 0 and r["peak_memory_scope"] in ("entry", "process so far")
         assert r["ratio"] == r["baseline_s"] / r["fast_s"]
         json.dumps(r)
     only = _engine_entries("tiny", tiny_model, v, splits, quick=True, only=("ablation",), n_ten=2, n_zero=5, n_eight=3)
-    assert [r.name for r in only] == ["engine_zero_ablation_tiny", "engine_mean_ablation_tiny", "engine_path_ablation_tiny"]
+    assert [r.name for r in only] == ablations
+    assert {r.name: r.details["sets"] for r in only} == dict.fromkeys(ablations, 6)  # head_ablation's defaults: key + 5 random
 
 
 def test_cli_bench_model_flag(capsys, monkeypatch, tiny_model):

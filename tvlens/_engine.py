@@ -37,6 +37,7 @@ True
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -70,9 +71,39 @@ def final_logits(model, resid: Float[torch.Tensor, "batch d_model"]) -> Float[to
     x = resid[:, None]  # [batch, 1, d_model]
     if model.cfg.normalization_type is not None:
         x = model.ln_final(x)
-    logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
+    weight = _unembed_weight(model)
+    if weight is None:
+        logits = model.unembed(x)[:, 0]  # [batch, d_vocab]
+    else:  # TransformerLens's own op on a kept copy of its weight: the same numbers, bit for bit
+        logits = torch.nn.functional.linear(x[:, 0], weight, model.unembed.b_U)
     cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+_UNEMBED_T: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (W_U's identity, W_U.T contiguous)
+
+
+def _unembed_weight(model) -> torch.Tensor | None:
+    """``W_U.T`` made contiguous once per weight version, for :func:`final_logits`.
+
+    TransformerLens's ``Unembed.forward`` runs ``F.linear(x, W_U.T.contiguous(), b_U)``: a copy of
+    the whole unembedding on every call (113 MB for SmolLM2, 0.2 s on a CPU core), which dominated
+    last-column runs. The copy is kept and remade when ``W_U`` changes (its version counter). None
+    (use the module) when hooks sit on the unembedding or gradients must reach ``W_U``.
+    """
+    unembed = getattr(model, "unembed", None)
+    w = getattr(unembed, "W_U", None)
+    if not isinstance(w, torch.Tensor) or w.ndim != 2 or (torch.is_grad_enabled() and w.requires_grad):
+        return None
+    if any(getattr(hp, "_forward_hooks", None) or getattr(hp, "_forward_pre_hooks", None)
+           for hp in (unembed, getattr(unembed, "hook_in", None), getattr(unembed, "hook_out", None)) if hp is not None):
+        return None
+    key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape))
+    hit = _UNEMBED_T.get(model)
+    if hit is None or hit[0] != key:
+        hit = (key, w.detach().T.contiguous())
+        _UNEMBED_T[model] = hit
+    return hit[1]
 
 
 def p_gold(logits: Float[torch.Tensor, "batch d_vocab"], gold: Int[torch.Tensor, " batch"]) -> Float[torch.Tensor, " batch"]:
