@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Float, Int
 
+from tvlens import _backend
 from tvlens._hooks import (AblateHeads, Activations, AddAt, AddPerRow, AddToHeads, Cache, CallPositions, Edit, PatchFrom,
                            SetHeadPerRow, Span, intervene)
 from tvlens.errors import ConfigError
@@ -179,6 +180,9 @@ class _FromLayer(Edit):
 
 def cache_unsupported_reason(model) -> str | None:
     """Why suffix runs cannot serve ``model`` (None when they can)."""
+    backend_reason = _backend.kv_cache_unsupported_reason(model)
+    if backend_reason:
+        return backend_reason
     cfg = model.cfg
     if cfg.n_key_value_heads is not None and cfg.ungroup_grouped_query_attention:
         return "TransformerLens's KV cache does not support cfg.ungroup_grouped_query_attention"

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+if TYPE_CHECKING:  # annotations only: the backend lives in tvlens._backend
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 _EXACT_HASH_LIMIT = 1 << 22  # tensors up to this many elements are hashed in full
 _SAMPLED_ELEMENTS = 1 << 20  # larger tensors: about this many elements, evenly strided

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-from tvlens import _hub
+from tvlens import _backend, _hub
+from tvlens._backend import HookedTransformer, HookedTransformerConfig
 from tvlens._gguf import NAMED_GGUF, causal_lm_architecture, find_gguf_in_dir, gguf_to_hf_dir, named_gguf_path
 from tvlens.errors import ModelLoadError
 
@@ -108,10 +107,10 @@ def load_model(
     dtype = _as_dtype(dtype)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"HookedTransformer(\.from_pretrained)? is deprecated")
-        if isinstance(spec, HookedTransformer):
+        if _backend.is_hooked(spec):
             _no_kwargs("a HookedTransformer", from_pretrained_kwargs)
             model = spec
-        elif isinstance(spec, HookedTransformerConfig):
+        elif _backend.HAS_HOOKED and isinstance(spec, HookedTransformerConfig):
             model = _from_config(spec, device, dtype, from_pretrained_kwargs)
         elif isinstance(spec, (str, os.PathLike)):
             model = _from_string(os.fspath(spec), device, dtype, from_pretrained_kwargs)

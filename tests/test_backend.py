@@ -1,0 +1,40 @@
+"""The backend adapter: tvlens imports on the installed TransformerLens, and a backend that
+ignores the KV cache can never make a suffix run wrong (the engine falls back to full forwards)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tvlens
+from tvlens import _backend, _engine
+
+
+def test_auto_backend_matches_installation():
+    assert _backend.default_backend() == ("hooked" if _backend.HAS_HOOKED else "bridge")
+    assert tvlens.__name__ == "tvlens"
+
+
+@pytest.mark.skipif(not _backend.HAS_HOOKED, reason="HookedTransformer absent (TransformerLens 4.x)")
+def test_hooked_model_keeps_kv_cache():
+    model = tvlens.load_model("toy")
+    assert _backend.is_hooked(model) and not _backend.is_bridge(model)
+    assert _backend.kv_cache_unsupported_reason(model) is None
+    assert _engine.cache_unsupported_reason(model) is None
+
+
+@pytest.mark.skipif(not _backend.HAS_BRIDGE, reason="no TransformerBridge in this TransformerLens")
+def test_bridge_refuses_kv_cache_and_suffix_runs_fall_back():
+    from transformer_lens.config import TransformerBridgeConfig
+
+    cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=16, d_vocab=50,
+                                  act_fn="gelu", normalization_type="LN", seed=0)
+    bridge = _backend.TransformerBridge.boot_native(cfg)
+    assert _backend.is_bridge(bridge)
+    reason = _engine.cache_unsupported_reason(bridge)
+    assert reason is not None and "past_kv_cache" in reason
+    # the hazard the fallback guards against: the keyword is accepted and changes nothing
+    tokens = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = bridge(tokens)
+        assert torch.allclose(full, bridge(tokens, past_kv_cache=object()), atol=1e-6)
