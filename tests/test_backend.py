@@ -38,3 +38,19 @@ def test_bridge_refuses_kv_cache_and_suffix_runs_fall_back():
     with torch.no_grad():
         full = bridge(tokens)
         assert torch.allclose(full, bridge(tokens, past_kv_cache=object()), atol=1e-6)
+
+
+def test_load_model_backend_choices_are_typed_errors():
+    from tvlens.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="backend must be one of"):
+        tvlens.load_model("toy", backend="jax")
+    with pytest.raises(ModelLoadError, match="TransformerBridge yet"):
+        tvlens.load_model("toy", backend="bridge")
+    if not _backend.HAS_HOOKED:  # on 4.x: auto means the bridge; hooked names the fix
+        with pytest.raises(ModelLoadError, match="transformer_lens<4"):
+            tvlens.load_model("toy", backend="hooked")
+        with pytest.raises(ModelLoadError, match="TransformerBridge yet"):
+            tvlens.load_model("toy")
+    else:
+        assert _backend.is_hooked(tvlens.load_model("toy", backend="hooked"))

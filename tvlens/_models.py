@@ -72,6 +72,7 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    backend: str = "auto",
     **from_pretrained_kwargs: Any,
 ) -> HookedTransformer:
     """Load a model for tvlens from a spec.
@@ -93,6 +94,9 @@ def load_model(
             - a ``HookedTransformer``: returned as is (moved to ``device`` / ``dtype``).
         device: where the model lives.
         dtype: parameter dtype (``torch.float32`` when None for pretrained models).
+        backend: ``"auto"`` (``"hooked"`` where TransformerLens offers HookedTransformer, else
+            ``"bridge"``), ``"hooked"`` or ``"bridge"``; loading onto the TransformerBridge is not
+            built yet and raises :class:`ModelLoadError`.
         from_pretrained_kwargs: for directories and official names, TransformerLens' options
             (``fold_ln``, ``center_unembed``, ``tokenizer``, ...; defaults as in
             ``HookedTransformer.from_pretrained``); for directories, the remaining ones go to
@@ -105,6 +109,7 @@ def load_model(
             corrupt GGUF file.
     """
     dtype = _as_dtype(dtype)
+    _check_backend(backend)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"HookedTransformer(\.from_pretrained)? is deprecated")
         if _backend.is_hooked(spec):
@@ -376,6 +381,18 @@ def _unknown_name_message(name: str) -> str:
         f"model name.{hint} See transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES, or pass "
         "a local Hugging Face model directory."
     )
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _backend.BACKENDS:
+        raise ModelLoadError(f"backend must be one of {', '.join(_backend.BACKENDS)}, got {backend!r}")
+    chosen = _backend.default_backend() if backend == "auto" else backend
+    if chosen == "hooked" and not _backend.HAS_HOOKED:
+        raise ModelLoadError("backend='hooked' needs HookedTransformer, which TransformerLens 4.x removed: "
+                             "install transformer_lens<4 (3.9 has both backends)")
+    if chosen == "bridge":
+        raise ModelLoadError("tvlens cannot load models onto the TransformerBridge yet (issue 19); "
+                             "use backend='hooked' with transformer_lens<4")
 
 
 def _no_kwargs(what: str, kwargs: dict) -> None:
