@@ -173,13 +173,17 @@ def test_the_first_section_is_the_claims_table_with_the_verdicts_of_tv_claims(to
     assert page.index('<section id="claims"') < min(page.index(f'<section id="{s.key}"') for s in toy_report.sections[1:])
 
 
-def test_the_claims_section_escapes_user_text(toy_model, tmp_path):
+def test_the_claims_section_escapes_user_text(toy_model, tmp_path, monkeypatch):
     import dataclasses
 
+    import tvlens._claims as claims_mod
     from tvlens.tasks import get
 
+    monkeypatch.setattr(claims_mod, "CLAIMS", {"one_pass_saliency": claims_mod.CLAIMS["one_pass_saliency"]})  # one cheap row
     odd = dataclasses.replace(get("toy/antonym"), name="<script>x</script>")  # a user-named task
     rep = rp.build_report(toy_model, odd, sections=["claims"], progress=False)
     assert rep.sections[0].ok, rep.sections[0].error
+    (table,) = rep.sections[0].results
+    assert "<script>x</script>" in table.rows[0]["command"]  # the user's name reached the table
     page = rep.write(tmp_path / "e.html").read_text()
     assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
