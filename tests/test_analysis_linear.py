@@ -192,3 +192,34 @@ def test_final_states_equal_full_forwards_with_a_per_row_vector(toy_tokenizer, p
         assert (got[c] - ref).abs().max() < 1e-5
     assert (got[0] - got[1]).abs().max() > 1e-3
     assert_no_hooks_left(model)
+
+
+def test_linear_surrogate_figure_8b_oracles(toy_model):
+    """Figure 8B: at θ's site the shift is θ' itself (W = I, surrogate = real state); after the last block the surrogate
+    is linear_propagation's W θ at the end (same copies, same seed); a zero vector is refused."""
+    import dataclasses
+
+    from tvlens.analysis import AnalysisContext, get_analysis
+    from tvlens.analysis.linear import LinearSurrogate, linear_surrogate
+
+    vec = tv.train_ltv(toy_model, "toy/antonym", layers=[1], progress=False).vector
+    sur = linear_surrogate(toy_model, vec, "toy/antonym", n_test=25)
+    fit = linear_propagation(toy_model, vec, "toy/antonym", n_test=25)
+    rows = sur.rows
+    assert [r["point"] for r in rows] == ["injection", "L1 out", "L2 out", "L3 out", "L4 out"]
+    assert rows[0]["surrogate_acc"] == rows[0]["injected_acc"]  # W = I at the site: the surrogate is the real state
+    last = rows[-1]
+    assert last["surrogate_acc"] == pytest.approx(fit.reconstructed_acc)
+    assert last["injected_acc"] == pytest.approx(fit.injected_acc) and last["zero_shot_acc"] == pytest.approx(fit.zero_shot_acc)
+    assert last["fit_r2"] == pytest.approx(fit.fit_r2, abs=1e-4)
+    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("surrogate_acc", "injected_acc", "zero_shot_acc"))
+    assert len(sur.to_frame()) == len(rows) and len(sur.plot().data) == 3
+    zero = dataclasses.replace(vec, values=vec.values * 0)
+    with pytest.raises(tv.errors.DegenerateInputError):
+        linear_surrogate(toy_model, zero, "toy/antonym", n_test=5)
+    spec = get_analysis("linear")  # the registered option: default off, on gives both results
+    assert spec.options().surrogate is False
+    ctx = AnalysisContext(toy_model, "toy", tv.tasks.get("toy/antonym"), None, given_vector=vec)
+    out = spec.run(ctx, spec.options(surrogate=True))
+    assert [type(r) for r in out] == [LinearFit, LinearSurrogate]
+    assert [r["point"] for r in out[1].rows] == [r["point"] for r in sur.rows]

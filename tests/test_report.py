@@ -56,7 +56,7 @@ def test_report_sections_and_results(toy_report):
     rep = toy_report
     from tvlens.analysis import analyses
 
-    builtin = ["icl", "ltv", "sweep", "compare", "ov", "saliency", "ablation", "sinks", "lens", "decoded", "linear", "rotation", "geometry"]
+    builtin = ["claims", "icl", "ltv", "sweep", "compare", "ov", "saliency", "ablation", "sinks", "lens", "decoded", "linear", "rotation", "geometry"]
     keys = [s.key for s in rep.sections]
     assert [k for k in keys if k in builtin] == builtin  # in this order, whatever analyses were added
     assert set(keys) - set(builtin) == {a.name for a in analyses() if a.report} - set(builtin)  # sections come from the registry
@@ -154,3 +154,36 @@ def test_every_section_plot_renders_in_chromium(toy_report, tmp_path):
         drawn = m.group(0).count('class="main-svg"')
         assert drawn >= len(s.results), f"section {s.key}: {drawn} plot layers drawn for {len(s.results)} results"
         assert m.group(0).count("plot-container") >= len(s.results)
+
+
+def test_the_first_section_is_the_claims_table_with_the_verdicts_of_tv_claims(toy_report, toy_model, tmp_path):
+    import tvlens as tv
+
+    first = toy_report.sections[0]
+    assert first.key == "claims" and first.ok, first.error
+    (table,) = first.results
+    alone = tv.claims(toy_model, ["toy/antonym"], layer=toy_report.layer, progress=False)  # the same inputs, a fresh context
+    assert [r["key"] for r in table.rows] == [r["key"] for r in alone.rows]
+    assert [r["verdict"] for r in table.rows] == [r["verdict"] for r in alone.rows]
+    for a, b in zip(table.rows, alone.rows):
+        assert (a["measured"] is None) == (b["measured"] is None), a["key"]
+        if a["measured"] is not None:
+            assert a["measured"] == pytest.approx(b["measured"], abs=1e-6), a["key"]
+    page = toy_report.write(tmp_path / "r.html").read_text()
+    assert page.index('<section id="claims"') < min(page.index(f'<section id="{s.key}"') for s in toy_report.sections[1:])
+
+
+def test_the_claims_section_escapes_user_text(toy_model, tmp_path, monkeypatch):
+    import dataclasses
+
+    import tvlens._claims as claims_mod
+    from tvlens.tasks import get
+
+    monkeypatch.setattr(claims_mod, "CLAIMS", {"one_pass_saliency": claims_mod.CLAIMS["one_pass_saliency"]})  # one cheap row
+    odd = dataclasses.replace(get("toy/antonym"), name="<script>x</script>")  # a user-named task
+    rep = rp.build_report(toy_model, odd, sections=["claims"], progress=False)
+    assert rep.sections[0].ok, rep.sections[0].error
+    (table,) = rep.sections[0].results
+    assert "<script>x</script>" in table.rows[0]["command"]  # the user's name reached the table
+    page = rep.write(tmp_path / "e.html").read_text()
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page

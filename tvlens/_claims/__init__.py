@@ -33,7 +33,7 @@ from tvlens.errors import ConfigError, TvlensError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLAIMS", "THRESHOLDS", "Claim", "ClaimsResult", "Measurement", "claims"]
+__all__ = ["CLAIMS", "THRESHOLDS", "Claim", "ClaimsContext", "ClaimsResult", "Measurement", "claims", "evaluate"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -130,8 +130,6 @@ def claims(model, tasks: Sequence | None = None, *, model_name: str | None = Non
     task of the per-head, lens and geometry claims, every one enters the sweep and comparison claims. ``layer``:
     the LTV layer of the per-head claims (default: the middle layer). ``n``: test queries per analysis.
     """
-    from tqdm.auto import tqdm
-
     from tvlens.tasks import get as get_task
 
     t0 = time.perf_counter()
@@ -153,6 +151,18 @@ def claims(model, tasks: Sequence | None = None, *, model_name: str | None = Non
     if name == "tvlens-toy":
         name = "toy"
     cc = ClaimsContext(model, name, task_objs, layer, seed=seed, n=n)
+    return evaluate(cc, keys, progress=progress, t0=t0)
+
+
+def evaluate(cc: ClaimsContext, keys: Sequence[str] | None = None, *, progress: bool = False, t0: float | None = None) -> ClaimsResult:
+    """The claims ``keys`` (default: all) measured on a :class:`ClaimsContext`, reusing whatever its caches hold.
+
+    The report calls this with the context its own sections read, so each analysis runs once for both.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter() if t0 is None else t0
+    keys = list(CLAIMS) if keys is None else list(keys)
     rows = []
     for key in tqdm(keys, desc="claims", disable=not progress):
         spec = CLAIMS[key]
@@ -162,16 +172,16 @@ def claims(model, tasks: Sequence | None = None, *, model_name: str | None = Non
             verdict, reason = spec.judge(m.numbers)
         except TvlensError as e:  # an analysis that cannot run here: the row says so, the others go on
             log.warning("claim %s: %s", key, e)
-            m = Measurement({}, None, None, tuple(x.name for x in task_objs), ())
+            m = Measurement({}, None, None, tuple(x.name for x in cc.tasks), ())
             verdict, reason = UNTESTABLE, f"{type(e).__name__}: {e}"
         value = None if m.value is None or (isinstance(m.value, float) and math.isnan(m.value)) else float(m.value)
         rows.append({"key": key, "claim": spec.claim, "paper": spec.paper, "measured": value,
                      "interval": None if m.interval is None else (float(m.interval[0]), float(m.interval[1])),
                      "verdict": verdict, "reason": reason, "detail": m.detail, "numbers": dict(m.numbers), "tasks": tuple(m.tasks),
                      "layers": tuple(int(x) for x in m.layers),
-                     "command": _command(name, [x.name for x in task_objs], key, layer, mid, seed, n),
-                     "source": spec.analysis.format(model=name, task=task_objs[0].name, layer=layer,
-                                                    tasks=" ".join(x.name for x in task_objs)),
+                     "command": _command(cc.model_name, [x.name for x in cc.tasks], key, cc.layer, cc.n_layers // 2, cc.seed, cc.n),
+                     "source": spec.analysis.format(model=cc.model_name, task=cc.tasks[0].name, layer=cc.layer,
+                                                    tasks=" ".join(x.name for x in cc.tasks)),
                      "seconds": time.perf_counter() - t})
         log.info("claim %s: %s (%.1f s)", key, verdict, rows[-1]["seconds"])
-    return ClaimsResult(name, tuple(rows), time.perf_counter() - t0)
+    return ClaimsResult(cc.model_name, tuple(rows), time.perf_counter() - t0)

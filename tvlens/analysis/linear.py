@@ -41,7 +41,8 @@ from tvlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinearFit", "SuffixStates", "final_states", "linear_propagation", "ridge_fit"]
+__all__ = ["LinearFit", "LinearSurrogate", "SuffixStates", "final_states", "layer_states", "linear_propagation", "linear_surrogate",
+           "ridge_fit"]
 
 
 class SuffixStates:
@@ -75,6 +76,26 @@ class SuffixStates:
                 run = engine.run(self.pre, [AddPerRow(self.site, vec)], start=self.site.layer, replicas=len(th))
                 out.append(run.last().float().reshape(len(th), self.n, -1))  # [copy, query, d_model]
         return torch.cat(out)
+
+
+def layer_states(states: SuffixStates, thetas: Float[torch.Tensor, "copy d_model"], *, rows_per_pass: int = 512
+                 ) -> Float[torch.Tensor, "copy layer query d_model"]:
+    """Last-token states at the injection point and after each block from the site's layer up (``hook_resid_post``)."""
+    from tvlens import _engine as engine
+    from tvlens._hooks import AddPerRow
+
+    site, n_layers = states.site, int(states.model.cfg.n_layers)
+    names = [f"blocks.{m}.hook_resid_post" for m in range(site.layer, n_layers)]
+    per = max(1, rows_per_pass // states.n)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(thetas), per):
+            th = thetas[start : start + per]
+            vec = th.repeat_interleave(states.n, 0)
+            run = engine.run(states.pre, [AddPerRow(site, vec)], start=site.layer, replicas=len(th), names=names)
+            at = [run.at_last(run.acts[nm]).float() for nm in names]  # each [copy * query, d_model]
+            out.append(torch.stack(at, 1).reshape(len(th), states.n, len(names), -1).transpose(1, 2))
+    return torch.cat(out)
 
 
 def final_states(model, vector, prompts, thetas: Float[torch.Tensor, "copy d_model"] | None = None
@@ -268,6 +289,103 @@ def linear_propagation(
     return fit
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class LinearSurrogate(Result):
+    """Figure 8B: per layer from θ's site up, logit-lens accuracy of the zero-shot state plus ``W_m θ`` (the linear
+    surrogate, ``W_m`` fitted like ``W_TV`` but to the layer-``m`` state), of the real injected state, and of zero-shot."""
+
+    task: str
+    layer: int  # θ's injection layer
+    rows: tuple[dict, ...]  # layer, point, surrogate_acc, injected_acc, zero_shot_acc, fit_r2
+    n_copies: int
+    n_test: int
+    seconds: float
+
+    def __repr__(self) -> str:
+        return f"LinearSurrogate({self.task!r} θ@L{self.layer}: {len(self.rows)} points, n={self.n_test})"
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(list(self.rows))
+
+    def plot(self):
+        import plotly.graph_objects as go
+
+        x = [r["point"] for r in self.rows]
+        fig = go.Figure()
+        for key, name, colour in (("injected_acc", "real injected state", "#1f77b4"), ("surrogate_acc", "zero-shot + W_m θ", "#d62728"),
+                                  ("zero_shot_acc", "zero-shot", "#999999")):
+            fig.add_trace(go.Scatter(x=x, y=[r[key] for r in self.rows], name=name, mode="lines+markers", line={"color": colour}))
+        fig.update_layout(title=f"Linear surrogate decoded by the logit lens, {self.task} θ@L{self.layer} (n={self.n_test})",
+                          xaxis_title="state read", yaxis={"title": "logit-lens accuracy", "range": [0, 1.05]}, height=380)
+        return fig
+
+
+def linear_surrogate(model, vector, task, *, n_copies: int | None = None, n_heldout: int | None = None, noise: float = 1.0,
+                     ridge: float = 1e-3, n_queries: int = 16, n_test: int | None = 200, seed: int = 0) -> LinearSurrogate:
+    """Figure 8B: at the injection point and after every block from θ's layer up, fit ``W_m`` (the mean shift of the
+    layer-``m`` last-token state ~= ``W_m θ'`` over noisy copies, as in :func:`linear_propagation`) and decode by the
+    logit lens the zero-shot state plus ``W_m θ``, the real injected state and the zero-shot state."""
+    import time
+
+    from tvlens._validate import check_finite
+    from tvlens.analysis._inputs import check_vector, split_seed
+    from tvlens.prompts import make_prompts, make_splits
+    from tvlens.tasks import get as get_task
+
+    t0 = time.perf_counter()
+    from tvlens.errors import DegenerateInputError
+
+    check_vector(model, vector)
+    site = _single_site(vector)
+    if not bool(vector.values.detach().float().norm() * abs(vector.scale) > 0):
+        raise DegenerateInputError(f"the linear surrogate of a zero vector ({vector.task!r} at {site}) cannot be fitted "
+                                   "(every noisy copy is zero); give a non-zero vector")
+    d = model.cfg.d_model
+    n_copies = math.ceil(1.1 * d) if n_copies is None else n_copies
+    n_heldout = max(32, d // 8) if n_heldout is None else n_heldout
+    task = get_task(task) if isinstance(task, str) else task
+    vector.check_task(task)
+    splits = make_splits(task, seed=split_seed(vector, seed))
+    fit_set = SuffixStates(model, make_prompts(splits, "train", k=0, seed=seed, n=n_queries), site)
+    test = SuffixStates(model, make_prompts(splits, "test", k=0, seed=seed, n=n_test), site)
+    theta = vector.values[0].detach().float() * vector.scale
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(n_copies + n_heldout, d, generator=g)
+    lam = torch.rand(n_copies + n_heldout, 1, generator=g) * noise * theta.norm() / math.sqrt(d)
+    copies = theta + lam * eps
+    base = layer_states(fit_set, torch.zeros(1, d))[0]  # [layer, query, d_model]
+    shifts = (layer_states(fit_set, copies) - base).mean(2)  # [copy, layer, d_model]
+    check_finite(f"the layer-state shifts of {vector.task!r}'s noisy copies at {site}", shifts, "give a vector of a usable size")
+    zs, inj = layer_states(test, torch.zeros(1, d))[0], layer_states(test, theta[None])[0]  # [layer, query, d_model]
+    pre = test.pre  # the zero-shot state at θ's site (before block l), where the prefix keeps it
+    zs0 = (pre.resid[site.layer][torch.arange(test.n), (pre.batch.last_index - pre.c0).to(pre.resid[site.layer].device)].float()
+           if pre.fallback is None and site.layer in pre.resid and site.hook_name.endswith("hook_resid_pre") else None)
+    gold = test.gold
+
+    def acc(states):
+        return float((_decode(model, states).argmax(-1) == gold).float().mean())
+
+    rows = []
+    points = [("injection", copies, copies)]  # the state at θ's site: the shift is θ' itself, W = I
+    points += [(f"L{m} out", copies, shifts[:, i]) for i, m in enumerate(range(site.layer, model.cfg.n_layers))]
+    for i, (point, X, Y) in enumerate(points):
+        W = ridge_fit(X[:n_copies], Y[:n_copies], ridge)
+        r2 = _r2(X[n_copies:] @ W.T, Y[n_copies:], True)
+        if i == 0:
+            if zs0 is None:
+                continue
+            z, real = zs0, zs0 + theta
+        else:
+            z, real = zs[i - 1], inj[i - 1]
+        rows.append({"point": point, "layer": site.layer if i == 0 else site.layer + i - 1, "surrogate_acc": acc(z + W @ theta),
+                     "injected_acc": acc(real), "zero_shot_acc": acc(z), "fit_r2": r2})
+    res = LinearSurrogate(task.name, site.layer, tuple(rows), n_copies, test.n, time.perf_counter() - t0)
+    log.info("%r", res)
+    return res
+
+
 # --- the registry's declaration (the report's linear section; `tvlens analyze linear` is hand-written) ---
 
 from dataclasses import field as _field  # noqa: E402
@@ -282,10 +400,15 @@ class LinearOptions(Options):
     noise: float = _field(default=1.0, metadata={"help": "copy noise, as a fraction of ||theta||, > 0 (default 1.0)", "min": 0,
                                                                                                "min_exclusive": True})
     ridge: float = _field(default=1e-3, metadata={"help": "ridge, relative to the copies' mean squared norm (default 1e-3)", "min": 0})
+    surrogate: bool = _field(default=False, metadata={"help": "also the linear surrogate at every later layer, decoded by the "
+                                                              "logit lens (Figure 8B)"})
 
 
 def _run_linear(ctx, opts: LinearOptions):
-    return linear_propagation(ctx.model, ctx.vector, ctx.task, noise=opts.noise, ridge=opts.ridge)
+    fit = linear_propagation(ctx.model, ctx.vector, ctx.task, noise=opts.noise, ridge=opts.ridge)
+    if not opts.surrogate:
+        return fit
+    return [fit, linear_surrogate(ctx.model, ctx.vector, ctx.task, noise=opts.noise, ridge=opts.ridge)]
 
 
 register(Analysis("linear", LinearOptions, _run_linear, LinearFit, "Linear propagation", "Logit lens and linearity",

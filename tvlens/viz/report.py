@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tvlens._result import Result
-from tvlens.analysis import GROUPS, analyses, as_results
+from tvlens.analysis import GROUPS, analyses
 from tvlens.analysis import AnalysisContext as Context
 from tvlens.errors import ConfigError
 
@@ -144,7 +144,7 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
     keys = [k for k in keys if k not in skip]
     task = resolve_task(model, task)
     name = model_name or getattr(model.cfg, "model_name", "model")
-    ctx = ReportContext(model, "toy" if name == "tvlens-toy" else name, task, layer, seed, n)
+    ctx = _shared_context(model, "toy" if name == "tvlens-toy" else name, task, layer, seed, n)
     out = []
     for key in tqdm(keys, desc="report", disable=not progress):
         spec = SECTIONS[key]
@@ -252,27 +252,49 @@ def _ltv(ctx: ReportContext):
 
 
 def _sweep(ctx: ReportContext):
-    import tvlens as tv
-
-    return [tv.sweep(ctx.model, ctx.task, layers=ctx.layers(), fv_shots=8 if ctx.toy else 10, seed=ctx.seed,
-                     ltv_config=tv.LTVConfig(seed=ctx.seed), splits=ctx.splits)]
+    return [ctx.cache["claims"].sweep(ctx.task)]  # the claims' sweep (Figure 2), run once for both
 
 
 def _compare(ctx: ReportContext):
-    import tvlens as tv
+    return [ctx.cache["claims"].compare()]
 
-    return [tv.compare(ctx.model, [ctx.task], fv_shots=8 if ctx.toy else 10, seed=ctx.seed, ltv_config=tv.LTVConfig(seed=ctx.seed))]
+
+def _shared_context(model, name: str, task, layer: int | None, seed: int, n: int | None) -> ReportContext:
+    """The report's context: the claims' analysis context, with the claims context kept in its cache.
+
+    The claims table and the sections read the same LTV, the same registered analyses (with the claims'
+    key-head share, at least 3 heads), the same sweep and the same comparison: each is computed once.
+    """
+    from tvlens._claims import ClaimsContext
+
+    n_layers = int(model.cfg.n_layers)
+    layer = n_layers // 2 if layer is None else layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise ConfigError(f"layer {layer!r} is outside the model's layers 0..{n_layers - 1} (--layer, layer=)")
+    cc = ClaimsContext(model, name, (task,), layer, seed=seed, n=n)
+    ctx = cc.analysis_context()
+    ctx.cache["claims"] = cc
+    return ctx
+
+
+def _claims(ctx: ReportContext):
+    from tvlens._claims import evaluate
+
+    return [evaluate(ctx.cache["claims"])]
 
 
 def _analysis_section(spec):
-    """A section builder running a registered analysis with its default options."""
-    return lambda ctx: as_results(spec.run(ctx, spec.options()))
+    """A section builder running a registered analysis (the claims' options, shared with the claims table)."""
+    return lambda ctx: list(ctx.cache["claims"].analysis(spec.name))
 
 
 def _register_builtin() -> None:
     if SECTIONS:
         return
     b = "Baselines"
+    register_section("claims", "The paper's claims on this model", b, _claims,
+                     "One row per claim of the paper: the measured value with its 95% interval and the verdict, "
+                     "from the same analyses as the sections below (this task only, at the report's layer).")
     register_section("icl", "Zero-shot and ICL accuracy", b, _icl, "Full-vocabulary accuracy on the test queries by number of demonstrations.")
     register_section("ltv", "The learned task vector", b, _ltv, "Training history of the LTV every other section analyses (report layer, last position).")
     register_section("sweep", "Layer sweep: LTV, Vanilla TV, FV", b, _sweep, "A fresh single-site vector per method and layer (the paper's Figure 2).")
