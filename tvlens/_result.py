@@ -104,6 +104,11 @@ class Result:
         field, tensors as nested lists, nested results as their own payloads."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr}
 
+    def summary(self) -> dict:
+        """The headline numbers as a dict of plain values (every result's ``summary()`` is a dict; tables are
+        :meth:`to_frame`). The default: the scalar entries of :meth:`payload`."""
+        return {k: v for k, v in self.payload().items() if v is None or isinstance(v, (str, int, float, bool))}
+
     def text(self) -> str:
         """What ``tvlens analyze`` prints: the repr, then :meth:`to_frame` as a table."""
         try:
@@ -409,6 +414,12 @@ def _plain(v: Any) -> Any:
 # --- accuracy by condition -----------------------------------------------------------------------
 
 
+def count_accuracy(correct: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+    """``correct / n`` as float32, bit for bit what ``(pred == gold).float().mean()`` gave over ``n`` queries
+    (an exact float32 sum divided once): per-layer results store counts and read accuracies through this."""
+    return correct.to(torch.float32) / (n.to(torch.float32) if isinstance(n, torch.Tensor) else n)
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class ConditionAccuracy(Result):
     """The base of accuracy-by-condition results: ``correct[i]`` of ``n`` queries under ``conditions[i]``.
@@ -493,6 +504,11 @@ class ConditionAccuracy(Result):
                                for c, k in zip(self.conditions, self.correct)}}
         skip = {"task", "conditions", "correct", "n"}
         return {**base, **{f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr and f.name not in skip}}
+
+    def summary(self) -> dict:
+        """Task, n, and per condition the accuracy and its 95% Wilson interval."""
+        return {"task": self.task, "n": self.n, "accuracy": self.accuracies,
+                "ci95": {c: list(self.interval(c)) for c in self.conditions}}
 
     def text(self) -> str:
         width = max(len(c) for c in self.conditions)

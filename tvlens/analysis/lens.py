@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from jaxtyping import Float, Int
 
-from tvlens._result import Result
+from tvlens._result import ConditionAccuracy, Result, count_accuracy
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch, PromptSet
 
@@ -146,30 +146,78 @@ def lens_logits(model, states: Float[torch.Tensor, "*batch d_model"]) -> Float[t
 
 @dataclass(frozen=True, eq=False, repr=False)
 class LensResult(Result):
-    """Logit-lens accuracy and task alignment per condition and layer (the paper's Figure 7A)."""
+    """Logit-lens accuracy and task alignment per condition and layer (the paper's Figure 7A).
+
+    The accuracies are held as counts of the ``n`` queries per condition and layer; each layer's
+    accuracy by condition is a :class:`~tvlens._result.ConditionAccuracy` (:meth:`at_layer`: Wilson
+    intervals, frame, plot). ``accuracy`` and ``label_accuracy`` read the counts as shares [condition, layer].
+    """
 
     task: str
     conditions: tuple[str, ...]  # "zero-shot", "8-shot ICL", "θ@L1", ...
     layers: tuple[int, ...]  # 0..n_layers: input of block k; n_layers = final state
-    accuracy: Float[torch.Tensor, "condition layer"]  # lens argmax over the full vocabulary == first gold token
-    label_accuracy: Float[torch.Tensor, "condition layer"]  # argmax over the answer tokens Y only
+    correct: Int[torch.Tensor, "condition layer"]  # queries whose lens argmax over the full vocabulary == first gold token
+    label_correct: Int[torch.Tensor, "condition layer"]  # the same with the argmax over the answer tokens Y only
     alignment: Float[torch.Tensor, "condition layer"]  # mean task alignment of the (un-normalised) states
     definition: str
     n: int  # queries per condition
     answer_ids: Int[torch.Tensor, " label"]
     chance_alignment: float | None = None  # "span" alignment of a random direction, sqrt(rank(Y) / d): the floor
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        object.__setattr__(self, "layers", tuple(self.layers))
+        shape = (len(self.conditions), len(self.layers))
+        for name in ("correct", "label_correct", "alignment"):
+            if tuple(getattr(self, name).shape) != shape:
+                raise ConfigError(f"LensResult.{name} must have shape [condition, layer] = {list(shape)}, "
+                                  f"got {list(getattr(self, name).shape)}")
+
+    @classmethod
+    def declared_dims(cls, fields: dict) -> dict[str, int]:
+        c, lay = fields.get("conditions"), fields.get("layers")
+        return {**({"condition": len(c)} if isinstance(c, (list, tuple)) else {}),
+                **({"layer": len(lay)} if isinstance(lay, (list, tuple)) else {})}
+
+    @property
+    def accuracy(self) -> Float[torch.Tensor, "condition layer"]:
+        """Lens accuracy per condition and layer (share of the ``n`` queries, float32)."""
+        return count_accuracy(self.correct, self.n)
+
+    @property
+    def label_accuracy(self) -> Float[torch.Tensor, "condition layer"]:
+        """Accuracy of the argmax over the answer tokens Y only, per condition and layer."""
+        return count_accuracy(self.label_correct, self.n)
+
+    def at_layer(self, layer: int, what: str = "accuracy") -> ConditionAccuracy:
+        """The accuracy by condition at ``layer`` (``what``: ``"accuracy"`` or ``"label_accuracy"``), with
+        Wilson intervals; ``at_layer(n_layers)`` is the model's own accuracy under each condition."""
+        if what not in ("accuracy", "label_accuracy"):
+            raise ConfigError(f"what must be 'accuracy' or 'label_accuracy', got {what!r}")
+        if layer not in self.layers:
+            raise ConfigError(f"no layer {layer!r}; the layers are {list(self.layers)}")
+        counts = self.correct if what == "accuracy" else self.label_correct
+        return ConditionAccuracy(self.task, self.conditions, counts[:, self.layers.index(layer)], self.n)
+
     def __repr__(self) -> str:
         return f"LensResult({self.task!r}, {len(self.conditions)} conditions x {len(self.layers)} layers, n={self.n})"
 
     def to_frame(self):
-        """One row per (condition, layer): accuracy, label_accuracy, alignment."""
+        """One row per (condition, layer): accuracy (with its 95% Wilson interval and count), label_accuracy, alignment."""
         import pandas as pd
 
-        rows = [{"condition": c, "layer": layer, "accuracy": float(self.accuracy[i, j]),
-                 "label_accuracy": float(self.label_accuracy[i, j]), "alignment": float(self.alignment[i, j])}
+        acc, lab = self.accuracy, self.label_accuracy
+        ci = {layer: self.at_layer(layer) for layer in self.layers}
+        rows = [{"condition": c, "layer": layer, "accuracy": float(acc[i, j]),
+                 "ci_low": ci[layer].interval(c)[0], "ci_high": ci[layer].interval(c)[1], "correct": int(self.correct[i, j]),
+                 "label_accuracy": float(lab[i, j]), "alignment": float(self.alignment[i, j])}
                 for i, c in enumerate(self.conditions) for j, layer in enumerate(self.layers)]
         return pd.DataFrame(rows)
+
+    def summary(self) -> dict:
+        """The final layer's accuracy by condition (the model's own, :meth:`ConditionAccuracy.summary`), and where
+        ICL first beats zero-shot."""
+        return {**self.at_layer(self.layers[-1]).summary(), "icl_beats_zero_shot_layer": self.icl_beats_zero_shot_layer}
 
     def wide(self, what: str = "accuracy"):
         """``what`` (accuracy, label_accuracy, alignment) as a frame: a row per layer, a column per condition."""
@@ -179,8 +227,11 @@ class LensResult(Result):
         """The JSON of ``tvlens analyze lens``: per condition, accuracy, label accuracy and alignment per layer."""
         per = {what: {c: getattr(self, what)[i].tolist() for i, c in enumerate(self.conditions)}
                for what in ("accuracy", "label_accuracy", "alignment")}
+        at = [self.at_layer(layer) for layer in self.layers]
         return {"task": self.task, "n": self.n, "layers": list(self.layers), "conditions": list(self.conditions),
                 "alignment_definition": self.definition, "chance_alignment": self.chance_alignment, **per,
+                "correct": {c: self.correct[i].tolist() for i, c in enumerate(self.conditions)},
+                "ci95": {c: [list(a.interval(c)) for a in at] for c in self.conditions},
                 "icl_beats_zero_shot_layer": self.icl_beats_zero_shot_layer}
 
     def text(self, model: str = "") -> str:
@@ -287,7 +338,7 @@ def logit_lens(
         raise DegenerateInputError("logit_lens has no condition to run: shots is empty and no vectors were given; "
                                    "give shots=(0, 8) or vectors=[...]")
     ids = answer_token_ids(model, next(iter(sets.values())))
-    acc, lab, ali, count = [], [], [], None
+    acc, lab, ali, counts = [], [], [], set()
     for name, ps, edit in runs:
         batch = ps.tokenize(model)
         states = lens_states(model, batch, intervention=edit, batch_size=batch_size)  # [layer, batch, d_model]
@@ -295,15 +346,18 @@ def logit_lens(
         a, la = [], []
         for k in range(states.shape[0]):  # one layer at a time: [batch, d_vocab] stays small
             logits = lens_logits(model, states[k])
-            a.append((logits.argmax(-1) == gold).float().mean())
-            la.append((ids[logits[:, ids].argmax(-1)] == gold).float().mean())
+            a.append((logits.argmax(-1) == gold).sum())
+            la.append((ids[logits[:, ids].argmax(-1)] == gold).sum())
         acc.append(torch.stack(a))
         lab.append(torch.stack(la))
         ali.append(task_alignment(states, ids, model, definition=definition).mean(-1))
-        count = len(batch)
+        counts.add(len(batch))
+    if len(counts) != 1:  # every condition runs on n queries (the shares are counts / n)
+        raise ConfigError(f"the conditions ran on different numbers of queries {sorted(counts)}; give n= no larger than "
+                          "the task's test split")
     return LensResult(task=task.name, conditions=tuple(name for name, _, _ in runs),
-                      layers=tuple(range(model.cfg.n_layers + 1)), accuracy=torch.stack(acc), label_accuracy=torch.stack(lab),
-                      alignment=torch.stack(ali), definition=definition, n=int(count or 0), answer_ids=ids,
+                      layers=tuple(range(model.cfg.n_layers + 1)), correct=torch.stack(acc), label_correct=torch.stack(lab),
+                      alignment=torch.stack(ali), definition=definition, n=counts.pop(), answer_ids=ids,
                       chance_alignment=chance_alignment(model, ids, definition))
 
 

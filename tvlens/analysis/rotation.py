@@ -17,15 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
-from tvlens._result import Result
+from tvlens._result import ConditionAccuracy, Result, count_accuracy
 from tvlens.analysis._inputs import split_seed
 from tvlens.analysis.lens import answer_token_ids, decoded_tokens, task_alignment
 from tvlens.analysis.linear import linear_propagation
 from tvlens.errors import ConfigError
 
-__all__ = ["RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]
+__all__ = ["ROTATION_CONDITIONS", "RotationStretch", "polar", "rotation_vs_stretch", "transition_layer"]
 
 
 def polar(W: Float[torch.Tensor, "d_out d_in"]) -> tuple[Float[torch.Tensor, "d_out d_in"], Float[torch.Tensor, "d_in d_in"]]:
@@ -49,30 +49,115 @@ def transition_layer(layers: Sequence[int], cos: Sequence[float], threshold: flo
     return out
 
 
+ROTATION_CONDITIONS = ("injected", "reconstructed", "mean_shift", "zero_shot")  # the accuracy conditions per layer
+_METRICS = ("fit_r2", "cos_theta_Qtheta", "alignment_theta", "alignment_Qtheta", "q_minus_i", "q_minus_i_rel", "theta_norm")
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class RotationStretch(Result):
-    """Per-layer linear propagation and its rotation / stretch split (the paper's Figures 8A, 9A-C)."""
+    """Per-layer linear propagation and its rotation / stretch split (the paper's Figures 8A, 9A-C).
+
+    Per layer of ``layers``: the accuracy of the test queries under each of :data:`ROTATION_CONDITIONS`
+    (θ injected at its site, W θ or the true mean shift added to the final state, zero-shot) held as
+    counts of ``n[layer]`` queries, a :class:`~tvlens._result.ConditionAccuracy` per layer
+    (:meth:`at_layer`); the fit's R², ``cos(θ, Qθ)``, the task alignment of θ and Qθ, ``||Q - I||_F``
+    (and over ``sqrt(d_model)``), ``||θ||`` and the decoded tokens of θ and Qθ. :attr:`rows` gives one
+    dict per layer (the columns of :meth:`to_frame`).
+    """
 
     task: str
-    rows: tuple[dict, ...]  # one per layer: see to_frame()
+    layers: tuple[int, ...]
+    correct: Int[torch.Tensor, "layer condition"]  # test queries answered correctly, in ``conditions`` order
+    n: Int[torch.Tensor, " layer"]  # test queries of each layer's fit
+    fit_r2: Float[torch.Tensor, " layer"]  # held-out R² of W_TV (float64: the fits' numbers exactly)
+    cos_theta_Qtheta: Float[torch.Tensor, " layer"]
+    alignment_theta: Float[torch.Tensor, " layer"]
+    alignment_Qtheta: Float[torch.Tensor, " layer"]
+    q_minus_i: Float[torch.Tensor, " layer"]  # ||Q - I||_F
+    q_minus_i_rel: Float[torch.Tensor, " layer"]  # ||Q - I||_F / sqrt(d_model)
+    theta_norm: Float[torch.Tensor, " layer"]
+    decoded_theta: tuple[str, ...]  # top tokens of θ, repr'd and space-joined, per layer
+    decoded_Qtheta: tuple[str, ...]
+    n_copies: tuple[int, ...]
+    seconds: tuple[float, ...]  # each fit's time
     transition_layer: int | None  # rotation gives way to stretch (see the module docstring)
     icl_layer: int | None  # first layer where ICL beats zero-shot in logit-lens accuracy (when a lens was given)
     threshold: float
     definition: str  # task-alignment definition
+    conditions: tuple[str, ...] = ROTATION_CONDITIONS
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "conditions", "decoded_theta", "decoded_Qtheta", "n_copies", "seconds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        L = len(self.layers)
+        if tuple(self.correct.shape) != (L, len(self.conditions)):
+            raise ConfigError(f"RotationStretch.correct must have shape [layer, condition] = {[L, len(self.conditions)]}, "
+                              f"got {list(self.correct.shape)}")
+        for name in ("n", *_METRICS):
+            if tuple(getattr(self, name).shape) != (L,):
+                raise ConfigError(f"RotationStretch.{name} must hold one value per layer ({L}), got shape {list(getattr(self, name).shape)}")
+        for name in ("decoded_theta", "decoded_Qtheta", "n_copies", "seconds"):
+            if len(getattr(self, name)) != L:
+                raise ConfigError(f"RotationStretch.{name} must hold one entry per layer ({L}), got {len(getattr(self, name))}")
+
+    @classmethod
+    def declared_dims(cls, fields: dict) -> dict[str, int]:
+        lay, c = fields.get("layers"), fields.get("conditions", ROTATION_CONDITIONS)
+        return {**({"layer": len(lay)} if isinstance(lay, (list, tuple)) else {}),
+                **({"condition": len(c)} if isinstance(c, (list, tuple)) else {})}
+
+    def at_layer(self, layer: int) -> ConditionAccuracy:
+        """The accuracy by condition (:data:`ROTATION_CONDITIONS`) at ``layer``, with Wilson intervals."""
+        if layer not in self.layers:
+            raise ConfigError(f"no layer {layer!r}; the layers are {list(self.layers)}")
+        i = self.layers.index(layer)
+        return ConditionAccuracy(self.task, self.conditions, self.correct[i], int(self.n[i]))
+
+    @property
+    def accuracy(self) -> Float[torch.Tensor, "layer condition"]:
+        """Share of each layer's test queries answered correctly per condition (float32, as the fits measured it)."""
+        return count_accuracy(self.correct, self.n[:, None])
+
+    @property
+    def rows(self) -> tuple[dict, ...]:
+        """One dict per layer: layer, {injected, reconstructed, zero_shot, mean_shift}_acc, the metrics, the decoded
+        tokens, n_test, n_copies, seconds."""
+        acc = self.accuracy
+        col = {c: i for i, c in enumerate(self.conditions)}
+        out = []
+        for i, layer in enumerate(self.layers):
+            row = {"layer": layer, **{f"{c}_acc": float(acc[i, col[c]]) for c in ("injected", "reconstructed", "zero_shot", "mean_shift")
+                                      if c in col}}
+            row.update({m: float(getattr(self, m)[i]) for m in _METRICS})
+            row.update({"decoded_theta": self.decoded_theta[i], "decoded_Qtheta": self.decoded_Qtheta[i], "n_test": int(self.n[i]),
+                        "n_copies": self.n_copies[i], "seconds": self.seconds[i]})
+            out.append(row)
+        return tuple(out)
 
     def __repr__(self) -> str:
-        return (f"RotationStretch({self.task!r}, layers {[r['layer'] for r in self.rows]}, "
+        return (f"RotationStretch({self.task!r}, layers {list(self.layers)}, "
                 f"transition_layer={self.transition_layer}, icl_layer={self.icl_layer})")
 
     def to_frame(self):
+        """One row per layer (the keys of :attr:`rows`)."""
         import pandas as pd
 
         return pd.DataFrame(list(self.rows))
 
+    def accuracy_frame(self):
+        """One row per (layer, condition): accuracy, its 95% Wilson interval, n, correct."""
+        import pandas as pd
+
+        return pd.concat([self.at_layer(layer).to_frame().assign(layer=layer) for layer in self.layers], ignore_index=True)[
+            ["layer", "condition", "accuracy", "ci_low", "ci_high", "n", "correct"]]
+
     def payload(self) -> dict:
-        """The JSON of ``tvlens analyze linear --json``."""
-        return {"task": self.task, "layers": [dict(r) for r in self.rows], "transition_layer": self.transition_layer,
-                "icl_beats_zero_shot_layer": self.icl_layer, "threshold": self.threshold, "alignment_definition": self.definition}
+        """The JSON of ``tvlens analyze linear --json``: per layer its row and, as in every accuracy-by-condition
+        result, ``conditions``: {condition: {accuracy, correct, ci95}}."""
+        return {"task": self.task,
+                "layers": [{**r, "conditions": self.at_layer(r["layer"]).payload()["conditions"]} for r in self.rows],
+                "transition_layer": self.transition_layer, "icl_beats_zero_shot_layer": self.icl_layer,
+                "threshold": self.threshold, "alignment_definition": self.definition}
 
     def text(self, model: str = "") -> str:
         """The per-layer table, the transition layer and the ICL layer, and the decoded tokens of Qθ."""
@@ -86,11 +171,17 @@ class RotationStretch(Result):
                           "decoded tokens of Qθ:"] + [f"  L{r['layer']}: {r['decoded_Qtheta']}" for r in self.rows])
 
     def plot(self):
-        """Accuracy (injected, reconstructed, zero-shot), alignment of theta vs Q theta, cos(theta, Q theta)."""
+        """Accuracy (injected, reconstructed, zero-shot; 95% Wilson intervals), alignment of theta vs Q theta, cos(theta, Q theta)."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         df = self.to_frame()
+        acc = self.accuracy_frame()
+        bars = {}
+        for c in ("injected", "reconstructed", "zero_shot"):
+            a = acc[acc.condition == c]
+            bars[f"{c}_acc"] = {"type": "data", "symmetric": False, "array": (a.ci_high - a.accuracy).tolist(),
+                                "arrayminus": (a.accuracy - a.ci_low).tolist()}
         fig = make_subplots(rows=1, cols=3, subplot_titles=("accuracy: θ vs W θ", "alignment: θ vs Qθ",
                                                              "cos(θ, Qθ) and ||Q − I||/√d"))
         x = df["layer"].tolist()
@@ -98,7 +189,8 @@ class RotationStretch(Result):
                                  ("zero_shot_acc", 1, "zero-shot"), ("alignment_theta", 2, "alignment(θ)"),
                                  ("alignment_Qtheta", 2, "alignment(Qθ)"), ("cos_theta_Qtheta", 3, "cos(θ, Qθ)"),
                                  ("q_minus_i_rel", 3, "||Q − I||/√d")):
-            fig.add_trace(go.Scatter(x=x, y=df[col].tolist(), mode="lines+markers", name=label), row=1, col=name)
+            fig.add_trace(go.Scatter(x=x, y=df[col].tolist(), mode="lines+markers", name=label, error_y=bars.get(col)),
+                          row=1, col=name)
         for layer, dash in ((self.transition_layer, "dash"), (self.icl_layer, "dot")):
             if layer is not None:
                 for c in (1, 2, 3):
@@ -166,7 +258,8 @@ def rotation_vs_stretch(
                                n=fit_options.get("n_test", 200))
     ids = answer_token_ids(model, prompts)
     d = model.cfg.d_model
-    rows = []
+    eye = torch.eye(d)
+    layers, correct, ns, metrics, dec_theta, dec_q, copies, secs = [], [], [], [], [], [], [], []
     for layer in sorted(vecs):
         v = vecs[layer]
         fit = (fits or {}).get(layer) or linear_propagation(model, v, task, prompts=None if task is not None else prompts, **fit_options)
@@ -175,21 +268,23 @@ def rotation_vs_stretch(
         q_theta = Q @ theta
         align = task_alignment(torch.stack([theta, q_theta]), ids, model, definition=definition)
         dec = decoded_tokens(model, {"θ": theta, "Qθ": q_theta}, k)
-        eye = torch.eye(d)
-        rows.append({
-            "layer": layer, "injected_acc": fit.injected_acc, "reconstructed_acc": fit.reconstructed_acc,
-            "zero_shot_acc": fit.zero_shot_acc, "mean_shift_acc": fit.mean_shift_acc, "fit_r2": fit.fit_r2,
-            "cos_theta_Qtheta": float(torch.nn.functional.cosine_similarity(theta, q_theta, dim=0)),
-            "alignment_theta": float(align[0]), "alignment_Qtheta": float(align[1]),
-            "q_minus_i": float((Q - eye).norm()), "q_minus_i_rel": float((Q - eye).norm() / d**0.5),
-            "theta_norm": float(theta.norm()), "decoded_theta": " ".join(map(repr, dec.tokens[0])),
-            "decoded_Qtheta": " ".join(map(repr, dec.tokens[1])), "n_test": fit.n_test, "n_copies": fit.n_copies,
-            "seconds": round(fit.seconds, 2),
-        })
-    layers = [r["layer"] for r in rows]
+        accs = {"injected": fit.injected_acc, "reconstructed": fit.reconstructed_acc, "mean_shift": fit.mean_shift_acc,
+                "zero_shot": fit.zero_shot_acc}
+        layers.append(layer)
+        correct.append([round(accs[c] * fit.n_test) for c in ROTATION_CONDITIONS])  # the fit's shares are counts / n_test
+        ns.append(fit.n_test)
+        metrics.append([fit.fit_r2, float(torch.nn.functional.cosine_similarity(theta, q_theta, dim=0)), float(align[0]),
+                        float(align[1]), float((Q - eye).norm()), float((Q - eye).norm() / d**0.5), float(theta.norm())])
+        dec_theta.append(" ".join(map(repr, dec.tokens[0])))
+        dec_q.append(" ".join(map(repr, dec.tokens[1])))
+        copies.append(fit.n_copies)
+        secs.append(round(fit.seconds, 2))
+    m = torch.tensor(metrics, dtype=torch.float64)  # [layer, metric]: python floats kept exactly
+    cols = {name: m[:, j] for j, name in enumerate(_METRICS)}
     return RotationStretch(
-        task=prompts.task.name if task is None else task.name, rows=tuple(rows),
-        transition_layer=transition_layer(layers, [r["cos_theta_Qtheta"] for r in rows], threshold),
+        task=prompts.task.name if task is None else task.name, layers=tuple(layers), correct=torch.tensor(correct),
+        n=torch.tensor(ns), **cols, decoded_theta=tuple(dec_theta), decoded_Qtheta=tuple(dec_q), n_copies=tuple(copies),
+        seconds=tuple(secs), transition_layer=transition_layer(layers, cols["cos_theta_Qtheta"].tolist(), threshold),
         icl_layer=None if lens is None else lens.icl_beats_zero_shot_layer, threshold=float(threshold), definition=definition)
 
 
