@@ -32,6 +32,16 @@ _private_cache()
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test, as every worker job runs (torch's CPU kernels may round differently
+    at another thread count, so a bit-for-bit reference must use the workers' count); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to resolve a host or open a socket fails loudly (and instantly)."""
 

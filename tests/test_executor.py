@@ -55,7 +55,7 @@ def _in_process(model, requests):
             for t, s, k, c, o, sp in requests]
 
 
-def test_local_workers_give_the_in_process_vectors(toy_model):
+def test_local_workers_give_the_in_process_vectors(toy_model, one_thread):
     reqs = _requests(tv.tasks.get("toy/antonym"))
     got = train_ltvs(reqs, spec="toy", executor=LocalExecutor(2))
     for a, b in zip(got, _in_process(toy_model, reqs)):
@@ -63,7 +63,7 @@ def test_local_workers_give_the_in_process_vectors(toy_model):
     assert train_ltvs(reqs, spec=None, executor=LocalExecutor(2)) is None  # no spec: the caller trains itself
 
 
-def test_ray_gives_the_local_vectors(toy_model):
+def test_ray_gives_the_local_vectors(toy_model, one_thread):
     ray = pytest.importorskip("ray")
     reqs = _requests(tv.tasks.get("toy/antonym"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

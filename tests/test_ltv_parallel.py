@@ -15,7 +15,7 @@ from tvlens.errors import WorkerError
 LAYERS = [0, 1, 2, 3]
 
 
-def test_workers_equal_sequential(toy_model):
+def test_workers_equal_sequential(toy_model, one_thread):
     seq, _ = tv.train_ltv_layers(toy_model, "toy/antonym", LAYERS, seed=3, workers=1, progress=False)
     par, secs = tv.train_ltv_layers(toy_model, "toy/antonym", LAYERS, seed=3, workers=2, spec="toy", progress=False)
     assert list(par) == LAYERS and set(secs) == set(LAYERS)

@@ -15,7 +15,8 @@ Context:
       it is not ours).
 
     Every job runs with the caller's ``TVLENS_*`` environment (cache dir, ``--no-cache``) and one
-    torch thread, so a job's result equals the sequential run's bit for bit. A failing job raises
+    torch thread, so a job's result equals a sequential run's on one torch thread bit for bit (torch's
+    CPU kernels may round in the last bits differently at another thread count). A failing job raises
     :class:`~tvlens.errors.WorkerError` naming the job (``err.job``) with the worker's traceback
     (in-process, the job's own exception, with a note naming the job); the remaining jobs are
     cancelled and no worker is left running.

@@ -137,7 +137,7 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
 def train_ltvs(requests, *, spec: str | None, executor, progress: bool = False) -> list | None:
     """Fan ``requests`` out as jobs: each ``(task, sites, shots, config, out_of_range, splits)`` is trained
     exactly as ``train_ltv(model, task, sites=, shots=, config=, splits=, out_of_range=)`` would in this
-    process (same vector, bit for bit); returns the TaskVectors in order, or None when the requests cannot
+    process on one torch thread (same vector, bit for bit); returns the TaskVectors in order, or None when the requests cannot
     leave this process (no spec string, a task that does not ship, splits that are not
     ``make_splits(task, seed=...)``): the caller then trains them itself. Workers use the vector store
     (:mod:`tvlens.store`) like any ``train_ltv`` call."""
