@@ -59,6 +59,19 @@ def test_training_is_deterministic():
     assert a.losses == b.losses
 
 
+def test_training_restores_the_callers_thread_count():
+    """``cfg.threads`` holds for the run only (it used to leak and make other tests depend on order)."""
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    cfg = dataclasses.replace(ToyTrainConfig(), n_layers=1, d_model=32, n_heads=2, d_mlp=64, steps=1, batch_size=2,
+                              threads=other)
+    try:
+        train_toy_model(cfg, progress=False)
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_checkpoint_roundtrip(tmp_path):
     from tvlens.toy import load_toy_checkpoint, save_toy_checkpoint
 

@@ -180,12 +180,23 @@ class ToyTrainResult:
 
 
 def train_toy_model(cfg: ToyTrainConfig = ToyTrainConfig(), *, progress: bool = True) -> ToyTrainResult:
-    """Train the embedded model from scratch (deterministic for a given config on CPU)."""
+    """Train the embedded model from scratch (deterministic for a given config on CPU).
+
+    ``cfg.threads`` sets torch's thread count for the run only; the caller's count is restored after.
+    """
+    threads = torch.get_num_threads()
+    try:
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        return _train(cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: ToyTrainConfig, progress: bool) -> ToyTrainResult:
     from tqdm.auto import tqdm
     from transformer_lens import HookedTransformer
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = HookedTransformer(cfg.model_config())
     with tempfile.TemporaryDirectory() as tmp:  # TransformerLens reloads tokenizers by path
