@@ -98,7 +98,7 @@ def test_composition_oracles_on_tiny_models(tiny):
     a = vec(torch.randn(32, generator=gen) * 40, "toy/antonym", model=tiny)
     minus_a = a.with_values(-a.values, task="toy/capitalize")
     res = composition(tiny, a, minus_a, "toy/capitalize+antonym", scales=(1.0, 2.0), shots=None, n=20)
-    acc = res.accuracy
+    acc = res.accuracies
     assert res.conditions == ("zero-shot", "a", "b", "a+b", "2(a+b)")
     assert acc["a+b"] == acc["zero-shot"] == acc["2(a+b)"]  # a + (-a) = 0
     assert res.cos_ab == pytest.approx(-1.0)

@@ -393,7 +393,7 @@ def _composition(cc) -> Measurement:
     comp = _geometry(cc).get("Composition")
     if comp is None:
         return Measurement({"gap": None}, None, None, (cc.task.name,), (cc.layer,))
-    acc = {c: int(k) / comp.n for c, k in zip(comp.conditions, comp.correct)}
+    acc = comp.accuracies
     singles = max(acc.get("a", 0.0), acc.get("b", 0.0))
     sums = {c: a for c, a in acc.items() if "+" in c}
     best = max(sums, key=sums.get)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Int
 
-from tvlens._result import Result
+from tvlens._result import ConditionAccuracy
 from tvlens._validate import no_type_check
-from tvlens.analysis._vectors import _check_vectors, _ci, _eval, _task
+from tvlens.analysis._vectors import _check_vectors, _eval, _task
 from tvlens.errors import ConfigError
 from tvlens.tasks._task import Task
 from tvlens.vector import TaskVector
@@ -31,19 +31,20 @@ __all__ = ["Composition", "composition"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Composition(Result):
-    """Accuracy on a composed task: zero-shot, ICL, each vector alone, their (scaled) sums."""
+class Composition(ConditionAccuracy):
+    """Accuracy on a composed task: zero-shot, ICL, each vector alone, their (scaled) sums.
 
-    task: str  # the composed task
-    task_a: str
-    task_b: str
-    conditions: tuple[str, ...]  # e.g. "zero-shot", "5-shot ICL", "a", "b", "a+b", "0.5(a+b)"
-    correct: Int[torch.Tensor, " condition"]
-    n: int
-    cos_ab: float  # cosine between the two vectors
-    scales: tuple[float, ...]  # the sum scales evaluated
-    matches_a: Int[torch.Tensor, " condition"]  # predictions equal to task_a's own answer for the input (-1: unknown)
-    matches_b: Int[torch.Tensor, " condition"]  # likewise for task_b
+    On the :class:`~tvlens._result.ConditionAccuracy` base: ``accuracy(c)``, ``interval(c)``,
+    ``accuracies``, ``payload()``, ``text()``, ``summary()``; ``to_frame`` adds how often each
+    condition answers as task a or task b instead.
+    """
+
+    task_a: str = ""
+    task_b: str = ""
+    cos_ab: float = math.nan  # cosine between the two vectors
+    scales: tuple[float, ...] = ()  # the sum scales evaluated
+    matches_a: Int[torch.Tensor, " condition"] | None = None  # predictions equal to task_a's own answer for the input (-1: unknown)
+    matches_b: Int[torch.Tensor, " condition"] | None = None  # likewise for task_b
     queries: tuple[str, ...] = ()  # the test queries' inputs, in order
     predicted: Int[torch.Tensor, "condition batch"] | None = None  # full-vocabulary argmax per condition and query
     gold: Int[torch.Tensor, " batch"] | None = None  # first token of the composed answer
@@ -60,35 +61,29 @@ class Composition(Result):
         frame.update({c: dec(self.predicted[i].tolist()) for i, c in enumerate(self.conditions)})
         return pd.DataFrame(frame)
 
-    @property
-    def accuracy(self) -> dict[str, float]:
-        return {c: int(k) / self.n for c, k in zip(self.conditions, self.correct)}
-
     def at(self, condition: str) -> float:
-        return self.accuracy[condition]
+        """Same as :meth:`accuracy`."""
+        return self.accuracy(condition)
 
     @property
     def best_sum(self) -> str:
         sums = [c for c in self.conditions if "a+b" in c]
-        return max(sums, key=lambda c: self.accuracy[c])
+        return max(sums, key=self.accuracy)
 
     @property
     def sum_beats_each(self) -> bool:
         """The best sum's 95% interval lies above zero-shot's and each single vector's upper bound."""
-        lo = _ci(int(self.correct[self.conditions.index(self.best_sum)]), self.n)[0]
-        return all(lo > _ci(int(self.correct[self.conditions.index(c)]), self.n)[1] for c in ("zero-shot", "a", "b"))
+        lo = self.interval(self.best_sum)[0]
+        return all(lo > self.interval(c)[1] for c in ("zero-shot", "a", "b"))
 
     def to_frame(self):
-        import pandas as pd
-
-        rows = []
-        for c, k in zip(self.conditions, self.correct.tolist()):
-            lo, hi = _ci(k, self.n)
-            i = self.conditions.index(c)
-            ma, mb = int(self.matches_a[i]), int(self.matches_b[i])
-            rows.append({"condition": c, "accuracy": k / self.n, "ci_low": lo, "ci_high": hi, "n": self.n,
-                         "answers_as_a": ma / self.n if ma >= 0 else math.nan, "answers_as_b": mb / self.n if mb >= 0 else math.nan})
-        return pd.DataFrame(rows)
+        """The base frame (condition, accuracy, ci_low, ci_high, n, correct) plus answers_as_a and
+        answers_as_b: the share of queries answered with task a's (b's) own answer, NaN when unknown."""
+        df = super().to_frame()
+        for col, m in (("answers_as_a", self.matches_a), ("answers_as_b", self.matches_b)):
+            df[col] = [int(k) / self.n if m is not None and int(k) >= 0 else math.nan
+                       for k in (m.tolist() if m is not None else [-1] * len(self.conditions))]
+        return df
 
     def plot(self):
         """Bars per condition: accuracy on the composed task (95% Wilson intervals), and how often
@@ -106,10 +101,6 @@ class Composition(Result):
         fig.update_layout(title=f"Composition on {self.task} (n={self.n}, cos(a, b) = {self.cos_ab:.2f})",
                           yaxis_title="accuracy", yaxis_range=[0, 1.05])
         return fig
-
-    def __repr__(self) -> str:
-        acc = ", ".join(f"{c}={a:.2f}" for c, a in self.accuracy.items())
-        return f"Composition({self.task!r}: {acc})"
 
 
 @no_type_check
@@ -142,9 +133,10 @@ def composition(model, vec_a: TaskVector, vec_b: TaskVector, composed_task: Task
         runs.append(("a+b" if s == 1.0 else f"{s:g}(a+b)", _eval(model, ps, both, s, batch_size=batch_size)))
     match = [torch.tensor([int((r.predicted == ids).sum()) if ids is not None else -1 for _, r in runs]) for ids in single]
     cos = float(torch.nn.functional.cosine_similarity(vec_a.values.flatten().float(), vec_b.values.flatten().float(), dim=0))
-    return Composition(task.name, vec_a.task, vec_b.task, tuple(c for c, _ in runs), torch.tensor([r.correct for _, r in runs]),
-                       len(ps), cos, scales, match[0], match[1], tuple(q.query(task.template) for q in ps.queries),
-                       torch.stack([r.predicted for _, r in runs]), runs[0][1].gold)
+    return Composition(task.name, tuple(c for c, _ in runs), torch.tensor([r.correct for _, r in runs]), len(ps),
+                       task_a=vec_a.task, task_b=vec_b.task, cos_ab=cos, scales=scales, matches_a=match[0],
+                       matches_b=match[1], queries=tuple(q.query(task.template) for q in ps.queries),
+                       predicted=torch.stack([r.predicted for _, r in runs]), gold=runs[0][1].gold)
 
 
 def _answers_of(model, prompts, task_name: str):
