@@ -116,7 +116,7 @@ def test_bad_inputs(toy_model):
 def test_linear_propagation_and_rotation_on_the_embedded_model(toy_model):
     task = "toy/category"
     vecs = {layer: tv.train_ltv(toy_model, task, layers=[layer], progress=False).vector for layer in (1, 3)}
-    res = rotation_vs_stretch(toy_model, vecs, task, n_test=25)
+    res = rotation_vs_stretch(toy_model, vecs, task, n=25)
     assert isinstance(res, RotationStretch)
     df = res.to_frame()
     assert df["layer"].tolist() == [1, 3]
@@ -203,8 +203,11 @@ def test_linear_surrogate_figure_8b_oracles(toy_model):
     from tvlens.analysis.linear import LinearSurrogate, linear_surrogate
 
     vec = tv.train_ltv(toy_model, "toy/antonym", layers=[1], progress=False).vector
-    sur = linear_surrogate(toy_model, vec, "toy/antonym", n_test=25)
-    fit = linear_propagation(toy_model, vec, "toy/antonym", n_test=25)
+    sur = linear_surrogate(toy_model, vec, "toy/antonym", n=25)
+    fit = linear_propagation(toy_model, vec, "toy/antonym", n=25)
+    with pytest.deprecated_call(match=r"linear_propagation\(n_test=\.\.\.\) is now linear_propagation\(n=\.\.\.\)"):
+        old = linear_propagation(toy_model, vec, "toy/antonym", n_test=25)  # the old name still works
+    assert old.n_test == fit.n_test == 25 and torch.equal(old.W, fit.W)
     rows = sur.rows
     assert [r["point"] for r in rows] == ["injection", "L1 out", "L2 out", "L3 out", "L4 out"]
     assert rows[0]["surrogate_acc"] == rows[0]["injected_acc"]  # W = I at the site: the surrogate is the real state
@@ -216,7 +219,7 @@ def test_linear_surrogate_figure_8b_oracles(toy_model):
     assert len(sur.to_frame()) == len(rows) and len(sur.plot().data) == 3
     zero = dataclasses.replace(vec, values=vec.values * 0)
     with pytest.raises(tv.errors.DegenerateInputError):
-        linear_surrogate(toy_model, zero, "toy/antonym", n_test=5)
+        linear_surrogate(toy_model, zero, "toy/antonym", n=5)
     spec = get_analysis("linear")  # the registered option: default off, on gives both results
     assert spec.options().surrogate is False
     ctx = AnalysisContext(toy_model, "toy", tv.tasks.get("toy/antonym"), None, given_vector=vec)

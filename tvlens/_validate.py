@@ -203,3 +203,17 @@ def check_output_dir(path, what: str = "output folder") -> "Path":
             raise OutputPathError(f"{what} {str(p)!r} is not writable; choose a folder you can write to")
         return p
     return check_output_path(p, what)
+
+
+UNSET = type("Unset", (), {"__repr__": lambda self: "UNSET", "__bool__": lambda self: False})()  # an argument not given
+
+
+def renamed(owner: str, old: str, new: str, old_value, new_value):
+    """The value of a keyword renamed from ``old`` to ``new``: ``new_value`` unless ``old`` was given
+    (``old_value`` is not :data:`UNSET`), then ``old_value`` with a DeprecationWarning."""
+    if old_value is UNSET:
+        return new_value
+    import warnings
+
+    warnings.warn(f"{owner}({old}=...) is now {owner}({new}=...); {old}= will be removed", DeprecationWarning, stacklevel=3)
+    return old_value

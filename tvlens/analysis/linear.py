@@ -37,6 +37,7 @@ import torch
 from jaxtyping import Float
 
 from tvlens._result import Result
+from tvlens._validate import UNSET, renamed
 from tvlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -202,15 +203,17 @@ def linear_propagation(
     noise: float = 1.0,
     ridge: float = 1e-3,
     n_queries: int = 16,
-    n_test: int | None = 200,
+    n: int | None = 200,
     seed: int = 0,
     rows_per_pass: int = 512,
+    n_test=UNSET,
 ) -> LinearFit:
     """Fit ``W_TV(l)`` for a one-site vector and compare ``W theta`` added to the final state with injection.
 
     ``n_copies`` (default ``ceil(1.1 * d_model)``) noisy copies fit ``W``; ``n_heldout`` (default
     ``max(32, d_model // 8)``) more give R^2. The shift is the mean over ``n_queries`` zero-shot
-    train queries; accuracies are on ``n_test`` zero-shot test queries (or on ``prompts``).
+    train queries; accuracies are on ``n`` zero-shot test queries (None: all; or on ``prompts``).
+    ``n_test`` is the old name of ``n``.
     """
     import time
 
@@ -226,10 +229,11 @@ def linear_propagation(
 
     check_vector(model, vector)
     site = _single_site(vector)
+    n = renamed("linear_propagation", "n_test", "n", n_test, n)
     check_int("linear_propagation", "seed", seed)
     check_int("linear_propagation", "rows_per_pass", rows_per_pass, min=1)
-    if n_test is not None:
-        check_int("linear_propagation", "n_test", n_test, min=1)
+    if n is not None:
+        check_int("linear_propagation", "n", n, min=1)
     if not bool(vector.values.detach().float().norm() * abs(vector.scale) > 0):
         raise DegenerateInputError(f"linear propagation of a zero vector ({vector.task!r} at {site}, scale {vector.scale}): "
                                    "its noisy copies are all zero and W cannot be fitted; give a non-zero vector")
@@ -248,7 +252,7 @@ def linear_propagation(
         task = get_task(task) if isinstance(task, str) else task
         splits = make_splits(task, seed=split_seed(vector, seed))
         fit_prompts = make_prompts(splits, "train", k=0, seed=seed, n=n_queries)
-        prompts = make_prompts(splits, "test", k=0, seed=seed, n=n_test)
+        prompts = make_prompts(splits, "test", k=0, seed=seed, n=n)
     else:
         fit_prompts = prompts.subset(slice(0, n_queries))
         task = prompts.task
@@ -323,7 +327,8 @@ class LinearSurrogate(Result):
 
 
 def linear_surrogate(model, vector, task, *, n_copies: int | None = None, n_heldout: int | None = None, noise: float = 1.0,
-                     ridge: float = 1e-3, n_queries: int = 16, n_test: int | None = 200, seed: int = 0) -> LinearSurrogate:
+                     ridge: float = 1e-3, n_queries: int = 16, n: int | None = 200, seed: int = 0,
+                     n_test=UNSET) -> LinearSurrogate:
     """Figure 8B: at the injection point and after every block from θ's layer up, fit ``W_m`` (the mean shift of the
     layer-``m`` last-token state ~= ``W_m θ'`` over noisy copies, as in :func:`linear_propagation`) and decode by the
     logit lens the zero-shot state plus ``W_m θ``, the real injected state and the zero-shot state."""
@@ -339,6 +344,7 @@ def linear_surrogate(model, vector, task, *, n_copies: int | None = None, n_held
 
     check_vector(model, vector)
     site = _single_site(vector)
+    n = renamed("linear_surrogate", "n_test", "n", n_test, n)
     if not bool(vector.values.detach().float().norm() * abs(vector.scale) > 0):
         raise DegenerateInputError(f"the linear surrogate of a zero vector ({vector.task!r} at {site}) cannot be fitted "
                                    "(every noisy copy is zero); give a non-zero vector")
@@ -349,7 +355,7 @@ def linear_surrogate(model, vector, task, *, n_copies: int | None = None, n_held
     vector.check_task(task)
     splits = make_splits(task, seed=split_seed(vector, seed))
     fit_set = SuffixStates(model, make_prompts(splits, "train", k=0, seed=seed, n=n_queries), site)
-    test = SuffixStates(model, make_prompts(splits, "test", k=0, seed=seed, n=n_test), site)
+    test = SuffixStates(model, make_prompts(splits, "test", k=0, seed=seed, n=n), site)
     theta = vector.values[0].detach().float() * vector.scale
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(n_copies + n_heldout, d, generator=g)

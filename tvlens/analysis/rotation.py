@@ -208,6 +208,8 @@ def rotation_vs_stretch(
     task=None,
     *,
     prompts=None,
+    n: int | None = 200,
+    seed: int = 0,
     lens=None,
     threshold: float = 0.5,
     k: int = 5,
@@ -219,8 +221,9 @@ def rotation_vs_stretch(
 
     ``vectors_by_layer``: ``{layer: TaskVector}`` or one-site TaskVectors. ``lens``: a
     :class:`~tvlens.analysis.LensResult` with an ICL condition, for the ICL-beats-zero-shot layer.
-    ``fits``: ``{layer: LinearFit}`` already computed (skips those fits); ``fit_options`` go to
-    :func:`~tvlens.analysis.linear_propagation`.
+    ``fits``: ``{layer: LinearFit}`` already computed (skips those fits); ``n`` test queries (None: all)
+    and ``seed`` as in :func:`~tvlens.analysis.linear_propagation`, where the other ``fit_options`` go;
+    ``k``: decoded tokens of θ and Qθ.
     """
     from tvlens.prompts import make_prompts, make_splits
     from tvlens.tasks import get as get_task
@@ -249,13 +252,16 @@ def rotation_vs_stretch(
                               f"layer {key!r}; key each vector by its own layer ({{v.sites[0].layer: v}}) or pass a list")
     check_float("rotation_vs_stretch", "threshold", threshold, min=-1, max=1)
     check_int("rotation_vs_stretch", "k", k, min=1)
+    if "n_test" in fit_options:
+        from tvlens._validate import renamed
+
+        n = renamed("rotation_vs_stretch", "n_test", "n", fit_options.pop("n_test"), n)
+    fit_options = {**fit_options, "n": n, "seed": seed}
     if prompts is None:
         if task is None:
             raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
         task = get_task(task) if isinstance(task, str) else task
-        seed = fit_options.get("seed", 0)
-        prompts = make_prompts(make_splits(task, seed=split_seed(next(iter(vecs.values())), seed)), "test", k=0, seed=seed,
-                               n=fit_options.get("n_test", 200))
+        prompts = make_prompts(make_splits(task, seed=split_seed(next(iter(vecs.values())), seed)), "test", k=0, seed=seed, n=n)
     ids = answer_token_ids(model, prompts)
     d = model.cfg.d_model
     eye = torch.eye(d)

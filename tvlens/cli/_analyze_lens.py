@@ -141,7 +141,7 @@ def cmd_linear(args: argparse.Namespace) -> tuple[dict, str]:
     lens = None if args.no_lens else _lens(model, task, {}, args)
     res = rotation_vs_stretch(model, vectors, task, lens=lens, threshold=args.threshold, definition=args.definition,
                               n_copies=args.n_copies, noise=args.noise, ridge=args.ridge, n_queries=args.n_queries,
-                              n_test=args.n_test, seed=args.seed)
+                              n=args.n_test, seed=args.seed)
     payload = {"model": args.model, **res.payload(), "train_seconds": train_s,
                "seconds": round(time.perf_counter() - t0, 2)}
     if lens is not None:
