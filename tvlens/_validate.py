@@ -122,6 +122,23 @@ def check_layers(owner: str, name: str, value, n_layers: int, *, low: int = 0) -
     return tuple(out)
 
 
+def check_layer(value, n_layers: int) -> int:
+    """One layer index: ``None`` is the middle layer (``n_layers // 2``); else an int in ``0..n_layers - 1``.
+
+    >>> check_layer(None, 5), check_layer(4, 5)
+    (2, 4)
+    >>> check_layer(5, 5)
+    Traceback (most recent call last):
+    ...
+    tvlens.errors.ConfigError: layer 5 is outside the model's layers 0..4 (--layer, layer=)
+    """
+    if value is None:
+        return n_layers // 2
+    if not is_strict_int(value) or not 0 <= value < n_layers:
+        raise ConfigError(f"layer {value!r} is outside the model's layers 0..{n_layers - 1} (--layer, layer=)")
+    return int(value)
+
+
 def check_positions(owner: str, name: str, value) -> tuple[int, ...]:
     """Prompt positions (an int or a non-empty sequence of ints; -1 = the last token) as a tuple, never text or floats."""
     where = f"{owner}: {name}" if owner else name

@@ -33,7 +33,7 @@ from tvlens.errors import ConfigError, TvlensError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLAIMS", "THRESHOLDS", "Claim", "ClaimsContext", "ClaimsResult", "Measurement", "claims", "evaluate"]
+__all__ = ["CLAIMS", "THRESHOLDS", "Claim", "ClaimsContext", "ClaimsResult", "Measurement", "claim_keys", "claims", "evaluate"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -122,6 +122,16 @@ def _command(model_name: str, tasks: Sequence[str], key: str, layer: int, defaul
     return " ".join(parts) + " --json"
 
 
+def claim_keys(only: Sequence[str] | None = None) -> list[str]:
+    """The claim keys ``only`` names (None: all of :data:`CLAIMS`), in order, without repeats; a ConfigError
+    names any unknown key and the known ones."""
+    keys = list(CLAIMS) if only is None else list(dict.fromkeys(only))
+    unknown = [k for k in keys if k not in CLAIMS]
+    if unknown or not keys:
+        raise ConfigError(f"unknown claims {unknown}; choose from {list(CLAIMS)}" if unknown else "only= names no claim")
+    return keys
+
+
 def claims(model, tasks: Sequence | None = None, *, model_name: str | None = None, layer: int | None = None,
            only: Sequence[str] | None = None, seed: int = 0, n: int | None = None, progress: bool = True) -> ClaimsResult:
     """Every claim of :data:`CLAIMS` (or ``only`` those keys) on ``model``: a :class:`ClaimsResult`.
@@ -137,16 +147,10 @@ def claims(model, tasks: Sequence | None = None, *, model_name: str | None = Non
     if not names:
         raise ConfigError("claims needs at least one task; pass tasks=['toy/antonym'] or leave tasks=None for the defaults")
     task_objs = tuple(get_task(t) if isinstance(t, str) else t for t in names)
-    keys = list(CLAIMS) if only is None else list(dict.fromkeys(only))
-    unknown = [k for k in keys if k not in CLAIMS]
-    if unknown or not keys:
-        raise ConfigError(f"unknown claims {unknown}; choose from {list(CLAIMS)}" if unknown else "only= names no claim")
-    n_layers = int(model.cfg.n_layers)
-    mid = n_layers // 2
-    if layer is None:
-        layer = mid
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise ConfigError(f"layer must be an integer in [0, {n_layers - 1}], got {layer!r}")
+    from tvlens._validate import check_layer
+
+    keys = claim_keys(only)
+    layer = check_layer(layer, int(model.cfg.n_layers))
     name = model_name or getattr(model.cfg, "model_name", "model")
     if name == "tvlens-toy":
         name = "toy"

@@ -191,7 +191,7 @@ def _saliency(cc) -> Measurement:
 
     ctx = cc.analysis_context()
     grad = cc.analysis("saliency")[0]
-    exact = cc._once("exact_saliency", lambda: head_saliency(cc.model, ctx.vector, prompts=ctx.prompts, mode="exact", progress=False))
+    exact = cc.once("exact_saliency", lambda: head_saliency(cc.model, ctx.vector, prompts=ctx.prompts, mode="exact", progress=False))
     rho = spearman(grad, exact)
     heads = int((grad.scores.isfinite() & exact.scores.isfinite()).sum())
     return Measurement({"rho": rho}, rho, fisher_interval(rho, heads), (grad.task,), (grad.layer,), f"{heads} heads, n={grad.n}")

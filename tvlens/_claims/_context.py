@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tvlens._memo import Memo
 from tvlens.analysis import AnalysisContext, as_results, default_layers, get_analysis
 
 __all__ = ["ClaimsContext", "default_tasks"]
@@ -18,7 +19,7 @@ def default_tasks(model) -> tuple[str, ...]:
 
 
 @dataclass
-class ClaimsContext:
+class ClaimsContext(Memo):
     """The model, the tasks (the first is the one the per-head and per-layer claims analyse), and caches."""
 
     model: Any
@@ -37,14 +38,9 @@ class ClaimsContext:
     def n_layers(self) -> int:
         return int(self.model.cfg.n_layers)
 
-    def _once(self, key, compute):
-        if key not in self.cache:
-            self.cache[key] = compute()
-        return self.cache[key]
-
     def analysis_context(self, task=None) -> AnalysisContext:
         task = self.task if task is None else task
-        return self._once(("ctx", task.name), lambda: AnalysisContext(self.model, self.model_name, task, self.layer,
+        return self.once(("ctx", task.name), lambda: AnalysisContext(self.model, self.model_name, task, self.layer,
                                                                        seed=self.seed, n=self.n, fraction=self.fraction))
 
     @property
@@ -58,10 +54,14 @@ class ClaimsContext:
         import dataclasses
 
         ctx = self.analysis_context(task)
-        spec = get_analysis(name)
-        fields = {f.name for f in dataclasses.fields(spec.options)}
-        options = spec.options(**({"fraction": self.fraction} if "fraction" in fields else {}))  # the claims' key-head share
-        return self._once(("analysis", name, ctx.task.name), lambda: as_results(spec.run(ctx, options)))
+
+        def run():
+            spec = get_analysis(name)
+            fields = {f.name for f in dataclasses.fields(spec.options)}
+            options = spec.options(**({"fraction": self.fraction} if "fraction" in fields else {}))  # the claims' key-head share
+            return as_results(spec.run(ctx, options))
+
+        return self.once(("analysis", name, ctx.task.name), run)
 
     def layers(self) -> list[int]:
         return default_layers(self.n_layers)
@@ -69,12 +69,12 @@ class ClaimsContext:
     def sweep(self, task):
         from tvlens.baselines import sweep
 
-        return self._once(("sweep", task.name), lambda: sweep(self.model, task, layers=self.layers(), seed=self.seed))
+        return self.once(("sweep", task.name), lambda: sweep(self.model, task, layers=self.layers(), seed=self.seed))
 
     def compare(self):
         from tvlens.baselines import compare
 
-        return self._once("compare", lambda: compare(self.model, list(self.tasks), seed=self.seed))
+        return self.once("compare", lambda: compare(self.model, list(self.tasks), seed=self.seed))
 
     def rotation(self):
         """Rotation vs stretch of the first task's per-layer LTVs, with the logit lens for the ICL layer."""
@@ -85,4 +85,4 @@ class ClaimsContext:
             lens = self.analysis("lens")[0]
             return rotation_vs_stretch(self.model, ctx.vectors_by_layer(), ctx.task, lens=lens)
 
-        return self._once("rotation", compute)
+        return self.once("rotation", compute)

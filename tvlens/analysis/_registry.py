@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tvlens._memo import Memo
 from tvlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,7 @@ def lens_layers(n_layers: int) -> list[int]:
 
 
 @dataclass
-class Context:
+class Context(Memo):
     """Inputs of an analysis run, computed once and shared (model, task, vector, prompts, key heads).
 
     ``vector``: a given vector (its split seed, when it has one, wins over ``seed``); otherwise
@@ -307,11 +308,9 @@ class Context:
     cache: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        n_layers = self.model.cfg.n_layers
-        if self.layer is None:
-            self.layer = n_layers // 2
-        if not 0 <= self.layer < n_layers:
-            raise ConfigError(f"layer {self.layer} is outside the model's layers 0..{n_layers - 1} (--layer, layer=)")
+        from tvlens._validate import check_layer
+
+        self.layer = check_layer(self.layer, int(self.model.cfg.n_layers))
         v = self.given_vector
         if v is not None:
             self.layer = min(s.layer for s in v.sites)
@@ -322,11 +321,6 @@ class Context:
     def toy(self) -> bool:
         return getattr(self.model.cfg, "model_name", "") == "tvlens-toy"
 
-    def _once(self, key, compute):
-        if key not in self.cache:
-            self.cache[key] = compute()
-        return self.cache[key]
-
     @property
     def ltv(self):
         """The LTV training result at :attr:`layer` (raises for a given vector: it was not trained here)."""
@@ -334,7 +328,7 @@ class Context:
             raise ConfigError("this context analyses a given vector; no LTV was trained here (drop --vector to train one)")
         from tvlens.ltv import LTVConfig, train_ltv
 
-        return self._once("ltv", lambda: train_ltv(self.model, self.task, layers=self.layer, config=LTVConfig(seed=self.seed),
+        return self.once("ltv", lambda: train_ltv(self.model, self.task, layers=self.layer, config=LTVConfig(seed=self.seed),
                                                    splits=self.splits, progress=self.progress))
 
     @property
@@ -351,7 +345,7 @@ class Context:
     def splits(self):
         from tvlens.prompts import make_splits
 
-        return self._once("splits", lambda: make_splits(self.task, seed=self.seed))
+        return self.once("splits", lambda: make_splits(self.task, seed=self.seed))
 
     @property
     def prompts(self):
@@ -372,7 +366,7 @@ class Context:
             return self.vector
         from tvlens.ltv import LTVConfig, train_ltv
 
-        return self._once(("ltv_at", layer), lambda: train_ltv(self.model, self.task, layers=layer, config=LTVConfig(seed=self.seed),
+        return self.once(("ltv_at", layer), lambda: train_ltv(self.model, self.task, layers=layer, config=LTVConfig(seed=self.seed),
                                                                splits=self.splits, progress=False).vector)
 
     def vectors_by_layer(self, layers: Sequence[int] | None = None) -> dict[int, Any]:
@@ -382,7 +376,7 @@ class Context:
     def saliency(self):
         """One-pass gradient saliency of every head that reads :attr:`vector` (computed once)."""
         spec = get("saliency")  # through the registry: saliency.py imports this module
-        return self._once("saliency", lambda: spec.run(self, spec.options()))
+        return self.once("saliency", lambda: spec.run(self, spec.options()))
 
     def key_heads(self, fraction: float | None = None) -> list[tuple[int, int]]:
         """The top ``fraction`` (default :attr:`fraction`) of heads by saliency, most salient first."""

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 
+from tvlens._memo import Memo
 from tvlens._result import Result
 from tvlens._validate import check_choice, check_float, check_int, no_type_check
 from tvlens.analysis._inputs import check_heads, check_vector, resolve_prompts, steer_edit
@@ -113,7 +114,7 @@ class HeadDetail(Result):
                 + f", key={bool(self.row.get('key'))}, OV tokens [{top}])")
 
 
-class Circuit:
+class Circuit(Memo):
     """The head analyses of ``vector`` on ``prompts`` (zero-shot test queries of ``task`` by default).
 
     Every method caches its result on the object. ``fraction`` is the share of heads called key
@@ -133,13 +134,7 @@ class Circuit:
         vector.check_task(self.task)
         self.fraction, self.n_random, self.seed, self.example = fraction, n_random, seed, example
         self.layer = min(s.layer for s in vector.sites)
-        self._cache: dict = {}
-
-    def _once(self, key, compute):
-        if key not in self._cache:
-            log.info("circuit: computing %s", key if isinstance(key, str) else key[0])
-            self._cache[key] = compute()
-        return self._cache[key]
+        self.cache: dict = {}
 
     # --- the analyses, each once -------------------------------------------------------------
 
@@ -147,31 +142,31 @@ class Circuit:
         """One-pass gradient saliency (:func:`tvlens.analysis.saliency.head_saliency`, mode="grad")."""
         from tvlens.analysis.saliency import head_saliency
 
-        return self._once("saliency", lambda: head_saliency(self.model, self.vector, prompts=self.prompts, mode="grad"))
+        return self.once("saliency", lambda: head_saliency(self.model, self.vector, prompts=self.prompts, mode="grad"))
 
     def exact(self):
         """Exact per-head ablation effects (:func:`~tvlens.analysis.saliency.head_saliency`, mode="exact")."""
         from tvlens.analysis.saliency import head_saliency
 
-        return self._once("exact", lambda: head_saliency(self.model, self.vector, prompts=self.prompts, mode="exact"))
+        return self.once("exact", lambda: head_saliency(self.model, self.vector, prompts=self.prompts, mode="exact"))
 
     def ov(self):
         """Per-head OV products of the vector (:func:`tvlens.analysis.ov.ov_products`)."""
         from tvlens.analysis.ov import ov_products
 
-        return self._once("ov", lambda: ov_products(self.model, self.vector, prompts=self.prompts))
+        return self.once("ov", lambda: ov_products(self.model, self.vector, prompts=self.prompts))
 
     def reconstruction(self):
         """Accuracy with the OV products added instead of the vector (:func:`~tvlens.analysis.ov.ov_reconstruction`)."""
         from tvlens.analysis.ov import ov_reconstruction
 
-        return self._once("reconstruction", lambda: ov_reconstruction(self.model, self.vector, prompts=self.prompts))
+        return self.once("reconstruction", lambda: ov_reconstruction(self.model, self.vector, prompts=self.prompts))
 
     def sinks(self):
         """Attention from the last position, key vs random heads (:func:`tvlens.analysis.sinks.attention_sinks`)."""
         from tvlens.analysis.sinks import attention_sinks
 
-        return self._once("sinks", lambda: attention_sinks(self.model, self.vector, key_heads=self.key_heads(), prompts=self.prompts,
+        return self.once("sinks", lambda: attention_sinks(self.model, self.vector, key_heads=self.key_heads(), prompts=self.prompts,
                                                            n_random=self.n_random, seed=self.seed))
 
     @no_type_check  # checks its arguments, with messages that name the fix
@@ -183,7 +178,7 @@ class Circuit:
         heads = tuple(self.key_heads()) if heads is None else check_heads(self.model, heads)
         n_random = self.n_random if n_random is None else n_random
         seed = self.seed if seed is None else seed
-        return self._once(("ablate", kind, heads, n_random, seed), lambda: head_ablation(
+        return self.once(("ablate", kind, heads, n_random, seed), lambda: head_ablation(
             self.model, self.vector, heads=list(heads), prompts=self.prompts, kind=kind, n_random=n_random, seed=seed))
 
     # --- every registered analysis, on this circuit's vector and prompts ------------------------
@@ -194,7 +189,7 @@ class Circuit:
         from tvlens.analysis._registry import Context
 
         return Context(self.model, getattr(self.model.cfg, "model_name", ""), self.task, self.layer, seed=self.seed,
-                       given_vector=self.vector, given_prompts=self.prompts, fraction=self.fraction, cache=self._cache)
+                       given_vector=self.vector, given_prompts=self.prompts, fraction=self.fraction, cache=self.cache)
 
     @staticmethod
     def analyses() -> list[str]:
@@ -210,7 +205,7 @@ class Circuit:
 
         spec = get(name)
         opts = spec.options(**options)
-        out = self._once(("analysis", name, opts), lambda: spec.run(self.context, opts))
+        out = self.once(("analysis", name, opts), lambda: spec.run(self.context, opts))
         return out
 
     # --- queries -----------------------------------------------------------------------------
@@ -223,7 +218,7 @@ class Circuit:
         """Spearman correlation between one-pass saliency and the exact ablation effects (paper: validated)."""
         from tvlens.analysis.saliency import spearman
 
-        return self._once("spearman", lambda: float(spearman(self.saliency().scores, self.exact().scores)))
+        return self.once("spearman", lambda: float(spearman(self.saliency().scores, self.exact().scores)))
 
     def heads(self, *, exact: bool = True, sinks: bool = True):
         """One row per head of the model: layer, head, saliency, rank, exact_effect, ov_norm, ov_alignment
@@ -233,7 +228,7 @@ class Circuit:
         Heads before the vector's layer do not read it: their saliency, rank, exact effect and OV
         columns are NaN. ``exact=False`` / ``sinks=False`` leave those columns out (not computed)."""
         key = ("heads", exact, sinks)
-        return self._once(key, lambda: self._heads_frame(exact, sinks)).copy()
+        return self.once(key, lambda: self._heads_frame(exact, sinks)).copy()
 
     def _heads_frame(self, exact: bool, sinks: bool):
         import pandas as pd
@@ -275,7 +270,7 @@ class Circuit:
 
     def example_patterns(self) -> tuple[tuple[str, ...], Float[torch.Tensor, "layer head pos pos"]]:
         """The example prompt's tokens and every head's attention pattern on it, with the vector added."""
-        return self._once("patterns", self._patterns)
+        return self.once("patterns", self._patterns)
 
     def _patterns(self):
         from tvlens import _engine as engine
@@ -405,7 +400,7 @@ class Circuit:
         return view("dashboard")(self.dashboard_data(kinds=kinds), path, overwrite=overwrite)
 
     def __repr__(self) -> str:
-        done = sorted({k if isinstance(k, str) else k[0] for k in self._cache})
+        done = sorted({k if isinstance(k, str) else k[0] for k in self.cache})
         return (f"Circuit({self.task.name!r}, vector at {', '.join(map(str, self.vector.sites))}, {len(self.prompts)} queries, "
                 f"key fraction {self.fraction}; computed: {', '.join(done) or 'nothing yet'})")
 
@@ -413,7 +408,7 @@ class Circuit:
         import html
 
         head = f"<pre>{html.escape(repr(self))}</pre>"
-        if ("heads", True, True) not in self._cache:
+        if ("heads", True, True) not in self.cache:
             return head + "<p>call .heads() for the table, .dashboard() for the page</p>"
         return head + self.query().head(10).to_html(index=False, float_format=lambda x: f"{x:.4g}")
 

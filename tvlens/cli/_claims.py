@@ -24,14 +24,12 @@ def add_parser(cmd) -> None:
 
 def cmd_claims(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
-    from tvlens._claims import CLAIMS
+    from tvlens._claims import claim_keys
 
     if args.html:
         check_output(args.html, args.overwrite, "html")
     if args.only:
-        unknown = [k for k in args.only if k not in CLAIMS]
-        if unknown:
-            raise tv.errors.ConfigError(f"--only: unknown claims {unknown}; choose from {list(CLAIMS)}")
+        claim_keys(args.only)  # before the model loads
     if args.n is not None and args.n < 1:
         raise tv.errors.ConfigError(f"--n must be >= 1, got {args.n}")
     model = tv.load_model(args.model)

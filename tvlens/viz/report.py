@@ -267,10 +267,9 @@ def _shared_context(model, name: str, task, layer: int | None, seed: int, n: int
     """
     from tvlens._claims import ClaimsContext
 
-    n_layers = int(model.cfg.n_layers)
-    layer = n_layers // 2 if layer is None else layer
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise ConfigError(f"layer {layer!r} is outside the model's layers 0..{n_layers - 1} (--layer, layer=)")
+    from tvlens._validate import check_layer
+
+    layer = check_layer(layer, int(model.cfg.n_layers))
     cc = ClaimsContext(model, name, (task,), layer, seed=seed, n=n)
     ctx = cc.analysis_context()
     ctx.cache["claims"] = cc
