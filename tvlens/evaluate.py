@@ -262,8 +262,12 @@ class BaselineTable(Result):
     def plot(self):
         import plotly.express as px
 
+        from tvlens._plot import integer_axis
+
         df = self.to_frame()
-        return px.line(df, x="k", y="accuracy", color="task", markers=True, title="Accuracy vs number of demonstrations")
+        fig = px.line(df, x="k", y="accuracy", color="task", markers=True, title="Accuracy vs number of demonstrations")
+        fig.update_layout(xaxis_title="demonstrations k", yaxis_range=[0, 1.05])
+        return integer_axis(fig, "x", df["k"])  # k is a count: a tick per measured k, none between
 
     def __repr__(self) -> str:
         return f"BaselineTable({len({r.task for r in self.results})} tasks, k={sorted({r.k for r in self.results})})"

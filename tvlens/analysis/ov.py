@@ -107,16 +107,17 @@ class OVProducts(Result):
         })
 
     def plot(self):
-        """Heatmap of the product norms (layers down, heads across), decoded top tokens on hover."""
+        """Heatmap of the product norms (layers up, heads across, as the dashboard), decoded top tokens on hover."""
         import plotly.graph_objects as go
 
         norm = self.ov_norm.masked_fill(~self.valid[:, None], float("nan")).numpy()
         text = [[", ".join(self.top_tokens[lay][h][:5]) for h in range(norm.shape[1])] for lay in range(norm.shape[0])]
         fig = go.Figure(go.Heatmap(z=norm, text=text, colorscale="Viridis", colorbar={"title": "‖W_O W_V LN(θ)‖"},
                                    hovertemplate="L%{y} H%{x}<br>norm %{z:.3g}<br>%{text}<extra></extra>"))
-        fig.update_layout(title=f"OV products of θ (layer {self.layer}, LN {self.ln}) {self.task}", xaxis_title="head",
-                          yaxis_title="layer", yaxis_autorange="reversed")
-        return fig
+        from tvlens._plot import head_grid_axes
+
+        fig.update_layout(title=f"OV products of θ (layer {self.layer}, LN {self.ln}) {self.task}")
+        return head_grid_axes(fig, *norm.shape)
 
     def __repr__(self) -> str:
         n = int(self.valid.sum()) * self.products.shape[1]

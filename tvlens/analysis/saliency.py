@@ -94,14 +94,15 @@ class HeadSaliency(Result):
         return df.sort_values("rank").reset_index(drop=True)
 
     def plot(self):
-        """Heatmap of the scores (layers down, heads across)."""
+        """Heatmap of the scores (layers up from layer 0 at the bottom, heads across; as the dashboard)."""
         import plotly.graph_objects as go
+
+        from tvlens._plot import head_grid_axes
 
         fig = go.Figure(go.Heatmap(z=self.scores.numpy(), colorscale="Viridis", colorbar={"title": "saliency"},
                                    hovertemplate="L%{y} H%{x}<br>score %{z:.3g}<extra></extra>"))
-        fig.update_layout(title=f"Head saliency ({self.mode}) of θ@L{self.layer}, {self.task}, n={self.n}",
-                          xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
-        return fig
+        fig.update_layout(title=f"Head saliency ({self.mode}) of θ@L{self.layer}, {self.task}, n={self.n}")
+        return head_grid_axes(fig, *self.scores.shape)
 
     def __repr__(self) -> str:
         top = ", ".join(f"L{a}H{b}" for a, b in self.top(0.1)[:5])

@@ -115,10 +115,18 @@ class SinkResult(Result):
         fig.add_trace(go.Scatter(x=labels, y=self.random_profile.tolist(), mode="lines+markers", name="random heads"), 1, 1)
         fig.add_trace(go.Bar(x=list(range(len(self.layer_histogram()))), y=self.layer_histogram().tolist(), name="key heads",
                              showlegend=False), 1, 2)
+        from tvlens._plot import integer_axis
+
         fig.add_vline(x=self.layer, line_dash="dash", row=1, col=2)
-        fig.update_xaxes(title_text="key position (from the end; the last is BOS for the longest prompt)", row=1, col=1)
+        # short axis titles: a long one is centred on its subplot and runs off the page's left edge
+        fig.update_xaxes(title_text="key position (N = last token)", row=1, col=1)
+        fig.update_yaxes(title_text="attention", row=1, col=1)
         fig.update_xaxes(title_text="layer (dashed: injection)", row=1, col=2)
-        fig.update_layout(title=f"Attention sinks, {self.task} θ@L{self.layer} (n={self.n})")
+        fig.update_yaxes(title_text="key heads", row=1, col=2)
+        integer_axis(fig, "x", row=1, col=2)
+        integer_axis(fig, "y", row=1, col=2)  # counts of heads
+        fig.update_layout(title=f"Attention sinks, {self.task} θ@L{self.layer} (n={self.n}; the farthest key is BOS "
+                                "for the longest prompt)", margin={"l": 70, "r": 30})
         return fig
 
     def __repr__(self) -> str:

@@ -86,12 +86,15 @@ class AIEResult(Result):
                              "aie": flat.tolist(), "rank": rank.tolist()})
 
     def plot(self):
-        """Heatmap of the AIE, layers down, heads across."""
+        """Heatmap of the AIE, layers up (layer 0 at the bottom, as every per-head figure), heads across."""
         import plotly.express as px
 
-        return px.imshow(self.aie.numpy(), labels={"x": "head", "y": "layer", "color": "AIE"}, color_continuous_scale="RdBu",
-                         color_continuous_midpoint=0.0, aspect="auto",
-                         title=f"{self.task}: average indirect effect per head (n={self.n_corrupt} corrupted prompts)")
+        from tvlens._plot import head_grid_axes
+
+        fig = px.imshow(self.aie.numpy(), labels={"x": "head", "y": "layer", "color": "AIE"}, color_continuous_scale="RdBu",
+                        color_continuous_midpoint=0.0, aspect="auto", origin="lower",
+                        title=f"{self.task}: average indirect effect per head (n={self.n_corrupt} corrupted prompts)")
+        return head_grid_axes(fig, *self.aie.shape)
 
     def __repr__(self) -> str:
         (layer, head, v), = self.top(1)

@@ -107,12 +107,12 @@ def _heatmap(data: DashboardData):
         fig.add_hline(y=data.injection_layer - 0.5, line={"color": "black", "dash": "dash"},
                       annotation_text=f"vector added at layer {data.injection_layer}", annotation_position="bottom left",
                       annotation_font_color="black")
+    from tvlens._plot import head_grid_axes
+
     rows = shape[0] - first
-    fig.update_layout(title="Saliency |a · dp(gold)/da| per head (click a head)", xaxis_title="head",
-                      yaxis_title="layer", height=max(420, 24 * rows + 180), showlegend=False,
-                      xaxis={"dtick": 1, "range": [-0.5, shape[1] - 0.5]},
-                      yaxis={"dtick": 1 if rows <= 32 else 2, "range": [first - 0.5, shape[0] - 0.5]})
-    return fig
+    fig.update_layout(title="Saliency |a · dp(gold)/da| per head (click a head)", height=max(420, 24 * rows + 180),
+                      showlegend=False)
+    return head_grid_axes(fig, shape[0], shape[1], first_layer=first)
 
 
 def _ablation_fig(frame):
