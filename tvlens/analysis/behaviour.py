@@ -153,7 +153,8 @@ class BehaviourOptions(Options):
     """Options of ``tvlens analyze behaviour``."""
 
     tokens: int = _field(default=32, metadata={"help": "greedy tokens generated per prompt (default 32)", "min": 1})
-    shots: int = _field(default=5, metadata={"help": "ICL shots for the Vanilla TV and FV (default 5)", "min": 1})
+    shots: int = _field(default=5, metadata={"help": "ICL shots for the Vanilla TV and FV, >= 2: the FV's corrupted prompts "
+                                                      "shuffle the demonstrations' labels (default 5)", "min": 2})
 
 
 def _run_behaviour(ctx, opts: BehaviourOptions):
