@@ -7,6 +7,8 @@ Context: TransformerLens 3.x offers ``HookedTransformer`` (tvlens's reference ba
 
 from __future__ import annotations
 
+from typing import Union
+
 try:  # TransformerLens 3.x: the reference backend
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 except ImportError:  # TransformerLens 4.x removed it
@@ -20,6 +22,13 @@ except ImportError:  # TransformerLens before 3.9
 
 HAS_HOOKED = HookedTransformer is not None
 HAS_BRIDGE = TransformerBridge is not None
+# What load_model returns: the model classes this installation has (for annotations, checked at run time in tests).
+if HAS_HOOKED and HAS_BRIDGE:
+    Model = Union[HookedTransformer, TransformerBridge]
+elif HAS_BRIDGE:
+    Model = TransformerBridge
+else:
+    Model = HookedTransformer
 BACKENDS = ("auto", "hooked", "bridge")
 
 
@@ -47,3 +56,26 @@ def kv_cache_unsupported_reason(model: object) -> str | None:
     if is_bridge(model):
         return "the TransformerBridge ignores past_kv_cache (no prefix cache on this backend yet)"
     return None
+
+
+def final_residual(model, tokens, attention_mask=None):
+    """The residual stream after the last block (before ``ln_final``), ``[batch, pos, d_model]``, on either backend.
+
+    HookedTransformer: ``model(tokens, stop_at_layer=n_layers)``. On the bridge that call never
+    stops (its blocks stop only at their own index) and returns logits, so the bridge's forward is
+    stopped at the input of ``ln_final`` instead, with its own StopAtLayerException (which its
+    forward catches and returns); hooks that tvlens installed on the blocks run as usual.
+    """
+    if not is_bridge(model):
+        return model(tokens, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    def stop(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        raise StopAtLayerException(x)
+
+    handle = model.ln_final.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        return model(tokens, attention_mask=attention_mask)
+    finally:
+        handle.remove()
