@@ -79,3 +79,24 @@ def final_residual(model, tokens, attention_mask=None):
         return model(tokens, attention_mask=attention_mask)
     finally:
         handle.remove()
+
+
+def track_call_masks(model, record) -> list:
+    """Hook handles that pass ``record`` the ``[batch, pos]`` attention mask of each forward call (none
+    needed on a HookedTransformer, whose blocks receive that mask itself; remove them when done).
+
+    A bridge's blocks see whatever the HF model makes of the mask (a 4-d additive mask for Llama,
+    nothing at all for GPT-2), so the mask is read where the bridge's forward receives it.
+    """
+    if not is_bridge(model):
+        return []
+    return [model.register_forward_pre_hook(lambda module, args, kwargs: record(kwargs.get("attention_mask")),
+                                            with_kwargs=True)]
+
+
+def block_attention_mask(model, block_kwargs: dict, call_mask):
+    """The ``[batch, pos]`` attention mask of a block call: its own keyword on a HookedTransformer, the
+    forward call's (:func:`track_call_masks`) on a bridge."""
+    if is_bridge(model):
+        return call_mask
+    return block_kwargs.get("attention_mask")
