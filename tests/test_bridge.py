@@ -232,3 +232,29 @@ def test_bridge_errors_name_the_fix(tmp_path, tiny_dirs, no_network):
         tv.load_model(str(no_tok), backend="bridge")
     with pytest.raises(TypeError, match="n_ctx"):
         tv.load_model(str(tiny_dirs["gpt2"]), backend="bridge", n_ctx=32)
+
+
+# --- the adapters in tvlens._backend ------------------------------------------------------------
+
+
+def test_gqa_weights_per_query_head_and_missing_biases(pair):
+    hooked, bridge = pair
+    for name in ("W_Q", "W_K", "W_V", "W_O"):
+        torch.testing.assert_close(_backend.per_query_head(bridge, name), hooked.__getattribute__(name), atol=1e-6, rtol=0)
+        assert torch.equal(_backend.per_query_head(hooked, name), getattr(hooked, name))
+    for name in ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out"):
+        got, ref = _backend.stacked_bias(bridge, name), _backend.stacked_bias(hooked, name)
+        assert got.shape == ref.shape, name
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0, msg=name)
+    if bridge.cfg.n_key_value_heads:  # the GQA model: the bridge keeps K/V grouped, the adapter expands them
+        assert bridge.W_V.shape[1] == bridge.cfg.n_key_value_heads < bridge.cfg.n_heads
+
+
+def test_ov_products_identical_on_the_bridge(pair):
+    from tvlens.analysis.ov import unscaled_products
+
+    hooked, bridge = pair
+    theta = torch.randn(hooked.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    ref, got = unscaled_products(hooked, theta, [0, 1]), unscaled_products(bridge, theta, [0, 1])
+    assert got.shape == (2, hooked.cfg.n_heads, hooked.cfg.d_model)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Union
 
+import torch
+
 try:  # TransformerLens 3.x: the reference backend
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 except ImportError:  # TransformerLens 4.x removed it
@@ -100,3 +102,43 @@ def block_attention_mask(model, block_kwargs: dict, call_mask):
     if is_bridge(model):
         return call_mask
     return block_kwargs.get("attention_mask")
+
+
+def per_query_head(model, name: str):
+    """``model.W_Q/W_K/W_V/W_O`` stacked ``[layer, head, ...]`` with one entry per *query* head on either backend.
+
+    Under grouped-query attention HookedTransformer expands ``W_K`` / ``W_V`` to every query head;
+    the bridge keeps them grouped, ``[layer, n_key_value_heads, ...]``: each group is repeated here
+    the way both backends pair query heads with key/value heads (consecutive query heads share one).
+    """
+    w = getattr(model, name)
+    n_heads = model.cfg.n_heads
+    if w.shape[1] != n_heads:
+        if n_heads % w.shape[1]:
+            raise ValueError(f"{name} has {w.shape[1]} heads, which do not divide the {n_heads} query heads")
+        w = w.repeat_interleave(n_heads // w.shape[1], dim=1)
+    return w
+
+
+_BIAS_SHAPES = {"b_Q": "q", "b_K": "q", "b_V": "q", "b_O": "model", "b_in": "mlp", "b_out": "model"}
+
+
+def stacked_bias(model, name: str):
+    """``model.b_Q/b_K/b_V/b_O/b_in/b_out`` on either backend: zeros where the model has no such bias.
+
+    HookedTransformer keeps zero biases for bias-free architectures (Llama); the bridge's stacked
+    property fails on them (TypeError on 3.9, AttributeError on 4.x). GQA's b_K / b_V come per query head.
+    """
+    try:
+        b = getattr(model, name)
+    except (TypeError, AttributeError):
+        b = None
+    cfg = model.cfg
+    if b is None:
+        shape = {"q": (cfg.n_layers, cfg.n_heads, cfg.d_head), "model": (cfg.n_layers, cfg.d_model),
+                 "mlp": (cfg.n_layers, cfg.d_mlp)}[_BIAS_SHAPES[name]]
+        param = next(model.parameters())
+        return torch.zeros(shape, dtype=param.dtype, device=param.device)
+    if name in ("b_K", "b_V") and b.shape[1] != cfg.n_heads:
+        b = b.repeat_interleave(cfg.n_heads // b.shape[1], dim=1)
+    return b

@@ -1,4 +1,4 @@
-"""Turn a model spec into a HookedTransformer.
+"""Turn a model spec into a HookedTransformer (or, with ``backend="bridge"``, a TransformerBridge).
 
 Context: every tvlens analysis takes a ``HookedTransformer``; :func:`load_model` is the one way
 in. A spec is ``"toy"`` (the embedded model), ``"smollm2"`` (a real model shipped as GGUF by the
@@ -96,15 +96,28 @@ def load_model(
         device: where the model lives.
         dtype: parameter dtype (``torch.float32`` when None for pretrained models).
         backend: ``"auto"`` (``"hooked"`` where TransformerLens offers HookedTransformer, else
-            ``"bridge"``), ``"hooked"`` or ``"bridge"``; loading onto the TransformerBridge is not
-            built yet and raises :class:`ModelLoadError`.
+            ``"bridge"``), ``"hooked"`` or ``"bridge"`` (TransformerLens >= 3.9's
+            ``TransformerBridge``, :mod:`tvlens._bridge`). The bridge loads, offline, a local Hugging
+            Face directory (which must hold a tokenizer, or pass ``tokenizer=``), a ``.gguf`` file or
+            ``"smollm2"`` (booted with ``boot_transformers`` and put in ``enable_compatibility_mode``:
+            fold_ln and the centring as on the hooked backend, so logits and residual streams agree,
+            within 1e-5 on small models and 3e-4 on SmolLM2's logits), and ``"toy"`` (its TransformerLens
+            weights mapped into TransformerLens's native model, unprocessed like the hooked toy). It
+            refuses, with a :class:`ModelLoadError` naming the fix, a ``HookedTransformerConfig``, a hub
+            name, and a loaded HookedTransformer (no conversion between backends). Differences tvlens
+            meets on a bridge live in :mod:`tvlens._backend` (it has no prefix KV cache: suffix runs
+            and LTV training take full forwards). A loaded model passed as ``spec`` with
+            ``backend="auto"`` is returned whatever its backend.
         from_pretrained_kwargs: for directories and official names, TransformerLens' options
             (``fold_ln``, ``center_unembed``, ``tokenizer``, ...; defaults as in
             ``HookedTransformer.from_pretrained``); for directories, the remaining ones go to
-            ``AutoModelForCausalLM.from_pretrained``.
+            ``AutoModelForCausalLM.from_pretrained``. On the bridge only the weight-processing ones
+            (``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``,
+            ``refactor_factored_attn_matrices``) and ``tokenizer`` are taken; others raise TypeError.
 
     Raises:
-        ModelLoadError: unknown name (with close matches), no such directory, no toy checkpoint,
+        ModelLoadError: unknown name (with close matches), no such directory, no toy checkpoint, a
+            spec or a directory without tokenizer that the bridge does not load,
             an architecture TransformerLens cannot convert, no network for a hub name, a named
             GGUF model whose package is not installed, no ``gguf`` package, or a truncated or
             corrupt GGUF file.
