@@ -3,6 +3,13 @@
 Context: TransformerLens 3.x offers ``HookedTransformer`` (tvlens's reference backend) and, from
 3.9, the ``TransformerBridge``; 4.x removed ``HookedTransformer``, ``loading_from_pretrained`` and
 ``components``. Every other tvlens module asks this one instead of testing the backend itself.
+
+What differs on a bridge (``load_model(..., backend="bridge")``, :mod:`tvlens._bridge`) and is
+hidden here: ``stop_at_layer=n_layers`` does not stop (:func:`final_residual`); its blocks do not
+receive the ``[batch, pos]`` attention mask (:func:`track_call_masks`, :func:`block_attention_mask`);
+GQA's ``W_K`` / ``W_V`` stay grouped (:func:`per_query_head`); bias-free models have no stacked
+biases (:func:`stacked_bias`); ``past_kv_cache`` is ignored (:func:`kv_cache_unsupported_reason`).
+The hook names tvlens uses exist on both (the bridge has more).
 """
 
 from __future__ import annotations
