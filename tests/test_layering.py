@@ -22,7 +22,7 @@ LEVELS = [  # (module prefix, level); the longest matching prefix wins
     ("tvlens.sites", 1), ("tvlens.vector", 1), ("tvlens.tasks", 1), ("tvlens.prompts", 1),
     ("tvlens._hub", 0),  # downloads: the standard library only
     ("tvlens.toy._world", 1), ("tvlens._fingerprint", 1),  # the toy world's word lists; a hash of a model's config
-    ("tvlens._models", 2), ("tvlens._backend", 2), ("tvlens._gguf", 2), ("tvlens.toy", 2),
+    ("tvlens._models", 2), ("tvlens._backend", 2), ("tvlens._bridge", 2), ("tvlens._gguf", 2), ("tvlens.toy", 2),
     ("tvlens._hooks", 3), ("tvlens.interventions", 3), ("tvlens._engine", 3), ("tvlens._engine_lean", 3),
     ("tvlens._engine_generate", 3), ("tvlens.store", 3), ("tvlens._executor", 3),  # the vector store; the job executor
     ("tvlens.evaluate", 4), ("tvlens.steer", 4), ("tvlens.ltv", 4), ("tvlens.baselines", 4),

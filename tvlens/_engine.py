@@ -391,7 +391,7 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
         if pre.fallback is None:
             log.info("full forward instead of a suffix run: %s", reason)
         with intervene(model, *base, *edits, store, span=span):
-            out = model(to_model(model, batch.tokens[reps]), attention_mask=mask, stop_at_layer=cfg.n_layers)
+            out = _backend.final_residual(model, to_model(model, batch.tokens[reps]), mask)
         c0 = pre.c0
         acts = {n: _suffix_cols(n, a, c0) for n, a in store.store.calls[-1].items()} if names else {}
         return SuffixRun(c0, out[:, c0:], acts, batch.last_index[reps] - c0, store.store if names else None)
@@ -518,8 +518,8 @@ def forward(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[E
             es = list(edits(sub) if callable(edits) else edits)
             store = Cache(tuple(dict.fromkeys([*names, *whole])))
             with intervene(model, *es, store, span=Span(sub.first_index, sub.last_index)):
-                resid = model(to_model(model, sub.tokens), attention_mask=to_model(model, sub.attention_mask),
-                              stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
+                resid = _backend.final_residual(model, to_model(model, sub.tokens),
+                                                to_model(model, sub.attention_mask))  # [b, pos, d_model]
             rows = torch.arange(len(sub))
             out.append(resid[rows, sub.last_index.to(resid.device)].float())
             cols = sub.last_index if at is None else at[i * batch_size : i * batch_size + len(sub)]

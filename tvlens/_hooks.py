@@ -43,6 +43,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float, Int, Shaped
 
+from tvlens import _backend
 from tvlens.errors import ConfigError
 from tvlens.sites import OutOfRange, Site, resolve_columns
 
@@ -458,6 +459,10 @@ class _Tracker:
         self.mask: torch.Tensor | None = None
         self.resolved = self.call if at is not None else -1  # the id of the call that ``current`` describes
         self.session: tuple[int, int, Span] | None = None  # generation: (batch, columns so far, prompt span)
+        self.call_mask: torch.Tensor | None = None  # the bridge: the [batch, pos] mask its forward was given
+
+    def on_call(self, mask: torch.Tensor | None) -> None:
+        self.call_mask = mask
 
     def on_embed(self, module, args) -> None:
         self.events.append(args[0])
@@ -469,7 +474,7 @@ class _Tracker:
             self.events.append("hooked")
 
     def on_block(self, layer: int, resid: torch.Tensor, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
+        mask = _backend.block_attention_mask(self.model, kwargs, self.call_mask)
         same = (self.current is not None and mask is self.mask and layer > self.last_block
                 and tuple(resid.shape[:2]) == (self.current.batch, self.current.width))
         if not self.events and same:
@@ -566,6 +571,7 @@ def intervene(model, *edits: Edit, span: Span | None = None, at: CallPositions |
     torch_handles: list = []
     try:
         torch_handles.append(model.embed.register_forward_pre_hook(tracker.on_embed))
+        torch_handles.extend(_backend.track_call_masks(model, tracker.on_call))
         for i, block in enumerate(model.blocks):
             torch_handles.append(block.register_forward_pre_hook(
                 lambda m, args, kwargs, i=i: tracker.on_block(i, args[0] if args else kwargs["resid_pre"], kwargs),

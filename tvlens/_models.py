@@ -1,4 +1,4 @@
-"""Turn a model spec into a HookedTransformer.
+"""Turn a model spec into a HookedTransformer (or, with ``backend="bridge"``, a TransformerBridge).
 
 Context: every tvlens analysis takes a ``HookedTransformer``; :func:`load_model` is the one way
 in. A spec is ``"toy"`` (the embedded model), ``"smollm2"`` (a real model shipped as GGUF by the
@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 from tvlens import _backend, _hub
-from tvlens._backend import HookedTransformer, HookedTransformerConfig
+from tvlens._backend import HookedTransformer, HookedTransformerConfig, Model
+from tvlens._bridge import bridge_from_hf_dir, bridge_from_tl_state_dict
 from tvlens._gguf import NAMED_GGUF, causal_lm_architecture, find_gguf_in_dir, gguf_to_hf_dir, named_gguf_path
 from tvlens.errors import ModelLoadError
 
@@ -68,13 +69,13 @@ def toy_checkpoint_dir() -> Path:
 
 
 def load_model(
-    spec: str | os.PathLike | HookedTransformerConfig | HookedTransformer,
+    spec: str | os.PathLike | HookedTransformerConfig | Model,
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     backend: str = "auto",
     **from_pretrained_kwargs: Any,
-) -> HookedTransformer:
+) -> Model:
     """Load a model for tvlens from a spec.
 
     Args:
@@ -95,30 +96,50 @@ def load_model(
         device: where the model lives.
         dtype: parameter dtype (``torch.float32`` when None for pretrained models).
         backend: ``"auto"`` (``"hooked"`` where TransformerLens offers HookedTransformer, else
-            ``"bridge"``), ``"hooked"`` or ``"bridge"``; loading onto the TransformerBridge is not
-            built yet and raises :class:`ModelLoadError`.
+            ``"bridge"``), ``"hooked"`` or ``"bridge"`` (TransformerLens >= 3.9's
+            ``TransformerBridge``, :mod:`tvlens._bridge`). The bridge loads, offline, a local Hugging
+            Face directory (which must hold a tokenizer, or pass ``tokenizer=``), a ``.gguf`` file or
+            ``"smollm2"`` (booted with ``boot_transformers`` and put in ``enable_compatibility_mode``:
+            fold_ln and the centring as on the hooked backend, so logits and residual streams agree,
+            within 1e-5 on small models and 3e-4 on SmolLM2's logits), and ``"toy"`` (its TransformerLens
+            weights mapped into TransformerLens's native model, unprocessed like the hooked toy). It
+            refuses, with a :class:`ModelLoadError` naming the fix, a ``HookedTransformerConfig``, a hub
+            name, and a loaded HookedTransformer (no conversion between backends). Differences tvlens
+            meets on a bridge live in :mod:`tvlens._backend` (it has no prefix KV cache: suffix runs
+            and LTV training take full forwards). A loaded model passed as ``spec`` with
+            ``backend="auto"`` is returned whatever its backend.
         from_pretrained_kwargs: for directories and official names, TransformerLens' options
             (``fold_ln``, ``center_unembed``, ``tokenizer``, ...; defaults as in
             ``HookedTransformer.from_pretrained``); for directories, the remaining ones go to
-            ``AutoModelForCausalLM.from_pretrained``.
+            ``AutoModelForCausalLM.from_pretrained``. On the bridge only the weight-processing ones
+            (``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``,
+            ``refactor_factored_attn_matrices``) and ``tokenizer`` are taken; others raise TypeError.
 
     Raises:
-        ModelLoadError: unknown name (with close matches), no such directory, no toy checkpoint,
+        ModelLoadError: unknown name (with close matches), no such directory, no toy checkpoint, a
+            spec or a directory without tokenizer that the bridge does not load,
             an architecture TransformerLens cannot convert, no network for a hub name, a named
             GGUF model whose package is not installed, no ``gguf`` package, or a truncated or
             corrupt GGUF file.
     """
     dtype = _as_dtype(dtype)
-    _check_backend(backend)
+    requested, backend = backend, _check_backend(backend)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"HookedTransformer(\.from_pretrained)? is deprecated")
-        if _backend.is_hooked(spec):
-            _no_kwargs("a HookedTransformer", from_pretrained_kwargs)
+        if _backend.is_hooked(spec) or _backend.is_bridge(spec):
+            _no_kwargs(f"a {type(spec).__name__}", from_pretrained_kwargs)
+            if requested != "auto":
+                _check_instance_backend(spec, backend)
             model = spec
         elif _backend.HAS_HOOKED and isinstance(spec, HookedTransformerConfig):
+            if backend == "bridge":
+                raise ModelLoadError(
+                    "backend='bridge' cannot build a model from a HookedTransformerConfig; use backend='hooked', "
+                    "or TransformerBridge.boot_native(TransformerBridgeConfig(...)) for a random bridge"
+                )
             model = _from_config(spec, device, dtype, from_pretrained_kwargs)
         elif isinstance(spec, (str, os.PathLike)):
-            model = _from_string(os.fspath(spec), device, dtype, from_pretrained_kwargs)
+            model = _from_string(os.fspath(spec), device, dtype, from_pretrained_kwargs, backend)
         else:
             raise ModelLoadError(
                 f"cannot load a model from a {type(spec).__name__}; pass 'toy', a TransformerLens "
@@ -127,34 +148,40 @@ def load_model(
         return _place(model, device, dtype)
 
 
-def _from_string(spec: str, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+def _from_string(spec: str, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict, backend: str = "hooked") -> Model:
     if spec == "toy":
         _no_kwargs("'toy'", kwargs)
-        return _from_toy_dir(toy_checkpoint_dir(), missing_hint=True)
+        return _from_toy_dir(toy_checkpoint_dir(), missing_hint=True, backend=backend)
     if spec.lower() in NAMED_GGUF:
-        return _from_gguf(named_gguf_path(spec.lower()), device, dtype, kwargs)
+        return _from_gguf(named_gguf_path(spec.lower()), device, dtype, kwargs, backend)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             if path.suffix.lower() == ".gguf":
-                return _from_gguf(path, device, dtype, kwargs)
+                return _from_gguf(path, device, dtype, kwargs, backend)
             raise ModelLoadError(
                 f"{spec!r} is a file; pass a .gguf file or the directory that holds config.json and the weights"
             )
         if (path / "tvlens_toy.json").is_file():
             _no_kwargs("a toy checkpoint", kwargs)
-            return _from_toy_dir(path, missing_hint=False)
+            return _from_toy_dir(path, missing_hint=False, backend=backend)
         if not (path / "config.json").is_file():
             gguf = find_gguf_in_dir(path)
             if gguf is not None:
-                return _from_gguf(gguf, device, dtype, kwargs)
+                return _from_gguf(gguf, device, dtype, kwargs, backend)
             raise ModelLoadError(
                 f"{spec!r} is not a Hugging Face model directory (no config.json) and holds no .gguf file; save "
                 "one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir), or pass a .gguf file"
             )
-        return _from_hf_dir(path, device, dtype, kwargs)
+        return _from_hf_dir(path, device, dtype, kwargs, backend)
     official = _official_name(spec)
     if official is not None:
+        if backend == "bridge":
+            raise ModelLoadError(
+                f"backend='bridge' loads local models only, not the hub name {spec!r}: on a machine with network run "
+                f"`AutoModelForCausalLM.from_pretrained({official!r}).save_pretrained(DIR)` (and the same for "
+                "AutoTokenizer) and call load_model(DIR, backend='bridge'), or use backend='hooked'"
+            )
         return _from_hub(spec, official, device, dtype, kwargs)
     if "/" in spec or os.sep in spec or spec.startswith((".", "~")):
         raise ModelLoadError(
@@ -164,8 +191,8 @@ def _from_string(spec: str, device: str | torch.device, dtype: torch.dtype | Non
     raise ModelLoadError(_unknown_name_message(spec))
 
 
-def _from_toy_dir(directory: Path, *, missing_hint: bool) -> HookedTransformer:
-    from tvlens.toy._train import load_toy_checkpoint
+def _from_toy_dir(directory: Path, *, missing_hint: bool, backend: str = "hooked") -> Model:
+    from tvlens.toy._train import load_toy_checkpoint, read_toy_checkpoint
 
     if not (directory / "tvlens_toy.json").is_file() or not (directory / "model.safetensors").is_file():
         hint = (
@@ -176,6 +203,10 @@ def _from_toy_dir(directory: Path, *, missing_hint: bool) -> HookedTransformer:
         )
         raise ModelLoadError(f"no toy checkpoint in {directory}: {hint}")
     try:
+        if backend == "bridge":
+            fields, tokenizer, state = read_toy_checkpoint(directory)
+            return bridge_from_tl_state_dict(state, fields, tokenizer, model_name=fields.get("model_name", "tvlens-toy"),
+                                             source=str(directory))
         return load_toy_checkpoint(directory)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(f"the toy checkpoint in {directory} is unreadable ({exc}); re-create it with `tvlens toy-train`") from exc
@@ -191,7 +222,7 @@ def _from_config(cfg: HookedTransformerConfig, device: str | torch.device, dtype
     return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
 
 
-def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict, backend: str = "hooked") -> Model:
     """Load a local HF model directory into a HookedTransformer, fully offline.
 
     ``HookedTransformer.from_pretrained`` insists on an official name, so this repeats its steps
@@ -227,10 +258,15 @@ def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | No
         hf_config["architectures"] = [inferred]
     arch = hf_config["architectures"][0]
     display_name = kwargs.pop("model_name", None) or path.resolve().name
+    if backend == "bridge":  # the bridge hooks attention patterns, which only the eager kernel computes
+        kwargs.setdefault("attn_implementation", "eager")
     try:
         if hf_model is None:
             hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype, **kwargs)
         hf_model.eval()
+        if backend == "bridge":
+            return bridge_from_hf_dir(path, hf_model, arch, tokenizer, device=device, dtype=dtype, processing=opts,
+                                      model_name=display_name)
         hf_config.setdefault("n_ctx", hf_config.get("n_positions"))
         with tempfile.TemporaryDirectory(prefix="tvlens-hfcfg-") as tmp:
             (Path(tmp) / "config.json").write_text(json.dumps(hf_config))
@@ -271,11 +307,11 @@ def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | No
     return model
 
 
-def _from_gguf(path: Path, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict) -> HookedTransformer:
+def _from_gguf(path: Path, device: str | torch.device, dtype: torch.dtype | None, kwargs: dict, backend: str = "hooked") -> Model:
     """A GGUF file: converted once to a cached HF folder (fp32), then loaded like any HF folder."""
     folder = gguf_to_hf_dir(path)
     kwargs.setdefault("model_name", Path(path).stem)
-    return _from_hf_dir(folder, device, dtype, kwargs)
+    return _from_hf_dir(folder, device, dtype, kwargs, backend)
 
 
 def _local_tokenizer(path: Path):
@@ -383,16 +419,29 @@ def _unknown_name_message(name: str) -> str:
     )
 
 
-def _check_backend(backend: str) -> None:
+def _check_backend(backend: str) -> str:
+    """The backend ``backend`` names here (``"auto"`` resolved), or a ModelLoadError naming the fix."""
     if backend not in _backend.BACKENDS:
         raise ModelLoadError(f"backend must be one of {', '.join(_backend.BACKENDS)}, got {backend!r}")
     chosen = _backend.default_backend() if backend == "auto" else backend
     if chosen == "hooked" and not _backend.HAS_HOOKED:
         raise ModelLoadError("backend='hooked' needs HookedTransformer, which TransformerLens 4.x removed: "
                              "install transformer_lens<4 (3.9 has both backends)")
-    if chosen == "bridge":
-        raise ModelLoadError("tvlens cannot load models onto the TransformerBridge yet (issue 19); "
-                             "use backend='hooked' with transformer_lens<4")
+    if chosen == "bridge" and not _backend.HAS_BRIDGE:
+        raise ModelLoadError("backend='bridge' needs the TransformerBridge, which TransformerLens has from 3.9: "
+                             "install transformer_lens>=3.9, or use backend='hooked'")
+    return chosen
+
+
+def _check_instance_backend(model, backend: str) -> None:
+    """A loaded model passed as the spec must already be on the requested backend (no conversion between them)."""
+    want_bridge = backend == "bridge"
+    if _backend.is_bridge(model) != want_bridge:
+        have = "TransformerBridge" if _backend.is_bridge(model) else "HookedTransformer"
+        raise ModelLoadError(
+            f"the model passed is a {have} but backend={backend!r}; tvlens does not convert a loaded model between "
+            f"backends: load it again from its folder with load_model(DIR, backend={backend!r})"
+        )
 
 
 def _no_kwargs(what: str, kwargs: dict) -> None:
@@ -409,7 +458,7 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return value
 
 
-def _place(model: HookedTransformer, device: str | torch.device, dtype: torch.dtype | None) -> HookedTransformer:
+def _place(model: Model, device: str | torch.device, dtype: torch.dtype | None) -> Model:
     """Move to ``device`` / cast to ``dtype`` (updating cfg) only where needed."""
     param = next(model.parameters(), None)
     if param is not None and param.device != torch.device(device):

@@ -40,6 +40,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Float, Int
 
+from tvlens import _backend
 from tvlens import _engine as engine
 from tvlens._result import ConditionAccuracy, Result
 from tvlens._validate import check_choice, check_layers, no_type_check
@@ -150,7 +151,7 @@ def unscaled_products(model, theta: torch.Tensor, layers: list[int]) -> Float[to
     """``w * center(θ) @ W_V @ W_O`` for every head of ``layers`` (one einsum), scale 1."""
     x = _ln_theta(model, theta.float(), layers)  # [layer, d_model]
     idx = torch.tensor(layers, dtype=torch.long)
-    w_v = model.W_V[idx].detach().float()  # [layer, head, d_model, d_head] (per query head: GQA groups repeated)
+    w_v = _backend.per_query_head(model, "W_V")[idx].detach().float()  # [layer, head, d_model, d_head] (GQA groups repeated)
     w_o = model.W_O[idx].detach().float()  # [layer, head, d_head, d_model]
     return torch.einsum("lm,lhmd,lhde->lhe", x, w_v, w_o)  # [layer, head, d_model]
 

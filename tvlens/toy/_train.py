@@ -80,7 +80,11 @@ class ToyTrainConfig:
     def model_config(self, d_vocab: int | None = None):
         from transformer_lens import HookedTransformerConfig
 
-        return HookedTransformerConfig(
+        return HookedTransformerConfig(**self.model_fields(d_vocab))
+
+    def model_fields(self, d_vocab: int | None = None) -> dict:
+        """The model's architecture as config fields (HookedTransformerConfig's names; the bridge's too)."""
+        return dict(
             n_layers=self.n_layers,
             d_model=self.d_model,
             n_heads=self.n_heads,
@@ -253,10 +257,10 @@ def save_toy_checkpoint(result: ToyTrainResult, directory: str | Path, metrics: 
     return atomic_write_dir(directory, fill)
 
 
-def load_toy_checkpoint(directory: str | Path):
-    """Load a checkpoint written by :func:`save_toy_checkpoint` as a HookedTransformer."""
+def read_toy_checkpoint(directory: str | Path) -> tuple[dict, object, dict]:
+    """A checkpoint written by :func:`save_toy_checkpoint` as (model config fields, tokenizer,
+    TransformerLens-format state dict), for either backend."""
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer
 
     from tvlens.toy._tokenizer import load_tokenizer
 
@@ -269,7 +273,15 @@ def load_toy_checkpoint(directory: str | Path):
         log.warning("toy checkpoint %s was trained on another version of the toy world; its tasks may not match "
                     "tvlens.tasks' toy/* definitions (retrain with `tvlens toy-train`)", directory)
     tokenizer = load_tokenizer(directory / "tokenizer")
-    model = HookedTransformer(cfg.model_config(d_vocab=len(tokenizer.get_vocab())), tokenizer=tokenizer, move_to_device=False)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return cfg.model_fields(d_vocab=len(tokenizer.get_vocab())), tokenizer, load_file(str(directory / "model.safetensors"))
+
+
+def load_toy_checkpoint(directory: str | Path):
+    """Load a checkpoint written by :func:`save_toy_checkpoint` as a HookedTransformer."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    fields, tokenizer, state = read_toy_checkpoint(directory)
+    model = HookedTransformer(HookedTransformerConfig(**fields), tokenizer=tokenizer, move_to_device=False)
+    model.load_state_dict(state)
     model.eval()
     return model
