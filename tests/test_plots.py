@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tvlens._plot import head_grid_axes, integer_axis
+from tvlens._plot import head_grid_axes, integer_axis, layer_tick
 
 
 def _assert_head_grid(fig, n_layers: int, n_heads: int, first: int = 0):
     x, y = fig.layout.xaxis, fig.layout.yaxis
     assert (x.tickmode, x.dtick, tuple(x.range)) == ("linear", 1, (-0.5, n_heads - 0.5))  # no half-integer head ticks
     assert y.autorange is False and tuple(y.range) == (first - 0.5, n_layers - 0.5)  # layer 0 at the bottom
-    assert y.dtick == (1 if n_layers - first <= 32 else 2)
+    assert y.dtick == layer_tick(n_layers - first, fig.layout.height)
     assert (x.title.text, y.title.text) == ("head", "layer")
 
 
@@ -22,6 +22,8 @@ def test_head_grid_axes_and_integer_axis():
     import plotly.graph_objects as go
 
     _assert_head_grid(head_grid_axes(go.Figure(), 30, 9), 30, 9)
+    assert [layer_tick(r) for r in (5, 19, 20, 38, 39)] == [1, 1, 2, 2, 5]  # at 450 px: 270 px of rows
+    assert layer_tick(30, 24 * 30 + 180) == 1  # the dashboard's height gives every layer its tick
     _assert_head_grid(head_grid_axes(go.Figure(), 40, 4, first_layer=2), 40, 4, first=2)
     _assert_head_grid(head_grid_axes(go.Figure(), 40, 4, first_layer=20), 40, 4, first=20)
     fig = integer_axis(go.Figure(), "x", [8, 0, 2, 2])

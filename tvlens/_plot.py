@@ -10,13 +10,20 @@ from __future__ import annotations
 
 def head_grid_axes(fig, n_layers: int, n_heads: int, *, first_layer: int = 0, row=None, col=None):
     """Lay out ``fig``'s axes as a layer x head grid of ``n_layers`` x ``n_heads`` cells (rows from
-    ``first_layer``); returns ``fig``. Layer ticks every layer up to 32 rows, every second above."""
+    ``first_layer``); returns ``fig``. A tick on every layer where a row is at least 14 px high at the
+    figure's height (plotly's 450 px when unset), else on every 2nd (7 px) or 5th layer: labels never overlap."""
     rows = n_layers - first_layer
     where = {} if row is None else {"row": row, "col": col}
     fig.update_xaxes(title_text="head", tickmode="linear", tick0=0, dtick=1, range=[-0.5, n_heads - 0.5], **where)
-    fig.update_yaxes(title_text="layer", tickmode="linear", tick0=0, dtick=1 if rows <= 32 else 2,
+    fig.update_yaxes(title_text="layer", tickmode="linear", tick0=0, dtick=layer_tick(rows, fig.layout.height),
                      range=[first_layer - 0.5, n_layers - 0.5], autorange=False, **where)
     return fig
+
+
+def layer_tick(rows: int, height: int | float | None = None) -> int:
+    """The layer-tick step for ``rows`` rows in a figure ``height`` px high (None: plotly's 450)."""
+    per_row = ((height or 450) - 180) / max(rows, 1)  # about 180 px go to the title, margins and the head axis
+    return 1 if per_row >= 14 else 2 if per_row >= 7 else 5
 
 
 def integer_axis(fig, axis: str = "x", values=None, *, row=None, col=None):
