@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tvlens as tv
-from tvlens import _backend
+from tvlens import _backend, _engine
 from tvlens.errors import ModelLoadError
 
 pytestmark = pytest.mark.skipif(
@@ -102,7 +102,7 @@ def test_final_logits_match_hooked(pair):
     with torch.no_grad():
         ref, got = hooked(tokens, attention_mask=mask), bridge(tokens, attention_mask=mask)
         assert (got - ref).abs().max() <= LOGIT_ATOL
-        resid_ref, resid = (_backend.final_residual(m, tokens, mask) for m in (hooked, bridge))
+        resid_ref, resid = (_engine.final_residual(m, tokens, mask) for m in (hooked, bridge))
     assert resid.shape == (len(texts), tokens.shape[1], hooked.cfg.d_model)  # a residual, not logits
     assert (resid - resid_ref).abs().max() <= LOGIT_ATOL
     assert ref.abs().max() > 10 * LOGIT_ATOL  # the comparison is not between two near-zero tensors
@@ -178,7 +178,7 @@ def test_hooks_gone_after_success_and_exception(pair):
     too_long = torch.zeros(1, bridge.cfg.n_ctx + 50, dtype=torch.long)  # fails inside the forward, hooks installed
     with pytest.raises(Exception):
         with tv.steer(bridge, vector):
-            _backend.final_residual(bridge, too_long)
+            _engine.final_residual(bridge, too_long)
     assert _hook_state(bridge) == before
     for hp in bridge.hook_dict.values():
         assert not hp.fwd_hooks and not hp.bwd_hooks

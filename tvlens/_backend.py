@@ -5,7 +5,7 @@ Context: TransformerLens 3.x offers ``HookedTransformer`` (tvlens's reference ba
 ``components``. Every other tvlens module asks this one instead of testing the backend itself.
 
 What differs on a bridge (``load_model(..., backend="bridge")``, :mod:`tvlens._bridge`) and is
-hidden here: ``stop_at_layer=n_layers`` does not stop (:func:`final_residual`); its blocks do not
+hidden here: ``stop_at_layer=n_layers`` does not stop (:func:`stopping_before_final_norm`, used by ``_engine.final_residual``); its blocks do not
 receive the ``[batch, pos]`` attention mask (:func:`track_call_masks`, :func:`block_attention_mask`);
 GQA's ``W_K`` / ``W_V`` stay grouped (:func:`per_query_head`); bias-free models have no stacked
 biases (:func:`stacked_bias`); ``past_kv_cache`` is ignored (:func:`kv_cache_unsupported_reason`).
@@ -13,6 +13,8 @@ The hook names tvlens uses exist on both (the bridge has more).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from typing import Union
 
@@ -67,16 +69,15 @@ def kv_cache_unsupported_reason(model: object) -> str | None:
     return None
 
 
-def final_residual(model, tokens, attention_mask=None):
-    """The residual stream after the last block (before ``ln_final``), ``[batch, pos, d_model]``, on either backend.
+@contextlib.contextmanager
+def stopping_before_final_norm(model):
+    """Make the bridge's forward stop at the input of ``ln_final`` and return it (the final residual).
 
-    HookedTransformer: ``model(tokens, stop_at_layer=n_layers)``. On the bridge that call never
-    stops (its blocks stop only at their own index) and returns logits, so the bridge's forward is
-    stopped at the input of ``ln_final`` instead, with its own StopAtLayerException (which its
-    forward catches and returns); hooks that tvlens installed on the blocks run as usual.
+    On a HookedTransformer ``stop_at_layer=n_layers`` does this; on the bridge that keyword never stops
+    (its blocks stop only at their own index) and the call returns logits, so a pre-hook on ``ln_final``
+    raises the bridge's own StopAtLayerException, which its forward catches and returns. Only the engine
+    calls the model inside this (``_engine.final_residual``).
     """
-    if not is_bridge(model):
-        return model(tokens, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
     def stop(module, args, kwargs):
@@ -85,7 +86,7 @@ def final_residual(model, tokens, attention_mask=None):
 
     handle = model.ln_final.register_forward_pre_hook(stop, with_kwargs=True)
     try:
-        return model(tokens, attention_mask=attention_mask)
+        yield
     finally:
         handle.remove()
 

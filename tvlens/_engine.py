@@ -391,7 +391,7 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
         if pre.fallback is None:
             log.info("full forward instead of a suffix run: %s", reason)
         with intervene(model, *base, *edits, store, span=span):
-            out = _backend.final_residual(model, to_model(model, batch.tokens[reps]), mask)
+            out = final_residual(model, to_model(model, batch.tokens[reps]), mask)
         c0 = pre.c0
         acts = {n: _suffix_cols(n, a, c0) for n, a in store.store.calls[-1].items()} if names else {}
         return SuffixRun(c0, out[:, c0:], acts, batch.last_index[reps] - c0, store.store if names else None)
@@ -518,7 +518,7 @@ def forward(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[E
             es = list(edits(sub) if callable(edits) else edits)
             store = Cache(tuple(dict.fromkeys([*names, *whole])))
             with intervene(model, *es, store, span=Span(sub.first_index, sub.last_index)):
-                resid = _backend.final_residual(model, to_model(model, sub.tokens),
+                resid = final_residual(model, to_model(model, sub.tokens),
                                                 to_model(model, sub.attention_mask))  # [b, pos, d_model]
             rows = torch.arange(len(sub))
             out.append(resid[rows, sub.last_index.to(resid.device)].float())
@@ -539,3 +539,12 @@ def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], attention_mask
     """
     with intervene(model, *edits, span=span):
         return model(to_model(model, tokens), attention_mask=to_model(model, attention_mask))  # [batch, pos, vocab]
+
+
+def final_residual(model, tokens, attention_mask=None):
+    """The residual stream after the last block (before ``ln_final``), ``[batch, pos, d_model]``, on either backend:
+    ``stop_at_layer=n_layers`` on a HookedTransformer, the bridge's forward stopped at ``ln_final`` on a bridge."""
+    if not _backend.is_bridge(model):
+        return model(tokens, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)
+    with _backend.stopping_before_final_norm(model):
+        return model(tokens, attention_mask=attention_mask)
