@@ -14,8 +14,11 @@ Context:
     the model has one), and ``c`` removes the mean over ``d_model`` when ``ln_final`` is a
     LayerNorm (it centres its input, so that direction is never read). It lies in [0, 1] and
     does not depend on ``h``'s norm. Alternatives: ``"raw_span"`` (plain ``W_U`` columns, no
-    LayerNorm handling) and ``"max_cos"`` (the largest cosine between ``c(h)`` and one readout
-    direction). ``Y`` is the label words' first tokens for classification tasks and the distinct
+    LayerNorm handling), ``"max_cos"`` (the largest cosine between ``c(h)`` and one readout
+    direction) and, for two-label tasks, ``"label_diff"`` (the authors' earlier definition: the
+    cosine of ``h`` with ``W_U[:, y1] - W_U[:, y0]``, plain ``W_U``, no centring; its absolute value,
+    so it lies in [0, 1] like the others; :func:`label_difference_cosine` keeps the sign).
+    ``Y`` is the label words' first tokens for classification tasks and the distinct
     first tokens of the queries' gold answers for generation tasks.
 
 >>> import tvlens as tv
@@ -39,11 +42,11 @@ from tvlens._result import ConditionAccuracy, Result, count_accuracy
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch, PromptSet
 
-Definition = Literal["span", "raw_span", "max_cos"]
-DEFINITIONS = ("span", "raw_span", "max_cos")
+Definition = Literal["span", "raw_span", "max_cos", "label_diff"]
+DEFINITIONS = ("span", "raw_span", "max_cos", "label_diff")
 
-__all__ = ["DecodedTokens", "LensResult", "answer_token_ids", "chance_alignment", "decoded_tokens", "lens_logits", "lens_states",
-           "logit_lens", "readout_directions", "task_alignment"]
+__all__ = ["DecodedTokens", "LensResult", "answer_token_ids", "chance_alignment", "decoded_tokens", "label_difference_cosine",
+           "lens_logits", "lens_states", "logit_lens", "readout_directions", "task_alignment"]
 
 
 # --- readout directions and alignment --------------------------------------------------------------
@@ -54,9 +57,15 @@ def _centres(model) -> bool:
 
 
 def readout_directions(model, token_ids: Int[torch.Tensor, " label"], *, definition: str = "span"
-                       ) -> Float[torch.Tensor, "d_model label"]:
-    """The residual-stream direction each token's logit reads (see the module docstring)."""
+                       ) -> Float[torch.Tensor, "d_model direction"]:
+    """The residual-stream direction each token's logit reads (see the module docstring): one per label,
+    or for ``"label_diff"`` the one direction ``W_U[:, y1] - W_U[:, y0]``."""
     cols = model.W_U[:, token_ids].detach().float()  # [d_model, label]
+    if definition == "label_diff":
+        if cols.shape[1] != 2:
+            raise ConfigError(f"definition='label_diff' needs exactly two label tokens (a two-label task), got {cols.shape[1]}; "
+                              "use definition='span' or 'max_cos' for more")
+        return cols[:, 1:] - cols[:, :1]  # [d_model, 1]: W_U[y1] - W_U[y0]
     if definition == "raw_span":
         return cols
     ln = getattr(model, "ln_final", None)
@@ -78,7 +87,8 @@ def task_alignment(
     """Alignment of each state with the answer tokens' readout directions, in [0, 1].
 
     ``definition="span"``: ``||P_Y c(h)|| / ||c(h)||`` (module docstring); ``"raw_span"``: the same
-    with plain ``W_U`` columns and no centring; ``"max_cos"``: max over labels of cos(c(h), u_y).
+    with plain ``W_U`` columns and no centring; ``"max_cos"``: max over labels of cos(c(h), u_y);
+    ``"label_diff"`` (two labels): ``|cos(h, W_U[:, y1] - W_U[:, y0])|``.
     """
     if definition not in DEFINITIONS:
         raise ConfigError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
@@ -87,8 +97,10 @@ def task_alignment(
         raise ConfigError("label_ids must be a non-empty list of token ids, e.g. answer_token_ids(model, prompts)")
     if states.shape[-1] != model.cfg.d_model:
         raise ConfigError(f"states must end in d_model={model.cfg.d_model}, got shape {tuple(states.shape)}")
-    u = readout_directions(model, ids, definition=definition)  # [d_model, label]
+    u = readout_directions(model, ids, definition=definition)  # [d_model, label] ([d_model, 1] for label_diff)
     h = states.detach().float()
+    if definition == "label_diff":
+        return label_difference_cosine(h, ids, model).abs()
     if definition != "raw_span" and _centres(model):
         h = h - h.mean(-1, keepdim=True)
     norm = h.norm(dim=-1).clamp_min(1e-12)
@@ -99,6 +111,23 @@ def task_alignment(
     keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max()  # drop directions of a rank-deficient span
     proj = h @ q[:, keep]  # [*batch, rank] coordinates in the span
     return proj.norm(dim=-1) / norm
+
+
+def label_difference_cosine(
+    states: Float[torch.Tensor, "*batch d_model"],
+    label_ids: Int[torch.Tensor, " label"] | Sequence[int],
+    model,
+) -> Float[torch.Tensor, "*batch"]:
+    """Signed ``cos(h, W_U[:, y1] - W_U[:, y0])`` for two label tokens ``(y0, y1)`` (plain ``W_U``, no centring):
+    positive where ``h`` raises label 1's logit over label 0's."""
+    ids = torch.as_tensor(label_ids, dtype=torch.long)
+    if ids.ndim != 1:
+        raise ConfigError("label_ids must be a list of two token ids, e.g. answer_token_ids(model, prompts)")
+    if states.shape[-1] != model.cfg.d_model:
+        raise ConfigError(f"states must end in d_model={model.cfg.d_model}, got shape {tuple(states.shape)}")
+    d = readout_directions(model, ids, definition="label_diff")[:, 0]  # [d_model]
+    h = states.detach().float()
+    return (h @ d) / (h.norm(dim=-1).clamp_min(1e-12) * d.norm().clamp_min(1e-12))
 
 
 def answer_token_ids(model, prompts: PromptSet | PromptBatch) -> Int[torch.Tensor, " label"]:
@@ -364,11 +393,12 @@ def logit_lens(
 def chance_alignment(model, label_ids, definition: str = "span") -> float | None:
     """Expected ``"span"``/``"raw_span"`` alignment of a random direction, ``sqrt(rank / d)`` (``d`` = d_model,
     minus 1 when LayerNorm centres): with many answer tokens the span covers much of the space and
-    every state scores near this floor. None for ``"max_cos"``."""
+    every state scores near this floor; for ``"label_diff"`` (one direction, rank 1) the RMS |cos| of a random
+    direction, ``sqrt(1 / d_model)``. None for ``"max_cos"``."""
     if definition == "max_cos":
         return None
     u = readout_directions(model, torch.as_tensor(label_ids, dtype=torch.long), definition=definition)
-    d = model.cfg.d_model - (1 if definition != "raw_span" and _centres(model) else 0)
+    d = model.cfg.d_model - (1 if definition not in ("raw_span", "label_diff") and _centres(model) else 0)
     return float((torch.linalg.matrix_rank(u) / d) ** 0.5)
 
 
@@ -388,7 +418,8 @@ class LensOptions(Options):
     """Options of the logit-lens section (``tvlens analyze lens`` keeps its own hand-written options)."""
 
     shots: int | None = _field(default=None, metadata={"help": "ICL demonstrations (default: 8 on the embedded model, 5 otherwise)", "min": 1})
-    definition: Literal["span", "raw_span", "max_cos"] = _field(default="span", metadata={"help": "task-alignment definition"})
+    definition: Literal["span", "raw_span", "max_cos", "label_diff"] = _field(default="span", metadata={
+        "help": "task-alignment definition (label_diff: two-label tasks only)"})
 
 
 def _run_lens(ctx, opts: LensOptions):

@@ -278,14 +278,30 @@ def reconstruction_inputs(fn: str, what: str, model, vector: TaskVector, task, p
     return layer, theta, ps
 
 
-@no_type_check  # checks its arguments
-def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, n: int | None = None, seed: int = 0,
-                      ln: LNMode = "actual", batch_size: int = 64) -> OVReconstruction:
-    """Accuracy of the OV reconstruction of θ (variants A and B, plain and attention-weighted) and its controls."""
-    layer, theta, ps = reconstruction_inputs("ov_reconstruction", "OV reconstruction", model, vector, task, prompts, ln, n,
-                                             batch_size, seed)
-    cfg = model.cfg
-    layers = list(range(layer, cfg.n_layers))
+@dataclass(frozen=True, eq=False)
+class FinalResidualTerms:
+    """What the final-residual reconstruction adds, per prompt at the last token N (all [batch, d_model])."""
+
+    batch: object  # the tokenized PromptBatch
+    r0: Float[torch.Tensor, "batch d_model"]  # final residual of the zero-shot run
+    r1: Float[torch.Tensor, "batch d_model"]  # final residual of the run with θ
+    rec: Float[torch.Tensor, "batch d_model"]  # Σ_{l'>=l, h} products (variant A), each layer at the prompt's ln1 scale
+    rec_w: Float[torch.Tensor, "batch d_model"]  # the same weighted by each head's attention from N to θ's position
+    d_attn: Float[torch.Tensor, "batch d_model"]  # actual θ-induced change of the attention outputs (layers >= l)
+    d_mlp: Float[torch.Tensor, "batch d_model"]  # actual θ-induced change of the MLP outputs (layers >= l)
+    model: object = None
+
+    def correct(self, resid: Float[torch.Tensor, "batch d_model"]) -> int:
+        """Queries whose full-vocabulary argmax of ``resid`` read as the final state is the gold token."""
+        with torch.no_grad():
+            pred = final_logits(self.model, resid).argmax(-1)
+        return int((pred == self.batch.answer_ids.to(pred.device)).sum())
+
+
+def final_residual_terms(model, vector: TaskVector, ps, ln: str, batch_size: int = 64) -> FinalResidualTerms:
+    """The states and sums :func:`ov_reconstruction` adds up, for checked inputs (:func:`reconstruction_inputs`)."""
+    layer, theta = single_layer_theta(vector)
+    layers = list(range(layer, model.cfg.n_layers))
     raw = unscaled_products(model, theta, layers)  # [layer', head, d_model]
     outs = [f"blocks.{lay}.hook_attn_out" for lay in layers] + [f"blocks.{lay}.hook_mlp_out" for lay in layers]
     batch, inv, att = _steered_stats(model, vector, ps, layers, batch_size)  # [b, layer'], [b, layer', head]
@@ -298,12 +314,19 @@ def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, n: 
     rec_w = torch.einsum("bl,blh,lhe->be", inv.to(r0.device), att.to(r0.device), raw)  # [b, d_model]
     d_attn = sum(a1[o] - a0[o] for o in outs if "attn_out" in o)  # [b, d_model]
     d_mlp = sum(a1[o] - a0[o] for o in outs if "mlp_out" in o)
-    th = theta.to(r0.device)
-    gold = batch.answer_ids.to(r0.device)
+    return FinalResidualTerms(batch, r0, r1, rec, rec_w, d_attn, d_mlp, model)
 
-    def correct(resid: torch.Tensor) -> int:
-        with torch.no_grad():
-            return int((final_logits(model, resid).argmax(-1) == gold).sum())
+
+@no_type_check  # checks its arguments
+def ov_reconstruction(model, vector: TaskVector, task=None, *, prompts=None, n: int | None = None, seed: int = 0,
+                      ln: LNMode = "actual", batch_size: int = 64) -> OVReconstruction:
+    """Accuracy of the OV reconstruction of θ (variants A and B, plain and attention-weighted) and its controls."""
+    layer, theta, ps = reconstruction_inputs("ov_reconstruction", "OV reconstruction", model, vector, task, prompts, ln, n,
+                                             batch_size, seed)
+    st = final_residual_terms(model, vector, ps, ln, batch_size)
+    batch, r0, r1, rec, rec_w, d_attn, d_mlp = st.batch, st.r0, st.r1, st.rec, st.rec_w, st.d_attn, st.d_mlp
+    th = theta.to(r0.device)
+    correct = st.correct
 
     cos = float(torch.nn.functional.cosine_similarity(rec_w.mean(0), d_attn.mean(0), dim=0))
     counts = [correct(r1), correct(r0), correct(r0 + rec), correct(r0 + rec + th), correct(r0 + rec_w), correct(r0 + rec_w + th),

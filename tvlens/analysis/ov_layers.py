@@ -41,7 +41,7 @@ from tvlens import _engine as engine
 from tvlens._hooks import AddPerRow
 from tvlens._result import ConditionAccuracy
 from tvlens._validate import check_float, no_type_check
-from tvlens.analysis._inputs import check_heads, steer_edit
+from tvlens.analysis._inputs import check_heads, single_layer_theta, steer_edit
 from tvlens.analysis._registry import Analysis, Options, register
 from tvlens.analysis.ov import _steered_stats, reconstruction_inputs, unscaled_products
 from tvlens.errors import ConfigError
@@ -90,7 +90,6 @@ def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=Non
     check_float("ov_layer_reconstruction", "fraction", fraction, min=0, max=1, min_exclusive=True)
     layer, theta, ps = reconstruction_inputs("ov_layer_reconstruction", "the per-layer OV reconstruction", model, vector,
                                              task, prompts, ln, n, batch_size, seed)
-    cfg = model.cfg
     if heads is None:
         from tvlens.analysis.saliency import head_saliency
 
@@ -99,6 +98,46 @@ def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=Non
     early = [h for h in heads if h[0] < layer]
     if early:
         raise ConfigError(f"heads {early} lie before the injection layer {layer}: they do not read θ; give heads of layers >= {layer}")
+    lw = layer_writes(model, vector, ps, heads, ln, batch_size)
+    counts = [lw.correct([], budget), lw.correct([steer_edit(vector)], budget)]
+    for name in CONDITIONS[2:]:
+        counts.append(lw.correct(lw.edits(name), budget))
+    write_norm = float(lw.writes["key_heads"].sum(1).norm(dim=-1).mean())
+    return OVLayerReconstruction(ps.task.name, CONDITIONS, torch.tensor(counts), len(lw.batch), layer, ln, tuple(heads), write_norm)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerWrites:
+    """What the per-layer reconstruction writes, per prompt and layer >= l, and the suffix runs that score it."""
+
+    model: object
+    batch: object  # the tokenized PromptBatch
+    layer: int  # θ's injection layer l
+    layers: tuple[int, ...]  # l .. n_layers - 1
+    key: torch.Tensor  # [layer', head] bool: the key heads
+    writes: dict  # condition name (CONDITIONS[2:]) -> [batch, layer', d_model]
+    pre: object  # the engine's prefix (last column) from layer l
+
+    def edits(self, name: str, alpha: float = 1.0):
+        """The edits of condition ``name``: its writes, times ``alpha``, added to each layer's attention output at N."""
+        used = self.key if name.startswith("key") else torch.ones_like(self.key)
+        w = self.writes[name] if alpha == 1.0 else self.writes[name] * alpha
+        todo = [i for i in range(len(self.layers)) if bool(used[i].any())]  # layers with a selected head
+        return lambda rows: [_AddAtHook(Site(self.layers[i], -1), w[rows.to(w.device), i],
+                                        hook=f"blocks.{self.layers[i]}.hook_attn_out") for i in todo]
+
+    def correct(self, edits, budget: engine.Budget = engine.Budget()) -> int:
+        """Queries answered correctly (full-vocabulary argmax) by the suffix run from l with ``edits``."""
+        with torch.no_grad():
+            pred = engine.run_rows(self.pre, edits, start=self.layer, budget=budget,
+                                   read=lambda r: engine.final_logits(self.model, r.last()).argmax(-1).cpu())
+        return int((pred == self.batch.answer_ids).sum())
+
+
+def layer_writes(model, vector: TaskVector, ps, heads, ln: str, batch_size: int = 64) -> LayerWrites:
+    """The per-layer writes of every condition for checked inputs (``heads``: checked key heads, layers >= l)."""
+    layer, theta = single_layer_theta(vector)
+    cfg = model.cfg
     layers = list(range(layer, cfg.n_layers))
     raw = unscaled_products(model, theta, layers)  # [layer', head, d_model]
     batch, inv, att = _steered_stats(model, vector, ps, layers, batch_size)  # [b, layer'], [b, layer', head]
@@ -114,24 +153,7 @@ def ov_layer_reconstruction(model, vector: TaskVector, task=None, *, prompts=Non
     writes = {"key_heads": _writes(raw, inv, ones, key), "key_heads_weighted": _writes(raw, inv, att, key),
               "all_heads": _writes(raw, inv, ones, every), "all_heads_weighted": _writes(raw, inv, att, every)}  # [b, layer', d]
     pre = engine.prefix(model, batch, positions=(-1,), layer=layer)
-    gold = batch.answer_ids
-
-    def correct(edits) -> int:
-        with torch.no_grad():
-            pred = engine.run_rows(pre, edits, start=layer, budget=budget,
-                                   read=lambda r: engine.final_logits(model, r.last()).argmax(-1).cpu())
-        return int((pred == gold).sum())
-
-    def per_layer(w: torch.Tensor, used: torch.Tensor):
-        todo = [i for i in range(len(layers)) if bool(used[i].any())]  # layers with a selected head
-        return lambda rows: [_AddAtHook(Site(layers[i], -1), w[rows.to(w.device), i], hook=f"blocks.{layers[i]}.hook_attn_out")
-                             for i in todo]
-
-    counts = [correct([]), correct([steer_edit(vector)])]
-    for name in CONDITIONS[2:]:
-        counts.append(correct(per_layer(writes[name], key if name.startswith("key") else every)))
-    write_norm = float(writes["key_heads"].sum(1).norm(dim=-1).mean())
-    return OVLayerReconstruction(ps.task.name, CONDITIONS, torch.tensor(counts), len(batch), layer, ln, tuple(heads), write_norm)
+    return LayerWrites(model, batch, layer, tuple(layers), key, writes, pre)
 
 
 # --- the registry's declaration: tvlens analyze ov_layers, the report's section, Circuit.analysis("ov_layers") ---

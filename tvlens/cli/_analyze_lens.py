@@ -40,7 +40,7 @@ def _common(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--vector", nargs="+", default=None, help="task-vector files (one site each) instead of training LTVs")
     sp.add_argument("--shots", type=int, default=8, help="demonstrations of the ICL condition of the logit lens (default 8)")
     sp.add_argument("--n-test", type=int, default=200, help="test queries (default 200, at most the split)")
-    sp.add_argument("--definition", choices=("span", "raw_span", "max_cos"), default="span",
+    sp.add_argument("--definition", choices=("span", "raw_span", "max_cos", "label_diff"), default="span",
                     help="task-alignment definition (default span: ||P_Y h|| / ||h||, docs/analysis-lens.md)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, prompts and LTV training (default 0)")
     sp.add_argument("--html", default=None, help="also write a self-contained offline HTML page (plots and tables)")

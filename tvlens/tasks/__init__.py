@@ -25,6 +25,7 @@ from tvlens.tasks._wordpairs import _register_all as _register_wordpairs
 from tvlens.tasks._fv import _register_all as _register_fv
 from tvlens.tasks._composed import _register_all as _register_composed
 from tvlens.tasks._myopic import _register_all as _register_myopic
+from tvlens.tasks._wordclass import _register_all as _register_wordclass
 
 _register_toy()
 _register_hf()
@@ -32,4 +33,5 @@ _register_wordpairs()
 _register_fv()
 _register_composed()
 _register_myopic()
+_register_wordclass()
 from_pairs = Task.from_pairs
