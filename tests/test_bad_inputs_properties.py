@@ -140,10 +140,11 @@ def _inclusive_ends():
         for f in dataclasses.fields(a.options):
             lo, hi = f.metadata.get("min"), f.metadata.get("max")
             kind = float if "float" in str(f.type) else int  # as the CLI's argparse type gives it
+            wrap = (lambda v: (v,)) if "tuple" in str(f.type) else (lambda v: v)  # a tuple option gets the end alone
             if lo is not None and not f.metadata.get("min_exclusive"):
-                out.append((a.name, f.name, kind(lo)))
+                out.append((a.name, f.name, wrap(kind(lo))))
             if hi is not None:
-                out.append((a.name, f.name, kind(hi)))
+                out.append((a.name, f.name, wrap(kind(hi))))
     return out
 
 
