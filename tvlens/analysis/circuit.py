@@ -28,7 +28,6 @@ True
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,7 +44,6 @@ from tvlens.errors import ConfigError
 from tvlens.prompts import PromptSet
 from tvlens.vector import TaskVector
 
-log = logging.getLogger(__name__)
 AblationKind = Literal["zero", "mean", "path"]
 
 
