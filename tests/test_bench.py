@@ -113,3 +113,28 @@ def test_cli_bench_model_flag(capsys, monkeypatch, tiny_model):
     except SystemExit:
         pass
     assert "--model {smollm2}" in capsys.readouterr().out
+
+
+def test_chunked_naive_step_is_the_whole_minibatch_gradient(tiny_model):
+    # the benchmark's naive step may run a few prompts per forward (memory); its gradient must be the minibatch's
+    import torch
+
+    from tvlens.bench import _chunked_step_fn
+    from tvlens.ltv._objective import NaiveObjective
+
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=2, n=10)
+    tb = build_targets(tiny_model, ps)
+    naive = NaiveObjective(tiny_model, tb, (tv.Site(1, -1),))
+    theta = (0.3 * torch.randn(1, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(2))).requires_grad_()
+    idx = torch.tensor([7, 1, 4, 0, 9, 3, 5])
+    whole = torch.autograd.grad(naive.loss(theta, idx)[0], [theta])[0]
+    for rows in (1, 2, 3, 7):
+        torch.testing.assert_close(_chunked_step_fn(naive, theta, idx, rows)(), whole, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(_chunked_step_fn(naive, theta, idx[:3], 1)(), whole)  # a different minibatch differs
+
+
+def test_bench_ltv_step_records_its_chunking(tiny_model):
+    ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=2, n=8)
+    d = bench_ltv_step("tiny", tiny_model, build_targets(tiny_model, ps), (tv.Site(1, -1),), batch=4, min_seconds=0.0,
+                       naive_rows=3, prepare_rows=2).as_dict()
+    assert d["naive_rows_per_forward"] == 3 and d["prepare_rows"] == 2

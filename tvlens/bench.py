@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from tvlens.ltv._config import LTVConfig
-from tvlens.ltv._objective import FastObjective, NaiveObjective, TargetBatch, build_targets
+from tvlens.ltv._objective import (
+    FastObjective,
+    NaiveObjective,
+    TargetBatch,
+    build_targets,
+)
 from tvlens.sites import Site
 
 log = logging.getLogger(__name__)
@@ -52,27 +57,48 @@ def _step_fn(objective, theta: torch.Tensor, idx: torch.Tensor) -> Callable[[], 
     return step
 
 
-def bench_ltv_step(name: str, model, tb: TargetBatch, sites: tuple[Site, ...], *, batch: int, min_seconds: float = 2.0) -> BenchResult:
+def _chunked_step_fn(objective, theta: torch.Tensor, idx: torch.Tensor, rows: int) -> Callable[[], torch.Tensor]:
+    """The same step as :func:`_step_fn` (the gradient of the minibatch's loss), accumulated over
+    chunks of ``rows`` prompts: each chunk's loss is weighted by its share of the minibatch, so the
+    sum of the chunks' gradients is the whole minibatch's. Peak memory is one chunk's activations."""
+
+    def step() -> torch.Tensor:
+        grad = torch.zeros_like(theta)
+        for chunk in idx.split(rows):
+            loss, _, _ = objective.loss(theta, chunk)
+            grad += torch.autograd.grad(loss * (len(chunk) / len(idx)), [theta])[0]
+        return grad
+
+    return step
+
+
+def bench_ltv_step(name: str, model, tb: TargetBatch, sites: tuple[Site, ...], *, batch: int, min_seconds: float = 2.0,
+                   naive_rows: int | None = None, prepare_rows: int = 64) -> BenchResult:
     """Seconds per LTV training step (forward + backward for theta), naive vs prefix-cached.
 
     Both paths take the same random minibatch of ``batch`` rows from the prepared prompts, as a
     training step does (the fast path gathers that minibatch's cached keys and values).
+    ``naive_rows``: the naive step runs its full forwards ``naive_rows`` prompts at a time and sums
+    their gradients (the same gradient; its full-vocabulary logits for every column are what bound
+    the benchmark's memory). ``prepare_rows``: prompts per forward of the fast path's one-off preparation.
     """
     theta = (0.1 * torch.randn(len(sites), model.cfg.d_model)).requires_grad_()
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(tb), generator=g)[: min(batch, len(tb))]
     naive = NaiveObjective(model, tb, sites)
     t0 = time.perf_counter()
-    fast = FastObjective(model, tb, sites)
+    fast = FastObjective(model, tb, sites, prepare_batch_size=prepare_rows)
     prepare_s = time.perf_counter() - t0
-    baseline = _time_per_call(_step_fn(naive, theta, idx), min_calls=3, min_seconds=min_seconds)
+    rows = min(naive_rows or len(idx), len(idx))
+    baseline = _time_per_call(_chunked_step_fn(naive, theta, idx, rows), min_calls=3, min_seconds=min_seconds)
     quick = _time_per_call(_step_fn(fast, theta, idx), min_calls=10, min_seconds=min_seconds)
     # the same prefix-cached step through TransformerLens's own blocks (what the lean stack saves)
-    blocks = _time_per_call(_step_fn(FastObjective(model, tb, sites, lean=False), theta, idx), min_calls=10, min_seconds=min_seconds)
+    blocks = _time_per_call(_step_fn(FastObjective(model, tb, sites, prepare_batch_size=prepare_rows, lean=False), theta, idx),
+                            min_calls=10, min_seconds=min_seconds)
     details = {"batch": len(idx), "prompt_tokens": int(tb.tokens.shape[1]), "sites": [str(s) for s in sites],
                "prepare_s": prepare_s, "prepared_prompts": len(tb), "threads": torch.get_num_threads(),
                "fast_suffix": "lean" if fast.lean is not None else f"transformer_lens blocks ({fast.lean_reason})",
-               "fast_blocks_s": blocks}
+               "fast_blocks_s": blocks, "naive_rows_per_forward": rows, "prepare_rows": prepare_rows}
     log.info("%s: naive %.4f s, fast %.4f s", name, baseline, quick)
     return BenchResult(name, baseline, quick, details)
 
@@ -391,6 +417,9 @@ def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
                                   d_vocab=50257, act_fn="gelu_new", normalization_type="LN", seed=seed)
     model = HookedTransformer(cfg)
     model.eval()
+    # frozen weights, as a user training θ on a fixed model sets them: with trainable weights autograd would keep
+    # every layer's inputs for their (never computed) gradients, tripling the naive step's memory
+    model.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, cfg.d_vocab, (batch, n_tokens), generator=g)
     last = torch.full((batch,), n_tokens - 1)
@@ -448,8 +477,11 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
         results.append(_measured(lambda: bench_ltv_step(name, model, tb, (Site(layer, -1),), batch=32, min_seconds=min_s)))
     batch = 8 if quick else LTVConfig().batch_size  # the default training batch
     big, tb = _gpt2_shape_batch(batch=2 * batch, n_tokens=128)  # prepared pool of 2 x batch prompts
+    # the naive step at this size holds full-vocabulary logits for every column of every prompt (8.6 GB at batch 32
+    # with trainable weights): it runs 2 prompts per forward and sums the gradients (the same step), and the fast
+    # path prepares 8 prompts at a time
     results.append(_measured(lambda: bench_ltv_step("ltv_step_gpt2_shape_128", big, tb, (Site(6, -1),), batch=batch,
-                                                    min_seconds=min_s)))
+                                                    min_seconds=min_s, naive_rows=2, prepare_rows=8)))
     del big, tb  # 124M parameters: not held through the later entries
     # FV head AIE on the toy model: 25 corrupted 8-shot prompts (Todd et al.'s count), every head
     fv_batch = tv.make_prompts(splits, "train", k=8, n=25).tokenize(model)
