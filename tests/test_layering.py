@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "tvlens"
 
 LEVELS = [  # (module prefix, level); the longest matching prefix wins
     ("tvlens.errors", 0), ("tvlens._validate", 0), ("tvlens._io", 0), ("tvlens._result", 0), ("tvlens._memo", 0), ("tvlens._plot", 0), ("tvlens.stats", 0),
+    ("tvlens._progress", 0),  # the command bar: tqdm only
     ("tvlens.sites", 1), ("tvlens.vector", 1), ("tvlens.tasks", 1), ("tvlens.prompts", 1),
     ("tvlens._hub", 0),  # downloads: the standard library only
     ("tvlens.toy._world", 1), ("tvlens._fingerprint", 1),  # the toy world's word lists; a hash of a model's config

@@ -108,12 +108,12 @@ class LocalExecutor(Executor):
     def map(self, fn, jobs, *, names=None, desc="jobs", progress=False) -> list:
         import multiprocessing as mp
 
-        from tqdm.auto import tqdm
+        from tvlens import _progress
 
         jobs = [tuple(j) for j in jobs]
         names = self._names(jobs, names)
         out: list = [None] * len(jobs)
-        bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
+        bar = _progress.bar(total=len(jobs), desc=desc, disable=not progress, leave=False)
         try:
             if self.workers == 1 or len(jobs) <= 1:
                 for i, args in enumerate(jobs):
@@ -165,7 +165,8 @@ class RayExecutor(Executor):
 
     def map(self, fn, jobs, *, names=None, desc="jobs", progress=False) -> list:
         import ray
-        from tqdm.auto import tqdm
+
+        from tvlens import _progress
 
         jobs = [tuple(j) for j in jobs]
         names = self._names(jobs, names)
@@ -179,7 +180,7 @@ class RayExecutor(Executor):
         refs = [remote.remote(fn, args, env) for args in jobs]
         index = {r: i for i, r in enumerate(refs)}
         out: list = [None] * len(jobs)
-        bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
+        bar = _progress.bar(total=len(jobs), desc=desc, disable=not progress, leave=False)
         pending = list(refs)
         try:
             while pending:

@@ -34,8 +34,8 @@ from jaxtyping import Float, Int
 
 from tvlens._result import Result
 from tvlens._validate import no_type_check
-from tvlens.analysis._vectors import _check_vectors, _ci, _eval_correct, _labels, _task
 from tvlens.analysis._inputs import check_vector
+from tvlens.analysis._vectors import _check_vectors, _ci, _eval_correct, _labels, _task
 from tvlens.errors import ConfigError
 from tvlens.tasks._task import Task
 from tvlens.vector import TaskVector
@@ -59,8 +59,7 @@ def train_vectors(model, tasks: Sequence[Task | str], *, seeds: Sequence[int] = 
     """
     import dataclasses
 
-    from tqdm.auto import tqdm
-
+    from tvlens import _progress
     from tvlens.ltv import LTVConfig, train_ltv
     from tvlens.prompts import make_splits
 
@@ -71,7 +70,7 @@ def train_vectors(model, tasks: Sequence[Task | str], *, seeds: Sequence[int] = 
     if isinstance(tasks, (str, Task)):  # iterating a name would look up one task per character
         raise ConfigError(f"tasks must be a list of tasks or task names, got {tasks!r}; write tasks=[{tasks!r}]")
     tasks = [_task(model, t) for t in tasks]
-    for task in tqdm(tasks, desc="ltv per task x seed", disable=None, leave=False):
+    for task in _progress.bar(tasks, desc="ltv per task x seed", disable=None, leave=False):
         for s in seeds:
             splits = make_splits(task, seed=split_seed + int(s) if vary_splits else split_seed)
             res = train_ltv(model, task, layers=layer, config=dataclasses.replace(config, seed=int(s)), splits=splits, progress=False)
@@ -257,8 +256,7 @@ class Transfer(Result):
 def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence[Task | str] | None = None, *,
                     seed: int = 0, n: int | None = None, batch_size: int = 64) -> Transfer:
     """Accuracy of every vector on every task's zero-shot test queries (default tasks: the vectors' own)."""
-    from tqdm.auto import tqdm
-
+    from tvlens import _progress
     from tvlens.prompts import make_prompts, make_splits
 
     vectors = _check_vectors(vectors)
@@ -273,7 +271,7 @@ def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence
         raise ConfigError("tasks is empty; name at least one task to evaluate the vectors on")
     correct = torch.zeros(len(vectors), len(tasks), dtype=torch.long)
     ns, zs = [], []
-    for j, task in enumerate(tqdm(tasks, desc="transfer", disable=None, leave=False)):
+    for j, task in enumerate(_progress.bar(tasks, desc="transfer", disable=None, leave=False)):
         ps = make_prompts(make_splits(task, seed=seed), "test", k=0, seed=seed, n=n)
         ns.append(len(ps))
         zs.append(_eval_correct(model, ps, None, batch_size=batch_size))
@@ -284,14 +282,11 @@ def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence
 
 
 # composition lives in its own module (tvlens.analysis._composition); these names are part of this one's contract
-from tvlens.analysis._composition import Composition as Composition  # noqa: E402
-from tvlens.analysis._composition import composition as composition  # noqa: E402
-
-
 # --- the suite of `tvlens analyze geometry` and the report's section ---------------------------
-
 from dataclasses import field as _field  # noqa: E402
 
+from tvlens.analysis._composition import Composition as Composition  # noqa: E402
+from tvlens.analysis._composition import composition as composition  # noqa: E402
 from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
 
 TOY_TASKS = ("toy/antonym", "toy/capitalize", "toy/successor", "toy/capital", "toy/add3", "toy/sentiment")
@@ -401,7 +396,8 @@ class GeometryOptions(Options):
 
 
 def _run_geometry(ctx, opts: GeometryOptions):
-    from tvlens.tasks._composed import COMPOSED, REAL_COMPOSED as REAL_COMPOSED_TASKS, parts
+    from tvlens.tasks._composed import COMPOSED, parts
+    from tvlens.tasks._composed import REAL_COMPOSED as REAL_COMPOSED_TASKS
 
     pool = TOY_TASKS if ctx.toy else REAL_TASKS
     k = opts.other_tasks if opts.other_tasks is not None else (3 if ctx.toy else 2)

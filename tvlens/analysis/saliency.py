@@ -31,14 +31,27 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from tvlens import _engine as engine
+from tvlens import _progress
 from tvlens._engine import head_chunks
 from tvlens._hooks import AddToHeads, SetHeadPerRow
 from tvlens._result import Result
-from tvlens._validate import check_choice, check_float, check_int, check_layers, no_type_check
-from tvlens.analysis._inputs import check_vector, final_logits, injection, p_gold, resolve_prompts, steer_edit
+from tvlens._validate import (
+    check_choice,
+    check_float,
+    check_int,
+    check_layers,
+    no_type_check,
+)
+from tvlens.analysis._inputs import (
+    check_vector,
+    final_logits,
+    injection,
+    p_gold,
+    resolve_prompts,
+    steer_edit,
+)
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
@@ -172,7 +185,7 @@ def exact_drops(model, vector: TaskVector, batch: PromptBatch, heads: list[tuple
         base = p_gold(final_logits(model, pre.final()), batch.answer_ids).cpu()  # [n]
         drops: dict[tuple[int, int], torch.Tensor] = {}
         per = heads_per_pass or max(1, engine.rows_per_pass(pre, budget=budget) // n)
-        for chunk in tqdm(head_chunks(heads, per), desc="exact head saliency", unit="pass", disable=not progress):
+        for chunk in _progress.bar(head_chunks(heads, per), desc="exact head saliency", unit="pass", disable=not progress):
             lay, c = chunk[0][0], len(chunk)
             hl = torch.tensor(chunk, dtype=torch.long).repeat_interleave(n, 0)  # [c*n, 2]: replica j zeroes head j
             out = engine.run(pre, [SetHeadPerRow(hl, torch.zeros(c * n, model.cfg.d_head))], start=lay, replicas=c)

@@ -157,8 +157,7 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
     ``executor`` (``"local"``/``"ray"``/an Executor, :mod:`tvlens._executor`) with the model's ``spec`` string
     trains every (task, scenario) LTV as a parallel job first (the same vectors); LTVs go through the vector
     store either way."""
-    from tqdm.auto import tqdm
-
+    from tvlens import _progress
     from tvlens.baselines.function_vector import function_vector, head_aie
     from tvlens.baselines.sweep import _correct
     from tvlens.baselines.vanilla import vanilla_tv
@@ -190,7 +189,7 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
                 for task in tasks for n in names]
         got = train_ltvs(reqs, spec=spec, executor=executor)
         ltvs = None if got is None else {(t, j): got[t * len(names) + j] for t in range(len(tasks)) for j in range(len(names))}
-    bar = tqdm(total=len(tasks) * len(names) * len(methods), desc="compare", disable=None, leave=False)
+    bar = _progress.bar(total=len(tasks) * len(names) * len(methods), desc="compare", disable=None, leave=False)
     try:
         for t, task in enumerate(tasks):
             splits = make_splits(task, seed=seed)

@@ -150,8 +150,7 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
 
     ``executor`` (``"local"``/``"ray"``/an Executor, :mod:`tvlens._executor`) with the model's ``spec`` string
     trains the layers' LTVs as parallel jobs (the same vectors); LTVs go through the vector store either way."""
-    from tqdm.auto import tqdm
-
+    from tvlens import _progress
     from tvlens.baselines.function_vector import function_vector, head_aie
     from tvlens.baselines.vanilla import vanilla_tv
     from tvlens.evaluate import evaluate
@@ -189,7 +188,7 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
         ltvs = train_ltvs([(task, site_grid([layer], [-1]), 0, ltv_config, "error", splits) for layer in layers],
                           spec=spec, executor=executor)
     correct = torch.zeros(len(methods), len(layers), dtype=torch.long)
-    bar = tqdm(total=len(methods) * len(layers), desc=f"sweep {task.name}", disable=None, leave=False)
+    bar = _progress.bar(total=len(methods) * len(layers), desc=f"sweep {task.name}", disable=None, leave=False)
     try:
         for j, layer in enumerate(layers):
             for i, m in enumerate(methods):

@@ -28,6 +28,7 @@ from tvlens.cli._common import executor_from_args as executor_from_args  # noqa:
 from tvlens.cli._common import round_floats as round_floats
 from tvlens.errors import OutputExistsError, TvlensError, TvlensWarning
 
+
 def _hint(e: BaseException) -> str:
     if isinstance(e, UsageError):
         return "run `tvlens --help` or `tvlens <command> --help` for the options"
@@ -183,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     caught: list = []
     try:
+        from tvlens._progress import command
         from tvlens.store import disabled
 
-        with warnings.catch_warnings(record=True) as caught, (disabled() if args.no_cache else contextlib.nullcontext()):
+        # one bar on stderr for the whole command (its stages: the inner loops), so --json keeps stdout pure JSON
+        with warnings.catch_warnings(record=True) as caught, (disabled() if args.no_cache else contextlib.nullcontext()), \
+                command(f"tvlens {args.command}"):
             payload, text = args.fn(args)  # the usual warning filters still apply
     except (Exception, KeyboardInterrupt) as e:
         _show(_once(caught))

@@ -23,7 +23,16 @@ import torch
 
 from tvlens._validate import check_float, check_int, no_type_check
 from tvlens.errors import ConfigError
-from tvlens.toy._world import ARROW, BOS, PAD, SEP, ToyTaskDef, task_token, vocabulary, world
+from tvlens.toy._world import (
+    ARROW,
+    BOS,
+    PAD,
+    SEP,
+    ToyTaskDef,
+    task_token,
+    vocabulary,
+    world,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +207,9 @@ def train_toy_model(cfg: ToyTrainConfig = ToyTrainConfig(), *, progress: bool = 
 
 
 def _train(cfg: ToyTrainConfig, progress: bool) -> ToyTrainResult:
-    from tqdm.auto import tqdm
     from transformer_lens import HookedTransformer
+
+    from tvlens import _progress
 
     torch.manual_seed(cfg.seed)
     model = HookedTransformer(cfg.model_config())
@@ -212,7 +222,7 @@ def _train(cfg: ToyTrainConfig, progress: bool) -> ToyTrainResult:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="toy-train", disable=not progress)
+    bar = _progress.bar(range(cfg.steps), desc="toy-train", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -236,9 +246,8 @@ def save_toy_checkpoint(result: ToyTrainResult, directory: str | Path, metrics: 
     """Write weights (safetensors), configs and tokenizer to ``directory`` atomically."""
     from safetensors.torch import save_file
 
-    from tvlens.toy._tokenizer import build_tokenizer
-
     from tvlens._io import atomic_write_dir
+    from tvlens.toy._tokenizer import build_tokenizer
 
     def fill(tmp: Path) -> None:
         state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
