@@ -84,6 +84,21 @@ def test_changed_config_task_split_or_model_misses(tiny_model, store):
     assert not tv.train_ltv(tiny_model, edited, layers=1, config=QUICK, progress=False, cache=store).from_store
 
 
+def test_out_of_range_is_shared_only_where_it_cannot_act(tiny_model, store):
+    # every site at the last token: "error" and "clip" train the same vector, so they share one entry and the
+    # hit carries the caller's choice; a site elsewhere keeps them apart
+    err = _train(tiny_model, store, out_of_range="error")
+    clip = _train(tiny_model, store, out_of_range="clip")
+    fresh_clip = _train(tiny_model, False, out_of_range="clip")
+    assert clip.from_store and clip.vector.out_of_range == "clip" and err.vector.out_of_range == "error"
+    assert torch.equal(clip.vector.values, fresh_clip.vector.values) and clip.vector.meta == fresh_clip.vector.meta
+    assert len(_entries(store)) == 1
+    sites = (tv.Site(1, 1),)
+    _train(tiny_model, store, sites=sites, out_of_range="error")
+    assert not _train(tiny_model, store, sites=sites, out_of_range="clip").from_store
+    assert len(_entries(store)) == 3
+
+
 def _corrupt_values(path):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -191,3 +206,80 @@ def test_the_code_version_covers_modules_that_exist():
     missing = [m for m in store._TRAINING_MODULES if not (root / m).is_file()]
     assert not missing, f"store._TRAINING_MODULES names missing modules: {missing}"
     assert len(store.code_version()) == 16
+
+
+# --- the function vector's head AIE: stored beside the vectors ---------------------------------
+
+AIE_KW = {"shots": 4, "n_clean": 6, "n_corrupt": 3}
+
+
+def _aie(model, store, **kw):
+    from tvlens.baselines.function_vector import head_aie
+
+    return head_aie(model, TASK, cache=store, **{**AIE_KW, **kw})
+
+
+def _same_aie(a, b) -> bool:
+    return (torch.equal(a.aie, b.aie) and torch.equal(a.mean_z, b.mean_z) and a.p_corrupt == b.p_corrupt
+            and a.clean_accuracy == b.clean_accuracy and (a.n_clean, a.n_corrupt, a.shots, a.task) == (b.n_clean, b.n_corrupt, b.shots, b.task))
+
+
+def test_stored_aie_equals_a_fresh_one_bit_for_bit(toy_model, store, monkeypatch):
+    import sys
+
+    fvmod = sys.modules["tvlens.baselines.function_vector"]  # the package's attribute of that name is the function
+    first = _aie(toy_model, store)
+    assert len(_entries(store)) == 1
+    calls = []
+    real = fvmod._head_aie
+    monkeypatch.setattr(fvmod, "_head_aie", lambda *a: calls.append(a) or real(*a))
+    hit = _aie(toy_model, store)
+    assert calls == []  # served from the store: nothing recomputed
+    fresh = _aie(toy_model, False)
+    assert len(calls) == 1
+    assert _same_aie(hit, fresh) and _same_aie(hit, first)
+    # the FV built from a stored AIE is the FV built from a fresh one
+    v_hit = tv.function_vector(toy_model, TASK, layer=1, top_k=3, aie=hit)
+    v_fresh = tv.function_vector(toy_model, TASK, layer=1, top_k=3, aie=fresh)
+    assert torch.equal(v_hit.values, v_fresh.values)
+
+
+def test_changed_aie_inputs_miss(toy_model, store):
+    _aie(toy_model, store)
+    _aie(toy_model, store, shots=3)
+    _aie(toy_model, store, seed=1)
+    _aie(toy_model, store, n_corrupt=2)
+    other = copy.deepcopy(toy_model)
+    with torch.no_grad():
+        other.blocks[1].attn.W_O[0, 0, 0] += 1e-3
+    _aie(other, store)
+    assert len(_entries(store)) == 5  # each change was a miss and a new entry
+
+
+@pytest.mark.parametrize("damage", ["truncate", "values"])
+def test_corrupt_aie_entry_is_recomputed(toy_model, store, caplog, monkeypatch, damage):
+    first = _aie(toy_model, store)
+    (path,) = _entries(store)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        tensors["aie"] = tensors["aie"] + 1.0
+        save_file(tensors, str(path), metadata=meta)
+    with caplog.at_level(logging.WARNING, logger="tvlens.store"):
+        again = _aie(toy_model, store)
+    assert "unusable" in caplog.text and _same_aie(again, first)
+    assert len(_entries(store)) == 1
+    import sys
+
+    fvmod = sys.modules["tvlens.baselines.function_vector"]
+
+    def recompute(*a):
+        raise AssertionError("the replaced entry should serve this call")
+
+    monkeypatch.setattr(fvmod, "_head_aie", recompute)
+    assert _same_aie(_aie(toy_model, store), first)  # the entry was replaced by a good one

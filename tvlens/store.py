@@ -55,23 +55,38 @@ log = logging.getLogger(__name__)
 
 NO_CACHE_ENV = "TVLENS_NO_CACHE"  # "1": the default store is off (the CLI's --no-cache; inherited by worker processes)
 STORE_FORMAT = "tvlens-vector-store/1"
+LAST_TOKEN_ONLY = "any: every site at the last token"  # the key's out_of_range where it cannot act
 
 # the modules whose source decides what training computes (a change to any of them is a new code version)
 _TRAINING_MODULES = ("ltv/_train.py", "ltv/_objective.py", "ltv/_scale.py", "ltv/_config.py", "_engine.py",
                      "_engine_lean.py", "prompts.py", "sites.py", "_hooks.py", "vector.py")
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A short hash of the training code's source, torch's and TransformerLens's versions."""
+# the same for the function vector's head AIE (clean means, corrupted prompts, batched patching)
+_AIE_MODULES = ("baselines/function_vector.py", "evaluate.py", "_engine.py", "_engine_lean.py", "prompts.py", "_hooks.py",
+                "interventions.py")
+
+
+@functools.lru_cache(maxsize=4)
+def _source_version(modules: tuple[str, ...]) -> str:
     from importlib.metadata import version
 
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for rel in _TRAINING_MODULES:
+    for rel in modules:
         h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
     h.update(f"torch={torch.__version__};transformer_lens={version('transformer_lens')}".encode())
     return h.hexdigest()[:16]
+
+
+def code_version() -> str:
+    """A short hash of the training code's source, torch's and TransformerLens's versions."""
+    return _source_version(_TRAINING_MODULES)
+
+
+def aie_code_version() -> str:
+    """The same for the code that computes a function vector's head AIE."""
+    return _source_version(_AIE_MODULES)
 
 
 def _sha(obj) -> str:
@@ -124,8 +139,32 @@ def ltv_key_fields(model, task, *, sites, splits, config, shots: int, out_of_ran
         "sites": [[s.layer, s.position] for s in sites],
         "config": config.to_dict(),
         "shots": shots,
-        "out_of_range": out_of_range,
+        # every prompt has a last token: with every site there, out_of_range never acts and the same vector is trained
+        # (train_ltv relabels a hit with the caller's choice), so compare's "clip" and a sweep's "error" share one entry
+        "out_of_range": out_of_range if any(s.position != -1 for s in sites) else LAST_TOKEN_ONLY,
         "code_version": code_version(),
+    }
+
+
+def aie_key_fields(model, task, *, splits, shots: int, n_clean: int, n_corrupt: int, seed: int,
+                   heads_per_pass: int | None, batch_size: int, fingerprint: str) -> dict:
+    """Everything a head AIE (:func:`tvlens.head_aie`) depends on; it does not depend on any injection layer."""
+    return {
+        "kind": "aie",
+        "model_fingerprint": fingerprint,
+        "tokenizer": tokenizer_hash(model),
+        "device": _device_type(model),
+        "task": task.name,
+        "task_hash": task_hash(task),
+        "splits_hash": splits_hash(splits),
+        "split_seed": splits.seed,
+        "shots": shots,
+        "n_clean": n_clean,
+        "n_corrupt": n_corrupt,
+        "seed": seed,
+        "heads_per_pass": heads_per_pass,
+        "batch_size": batch_size,
+        "code_version": aie_code_version(),
     }
 
 
@@ -143,7 +182,8 @@ class StoredVector:
 
 
 class VectorStore:
-    """Content-addressed task vectors under ``root`` (default ``$TVLENS_CACHE_DIR/vectors``)."""
+    """Content-addressed task vectors under ``root`` (default ``$TVLENS_CACHE_DIR/vectors``), and the
+    function vector's head AIEs beside them (:meth:`get_tensors` / :meth:`put_tensors`)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         from tvlens._io import cache_dir
@@ -218,6 +258,53 @@ class VectorStore:
 
         atomic_write(path, write)
         log.info("vector store: saved %s (%s, sites %s)", key[:12], fields.get("task"), fields.get("sites"))
+        return path
+
+    def get_tensors(self, fields: dict) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """A verified tensor entry (e.g. a head AIE) and its record for ``fields``, or None (absent or corrupt)."""
+        from safetensors import safe_open
+
+        key = self.key(fields)
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads((f.metadata() or {})["tvlens_store"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if header.get("format") != STORE_FORMAT or header.get("key") != key:
+                raise ValueError(f"header names key {header.get('key')!r}, expected {key!r}")
+            if header.get("fields") != json.loads(json.dumps(fields, default=str)):
+                raise ValueError("the header's key fields differ from the request's")
+            sums = header.get("tensors_sha256")
+            if not isinstance(sums, dict) or set(sums) != set(tensors):
+                raise ValueError("the tensors differ from the header's list")
+            for name, t in tensors.items():
+                if _values_sha(t) != sums[name]:
+                    raise ValueError(f"checksum of {name!r} does not match")
+            record = header.get("record")
+            if not isinstance(record, dict):
+                raise ValueError("no record")
+        except Exception as e:  # noqa: BLE001 - any failure means: do not trust it, recompute
+            log.warning("store entry %s is unusable (%s: %s); recomputing and replacing it", path, type(e).__name__, e)
+            return None
+        log.info("store hit %s (%s %s)", key[:12], fields.get("kind"), fields.get("task"))
+        return tensors, record
+
+    def put_tensors(self, fields: dict, tensors: dict[str, torch.Tensor], record: dict) -> Path:
+        """Store named tensors and a JSON ``record`` under the key of ``fields`` (atomically)."""
+        from safetensors.torch import save_file
+
+        from tvlens._io import atomic_write
+
+        key = self.key(fields)
+        path = self.path(key)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        header = {"format": STORE_FORMAT, "key": key, "fields": json.loads(json.dumps(fields, default=str)),
+                  "tensors_sha256": {k: _values_sha(v) for k, v in tensors.items()}, "record": record}
+        header_json = json.dumps(header, allow_nan=False)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"tvlens_store": header_json}))
+        log.info("store: saved %s (%s %s)", key[:12], fields.get("kind"), fields.get("task"))
         return path
 
     def clear(self) -> int:

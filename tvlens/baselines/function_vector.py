@@ -32,6 +32,7 @@ injection layer, so a layer sweep computes it once).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ from tvlens.tasks._task import Example, Task
 from tvlens.vector import TaskVector
 
 __all__ = ["AIEResult", "function_vector", "head_aie"]
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, eq=False, repr=False)
 class AIEResult(Result):
@@ -153,8 +156,14 @@ def _clean_and_corrupted(model, task: Task, splits: TaskSplits, shots: int, n_cl
 @no_type_check  # checks its arguments
 def head_aie(model, task: Task | str, *, shots: int = 10, n_clean: int = 100, n_corrupt: int = 25,
              splits: TaskSplits | None = None, seed: int = 0, heads_per_pass: int | None = None,
-             batch_size: int = 64) -> AIEResult:
-    """The AIE of every attention head on ``task`` (Todd et al.'s causal mediation analysis)."""
+             batch_size: int = 64, cache=None) -> AIEResult:
+    """The AIE of every attention head on ``task`` (Todd et al.'s causal mediation analysis).
+
+    ``cache``: the store (:mod:`tvlens.store`), as in :func:`tvlens.train_ltv`. The AIE does not depend
+    on an injection layer, so a sweep, a comparison and a report on the same task compute it once;
+    a stored AIE is bit-identical to a fresh one.
+    """
+    from tvlens.store import resolve as resolve_store
     from tvlens.tasks import get as get_task
 
     task = get_task(task) if isinstance(task, str) else task
@@ -164,6 +173,30 @@ def head_aie(model, task: Task | str, *, shots: int = 10, n_clean: int = 100, n_
     if heads_per_pass is not None and (isinstance(heads_per_pass, bool) or not isinstance(heads_per_pass, int) or heads_per_pass < 1):
         raise ConfigError(f"heads_per_pass must be a positive integer or None, got {heads_per_pass!r}")
     splits = splits or make_splits(task, seed=seed)
+    store = resolve_store(cache)
+    if store is not None:
+        from tvlens._fingerprint import fingerprint
+        from tvlens.store import aie_key_fields
+
+        fields = aie_key_fields(model, task, splits=splits, shots=shots, n_clean=n_clean, n_corrupt=n_corrupt, seed=seed,
+                                heads_per_pass=heads_per_pass, batch_size=batch_size, fingerprint=fingerprint(model))
+        hit = store.get_tensors(fields)
+        if hit is not None:
+            t, r = hit
+            return AIEResult(task.name, t["aie"], t["mean_z"], r["p_corrupt"], r["clean_accuracy"], r["n_clean"], r["n_corrupt"], shots)
+    res = _head_aie(model, task, splits, shots, n_clean, n_corrupt, seed, heads_per_pass, batch_size)
+    if store is not None:
+        try:
+            store.put_tensors(fields, {"aie": res.aie, "mean_z": res.mean_z},
+                              {"p_corrupt": res.p_corrupt, "clean_accuracy": res.clean_accuracy, "n_clean": res.n_clean,
+                               "n_corrupt": res.n_corrupt})
+        except OSError as e:  # a read-only or full cache must not cost the result
+            log.warning("could not save the AIE to the store %s (%s); continuing without it", store.root, e)
+    return res
+
+
+def _head_aie(model, task: Task, splits: TaskSplits, shots: int, n_clean: int, n_corrupt: int, seed: int,
+              heads_per_pass: int | None, batch_size: int) -> AIEResult:
     clean, corrupt, acc = _clean_and_corrupted(model, task, splits, shots, n_clean, n_corrupt, seed)
     cfg = model.cfg
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)]

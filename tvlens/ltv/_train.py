@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -196,8 +197,7 @@ def train_ltv(
     ``VectorStore`` uses that store. A hit returns the stored vector and history (``from_store=True``),
     bit-identical to training it again; a miss trains and stores the result.
     """
-    from tqdm.auto import tqdm
-
+    from tvlens import _progress
     from tvlens._fingerprint import fingerprint
     from tvlens.store import ltv_key_fields
     from tvlens.store import resolve as resolve_store
@@ -225,7 +225,10 @@ def train_ltv(
         hit = store.get(fields)
         if hit is not None:
             r = hit.record
-            return LTVResult(hit.vector, tuple(r["history"]), r["val_accuracy"], r["best_epoch"], r["steps"],
+            vector = hit.vector
+            if vector.out_of_range != out_of_range:  # a last-token-only entry stored under another choice (same training)
+                vector = dataclasses.replace(vector, out_of_range=out_of_range)
+            return LTVResult(vector, tuple(r["history"]), r["val_accuracy"], r["best_epoch"], r["steps"],
                              r["seconds"], splits, shots, from_store=True)
     train_ps = make_prompts(splits, "train", k=shots, seed=cfg.seed, n=cfg.n_train)
     val_ps = make_prompts(splits, "val", k=shots, seed=cfg.seed + 1, n=cfg.n_val)
@@ -268,7 +271,7 @@ def train_ltv(
         log.info("resuming %s from epoch %d (step %d)", ckpt, start_epoch, step)
 
     n_train = len(train_obj.tb)
-    bar = tqdm(total=total_steps, initial=step, desc=f"ltv {task.name}", disable=not progress)
+    bar = _progress.bar(total=total_steps, initial=step, desc=f"ltv {task.name}", disable=not progress)
     for epoch in range(start_epoch, cfg.max_epochs):
         if improved >= 0 and epoch - improved > cfg.patience:  # the paper's rule: no better accuracy for `patience` epochs
             break
