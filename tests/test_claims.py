@@ -134,3 +134,24 @@ def test_the_page_escapes_what_a_user_supplied(tmp_path):
     text = open(page, encoding="utf-8").read()
     assert "<script>" not in text and "&lt;script&gt;" in text and "&lt;b&gt;task&lt;/b&gt;" in text
     assert "m&lt;odel&gt;" in text
+
+
+@pytest.mark.slow
+def test_claims_rotation_is_the_sections_fit_with_the_lens_icl_layer(toy_model):
+    # the claims read the registered rotation analysis (the report's section) instead of fitting every layer again;
+    # the oracle is the direct call with the lens
+    import torch
+
+    from tvlens._claims import ClaimsContext
+    from tvlens.analysis import rotation_vs_stretch
+
+    cc = ClaimsContext(toy_model, "toy", (tv.tasks.get("toy/antonym"),), 2)
+    got = cc.rotation()
+    (section,) = cc.analysis("rotation")
+    lens = cc.analysis("lens")[0]
+    ref = rotation_vs_stretch(toy_model, cc.analysis_context().vectors_by_layer(), cc.task, lens=lens)
+    assert got.icl_layer == ref.icl_layer == lens.icl_beats_zero_shot_layer and section.icl_layer is None
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731 - wall time differs
+    assert drop(got.rows) == drop(ref.rows) and got.layers == ref.layers and torch.equal(got.correct, ref.correct)
+    assert got.transition_layer == ref.transition_layer and got.decoded_theta == ref.decoded_theta
+    assert cc.rotation() is got  # once

@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tvlens._result import Result
 from tvlens._claims._catalog import CLAIMS, Claim, Measurement
 from tvlens._claims._context import ClaimsContext, default_tasks
 from tvlens._claims._verdict import THRESHOLDS, UNTESTABLE
+from tvlens._result import Result
 from tvlens.errors import ConfigError, TvlensError
 
 log = logging.getLogger(__name__)
@@ -133,12 +133,15 @@ def claim_keys(only: Sequence[str] | None = None) -> list[str]:
 
 
 def claims(model, tasks: Sequence | None = None, *, model_name: str | None = None, layer: int | None = None,
-           only: Sequence[str] | None = None, seed: int = 0, n: int | None = None, progress: bool = True) -> ClaimsResult:
+           only: Sequence[str] | None = None, seed: int = 0, n: int | None = None, progress: bool = True,
+           executor=None, spec: str | None = None) -> ClaimsResult:
     """Every claim of :data:`CLAIMS` (or ``only`` those keys) on ``model``: a :class:`ClaimsResult`.
 
     ``tasks``: names or Task objects (default :func:`~tvlens._claims._context.default_tasks`); the first one is the
     task of the per-head, lens and geometry claims, every one enters the sweep and comparison claims. ``layer``:
     the LTV layer of the per-head claims (default: the middle layer). ``n``: test queries per analysis.
+    ``executor`` (``"local"``/``"ray"``/an Executor) with the model's ``spec`` string trains the sweeps' and the
+    comparison's LTVs as parallel jobs (the same vectors, :mod:`tvlens._executor`).
     """
     from tvlens.tasks import get as get_task
 
@@ -154,7 +157,7 @@ def claims(model, tasks: Sequence | None = None, *, model_name: str | None = Non
     name = model_name or getattr(model.cfg, "model_name", "model")
     if name == "tvlens-toy":
         name = "toy"
-    cc = ClaimsContext(model, name, task_objs, layer, seed=seed, n=n)
+    cc = ClaimsContext(model, name, task_objs, layer, seed=seed, n=n, executor=executor, spec=spec)
     return evaluate(cc, keys, progress=progress, t0=t0)
 
 
@@ -163,12 +166,14 @@ def evaluate(cc: ClaimsContext, keys: Sequence[str] | None = None, *, progress: 
 
     The report calls this with the context its own sections read, so each analysis runs once for both.
     """
-    from tqdm.auto import tqdm
+    from tvlens import _progress
 
     t0 = time.perf_counter() if t0 is None else t0
     keys = list(CLAIMS) if keys is None else list(keys)
     rows = []
-    for key in tqdm(keys, desc="claims", disable=not progress):
+    bar = _progress.bar(keys, desc="claims", disable=not progress)
+    for key in bar:
+        bar.set_postfix_str(key)
         spec = CLAIMS[key]
         t = time.perf_counter()
         try:

@@ -29,6 +29,8 @@ class ClaimsContext(Memo):
     seed: int = 0
     n: int | None = None
     cache: dict = field(default_factory=dict)
+    executor: Any = None  # where the sweeps' and the comparison's LTVs train (tvlens._executor); None: this process
+    spec: str | None = None  # the model's spec string, which workers load (needed with an executor)
 
     @property
     def task(self):
@@ -69,20 +71,24 @@ class ClaimsContext(Memo):
     def sweep(self, task):
         from tvlens.baselines import sweep
 
-        return self.once(("sweep", task.name), lambda: sweep(self.model, task, layers=self.layers(), seed=self.seed))
+        return self.once(("sweep", task.name), lambda: sweep(self.model, task, layers=self.layers(), seed=self.seed,
+                                                           executor=self.executor, spec=self.spec))
 
     def compare(self):
         from tvlens.baselines import compare
 
-        return self.once("compare", lambda: compare(self.model, list(self.tasks), seed=self.seed))
+        return self.once("compare", lambda: compare(self.model, list(self.tasks), seed=self.seed, executor=self.executor,
+                                                      spec=self.spec))
 
     def rotation(self):
         """Rotation vs stretch of the first task's per-layer LTVs, with the logit lens for the ICL layer."""
-        from tvlens.analysis import rotation_vs_stretch
-
         def compute():
-            ctx = self.analysis_context()
+            import dataclasses
+
+            # the registered analysis's result (the report's rotation section reads the same one: the per-layer
+            # linear fits run once), with the ICL layer the lens measured
+            (rot,) = self.analysis("rotation")
             lens = self.analysis("lens")[0]
-            return rotation_vs_stretch(self.model, ctx.vectors_by_layer(), ctx.task, lens=lens)
+            return dataclasses.replace(rot, icl_layer=lens.icl_beats_zero_shot_layer)
 
         return self.once("rotation", compute)

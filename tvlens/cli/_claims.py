@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tvlens.cli._common import add_template_option, check_output
+from tvlens.cli._common import add_executor_options, add_template_option, check_output
 
 
 def add_parser(cmd) -> None:
@@ -20,11 +20,13 @@ def add_parser(cmd) -> None:
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, demonstrations and LTVs")
     sp.add_argument("--html", default=None, help="also write the table as an offline HTML page")
     sp.add_argument("--overwrite", action="store_true", help="replace --html if it exists (default: refuse)")
+    add_executor_options(sp)  # the sweeps' and the comparison's LTVs as parallel jobs
 
 
 def cmd_claims(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
     from tvlens._claims import claim_keys
+    from tvlens.cli._common import executor_from_args
 
     if args.html:
         check_output(args.html, args.overwrite, "html")
@@ -35,7 +37,7 @@ def cmd_claims(args: argparse.Namespace) -> tuple[dict, str]:
     model = tv.load_model(args.model)
     tasks = None if args.tasks is None else [tv.tasks.resolve(t, model_name=args.model, template=args.template) for t in args.tasks]
     res = tv.claims(model, tasks, model_name=args.model, layer=args.layer, only=args.only, seed=args.seed, n=args.n,
-                    progress=bool(getattr(args, "verbose", False)))
+                    progress=bool(getattr(args, "verbose", False)), executor=executor_from_args(args), spec=args.model)
     payload = res.payload()
     text = res.text()
     if args.html:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tvlens.cli._common import add_template_option
+from tvlens.cli._common import add_executor_options, add_template_option
 
 
 def add_parser(cmd) -> None:
@@ -20,11 +20,12 @@ def add_parser(cmd) -> None:
     sp.add_argument("--n", type=int, default=None, help="test queries per analysis (default: the whole test split)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the splits, demonstrations and LTVs")
     sp.add_argument("--overwrite", action="store_true", help="replace the output if it exists (default: refuse)")
+    add_executor_options(sp)  # the sweep's and the comparison's LTVs as parallel jobs
 
 
 def cmd_report(args: argparse.Namespace) -> tuple[dict, str]:
     import tvlens as tv
-    from tvlens.cli._common import check_output
+    from tvlens.cli._common import check_output, executor_from_args
     from tvlens.viz.report import build_report
 
     check_output(args.out, args.overwrite, "out")
@@ -32,7 +33,8 @@ def cmd_report(args: argparse.Namespace) -> tuple[dict, str]:
     model = tv.load_model(args.model)
     task = tv.tasks.resolve(args.task, model_name=args.model, template=args.template)
     rep = build_report(model, task, model_name=args.model, layer=args.layer, sections=args.sections, skip=args.skip,
-                       seed=args.seed, n=args.n, progress=bool(getattr(args, "verbose", False)))
+                       seed=args.seed, n=args.n, progress=bool(getattr(args, "verbose", False)),
+                       executor=executor_from_args(args), spec=args.model)
     path = rep.write(args.out, overwrite=args.overwrite)
     # from the sections, not to_frame(): pandas turns a None error into NaN where another section has one
     payload = {"model": args.model, "fingerprint": rep.fingerprint, "task": rep.task, "layer": rep.layer, "html": str(path),

@@ -126,14 +126,16 @@ class Report(Result):
 
 
 def build_report(model, task, *, model_name: str | None = None, layer: int | None = None, sections: Sequence[str] | None = None,
-                 skip: Sequence[str] = (), seed: int = 0, n: int | None = None, progress: bool = True) -> Report:
+                 skip: Sequence[str] = (), seed: int = 0, n: int | None = None, progress: bool = True,
+                 executor=None, spec: str | None = None) -> Report:
     """Run the report's sections (default: all of :data:`SECTIONS` minus ``skip``) for ``task``.
 
     ``layer``: the LTV's layer (default: the middle layer). ``n``: test queries per analysis.
+    ``executor`` (``"local"``/``"ray"``/an Executor) with the model's ``spec`` string (e.g. ``"smollm2"``) trains
+    the sweep's and the comparison's LTVs as parallel jobs (the same vectors, :mod:`tvlens._executor`).
     """
-    from tqdm.auto import tqdm
-
     import tvlens as tv
+    from tvlens import _progress
     from tvlens.analysis.geometry import resolve_task
 
     _register_builtin()
@@ -144,9 +146,11 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
     keys = [k for k in keys if k not in skip]
     task = resolve_task(model, task)
     name = model_name or getattr(model.cfg, "model_name", "model")
-    ctx = _shared_context(model, "toy" if name == "tvlens-toy" else name, task, layer, seed, n)
+    ctx = _shared_context(model, "toy" if name == "tvlens-toy" else name, task, layer, seed, n, executor, spec)
     out = []
-    for key in tqdm(keys, desc="report", disable=not progress):
+    bar = _progress.bar(keys, desc="report", disable=not progress)
+    for key in bar:
+        bar.set_postfix_str(key)
         spec = SECTIONS[key]
         t0 = time.perf_counter()
         try:
@@ -259,18 +263,18 @@ def _compare(ctx: ReportContext):
     return [ctx.cache["claims"].compare()]
 
 
-def _shared_context(model, name: str, task, layer: int | None, seed: int, n: int | None) -> ReportContext:
+def _shared_context(model, name: str, task, layer: int | None, seed: int, n: int | None, executor=None,
+                    spec: str | None = None) -> ReportContext:
     """The report's context: the claims' analysis context, with the claims context kept in its cache.
 
     The claims table and the sections read the same LTV, the same registered analyses (with the claims'
     key-head share, at least 3 heads), the same sweep and the same comparison: each is computed once.
     """
     from tvlens._claims import ClaimsContext
-
     from tvlens._validate import check_layer
 
     layer = check_layer(layer, int(model.cfg.n_layers))
-    cc = ClaimsContext(model, name, (task,), layer, seed=seed, n=n)
+    cc = ClaimsContext(model, name, (task,), layer, seed=seed, n=n, executor=executor, spec=spec)
     ctx = cc.analysis_context()
     ctx.cache["claims"] = cc
     return ctx
