@@ -97,3 +97,43 @@ def test_per_prompt_mode_equals_a_hand_computation(tiny_model, operation):
         assert torch.allclose(logits[0, -1].log_softmax(-1)[res.gold[i]], res.gold_logprob[i], atol=1e-4)
     assert res.n == len(zs) and "per-prompt" in res.label
     assert_no_hooks_left(tiny_model)
+
+
+def test_every_layer_read_once_serves_a_sweep_and_equals_a_pass_per_layer(tiny_model, monkeypatch):
+    # residual_at_sites keeps every layer's residual of one prompt set: the numbers are a per-layer pass's, bit for
+    # bit; a second layer costs no forward; new weights or an installed hook never see stale numbers
+    import copy
+    import sys
+
+    from tvlens import _engine as engine
+
+    vmod = sys.modules["tvlens.baselines.vanilla"]
+    splits = tv.make_splits(tv.tasks.get("toy/antonym"))
+    ps = tv.make_prompts(splits, "train", k=3, n=9)
+    batch = ps.tokenize(tiny_model, padding_side="left")
+
+    def direct(model, layer):
+        _, acts = engine.forward(model, batch, names=[f"blocks.{layer}.hook_resid_pre"])
+        return acts[f"blocks.{layer}.hook_resid_pre"].cpu()
+
+    model = copy.deepcopy(tiny_model)  # a model of this test's own: the memo is per model
+    calls = []
+    real = engine.forward
+    monkeypatch.setattr(engine, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = {layer: vmod.residual_at_sites(model, ps, [tv.Site(layer, -1)])[:, 0] for layer in range(model.cfg.n_layers)}
+    assert len(calls) == 1  # one pass for every layer
+    monkeypatch.setattr(engine, "forward", real)
+    for layer, x in got.items():
+        assert torch.equal(x, direct(model, layer)), layer
+    both = vmod.residual_at_sites(model, ps, [tv.Site(0, -1), tv.Site(1, -1)])
+    assert torch.equal(both[:, 1], got[1])
+    with torch.no_grad():
+        model.blocks[0].attn.W_V.mul_(1.5)  # new weights: recomputed, not served from before
+    assert torch.equal(vmod.residual_at_sites(model, ps, [tv.Site(1, -1)])[:, 0], direct(model, 1))
+    assert not torch.equal(direct(model, 1), got[1])
+    v = tv.TaskVector(torch.ones(1, model.cfg.d_model), (tv.Site(0, -1),), model_fingerprint=tv.fingerprint(model))
+    with tv.steer(model, v):  # a hook installed: no memo serves, the hooked pass is read
+        steered = vmod.residual_at_sites(model, ps, [tv.Site(1, -1)])[:, 0]
+        assert torch.equal(steered, direct(model, 1))
+    assert not torch.equal(steered, vmod.residual_at_sites(model, ps, [tv.Site(1, -1)])[:, 0])
+    assert_no_hooks_left(model)

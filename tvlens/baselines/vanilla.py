@@ -26,6 +26,9 @@ TaskVector(vanilla_tv 'toy/antonym', add, sites=[L2@-1], d_model=128)
 
 from __future__ import annotations
 
+import hashlib
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -43,15 +46,65 @@ from tvlens.vector import TaskVector
 __all__ = ["residual_at_sites", "vanilla_tv", "vanilla_tv_per_prompt"]
 
 
+# every layer's residual at one column per prompt, kept per model for the few latest prompt sets: a sweep asks
+# for the same ICL prompts' residual at each of its layers, and one forward pass reads them all
+_RESID_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MEMO_ENTRIES = 4
+
+
+def _weights_state(model) -> tuple | None:
+    """A key of the model's current weights; None while any hook is installed (a memo must not serve then)."""
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return None
+    return tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode() + t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _all_layers_at(model, batch, col: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor] | None:
+    """``{blocks.{l}.hook_resid_pre: [batch, d_model]}`` at column ``col`` of each row for every layer, from the
+    memo or one forward pass; None where no memo may serve (hooks installed)."""
+    state = _weights_state(model)
+    if state is None:
+        return None
+    key = (state, _digest(batch.tokens, batch.attention_mask, col), batch_size)
+    memo = _RESID_MEMO.setdefault(model, OrderedDict())
+    if key not in memo:
+        names = [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)]
+        _, acts = engine.forward(model, batch, names=names, at=col[:, None], batch_size=batch_size)
+        memo[key] = {n: acts[n][:, 0].cpu() for n in names}
+        while len(memo) > _MEMO_ENTRIES:
+            memo.popitem(last=False)
+    memo.move_to_end(key)
+    return memo[key]
+
+
 def residual_at_sites(
     model, prompts: PromptSet, sites: Sequence[Site], *, out_of_range: OutOfRange = "error", batch_size: int = 64
 ) -> Float[torch.Tensor, "batch site d_model"]:
-    """The residual stream ``blocks.{l}.hook_resid_pre`` of every prompt at every site."""
+    """The residual stream ``blocks.{l}.hook_resid_pre`` of every prompt at every site.
+
+    Sites at one position read every layer in one forward pass, kept for the next call on the same
+    prompts and weights (a sweep's layers): the same numbers as a pass per call.
+    """
     batch = prompts.tokenize(model, padding_side="left")
     names = sorted({s.hook_name for s in sites})
     cols = torch.stack([resolve_columns(s.position, batch.last_index, batch.first_index, out_of_range) for s in sites], 1)  # [batch, site]
-    _, acts = engine.forward(model, batch, names=names, at=cols.clamp(min=0), batch_size=batch_size)  # {name: [batch, site, d_model]}
-    per_site = [acts[s.hook_name][:, i].cpu() for i, s in enumerate(sites)]  # [batch, d_model] each
+    at = cols.clamp(min=0)
+    one_column = bool((at == at[:, :1]).all()) and all(0 <= s.layer < model.cfg.n_layers for s in sites)
+    every = _all_layers_at(model, batch, at[:, 0], batch_size) if one_column else None
+    if every is not None:
+        per_site = [every[s.hook_name] for s in sites]
+    else:
+        _, acts = engine.forward(model, batch, names=names, at=at, batch_size=batch_size)  # {name: [batch, site, d_model]}
+        per_site = [acts[s.hook_name][:, i].cpu() for i, s in enumerate(sites)]  # [batch, d_model] each
     v = torch.stack(per_site, 1)  # [batch, site, d_model]
     return torch.where((cols >= 0)[:, :, None], v, torch.nan)  # a site a prompt lacks ("skip") -> nan
 
