@@ -125,10 +125,9 @@ def _device_type(model) -> str:
     return p.device.type if p is not None else "cpu"
 
 
-def ltv_key_fields(model, task, *, sites, splits, config, shots: int, out_of_range: str, fingerprint: str) -> dict:
-    """Everything a trained LTV depends on, as a JSON-able dict (the store key is its sha256)."""
+def _subject_fields(model, task, splits, fingerprint: str) -> dict:
+    """The fields every entry's key shares: the model (weights, tokenizer, device), the task's content, the split."""
     return {
-        "kind": "ltv",
         "model_fingerprint": fingerprint,
         "tokenizer": tokenizer_hash(model),
         "device": _device_type(model),
@@ -136,6 +135,14 @@ def ltv_key_fields(model, task, *, sites, splits, config, shots: int, out_of_ran
         "task_hash": task_hash(task),
         "splits_hash": splits_hash(splits),
         "split_seed": splits.seed,
+    }
+
+
+def ltv_key_fields(model, task, *, sites, splits, config, shots: int, out_of_range: str, fingerprint: str) -> dict:
+    """Everything a trained LTV depends on, as a JSON-able dict (the store key is its sha256)."""
+    return {
+        "kind": "ltv",
+        **_subject_fields(model, task, splits, fingerprint),
         "sites": [[s.layer, s.position] for s in sites],
         "config": config.to_dict(),
         "shots": shots,
@@ -151,13 +158,7 @@ def aie_key_fields(model, task, *, splits, shots: int, n_clean: int, n_corrupt: 
     """Everything a head AIE (:func:`tvlens.head_aie`) depends on; it does not depend on any injection layer."""
     return {
         "kind": "aie",
-        "model_fingerprint": fingerprint,
-        "tokenizer": tokenizer_hash(model),
-        "device": _device_type(model),
-        "task": task.name,
-        "task_hash": task_hash(task),
-        "splits_hash": splits_hash(splits),
-        "split_seed": splits.seed,
+        **_subject_fields(model, task, splits, fingerprint),
         "shots": shots,
         "n_clean": n_clean,
         "n_corrupt": n_corrupt,
