@@ -14,12 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from tvlens.ltv._config import LTVConfig
-from tvlens.ltv._objective import (
-    FastObjective,
-    NaiveObjective,
-    TargetBatch,
-    build_targets,
-)
+from tvlens.ltv._objective import FastObjective, NaiveObjective, TargetBatch, build_targets
 from tvlens.sites import Site
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tvlens._result import Result
 from tvlens._claims._catalog import CLAIMS, Claim, Measurement
 from tvlens._claims._context import ClaimsContext, default_tasks
 from tvlens._claims._verdict import THRESHOLDS, UNTESTABLE
-from tvlens._result import Result
 from tvlens.errors import ConfigError, TvlensError
 
 log = logging.getLogger(__name__)

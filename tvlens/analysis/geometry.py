@@ -34,8 +34,8 @@ from jaxtyping import Float, Int
 
 from tvlens._result import Result
 from tvlens._validate import no_type_check
-from tvlens.analysis._inputs import check_vector
 from tvlens.analysis._vectors import _check_vectors, _ci, _eval_correct, _labels, _task
+from tvlens.analysis._inputs import check_vector
 from tvlens.errors import ConfigError
 from tvlens.tasks._task import Task
 from tvlens.vector import TaskVector
@@ -282,11 +282,14 @@ def transfer_matrix(model, vectors: Sequence[TaskVector] | dict, tasks: Sequence
 
 
 # composition lives in its own module (tvlens.analysis._composition); these names are part of this one's contract
-# --- the suite of `tvlens analyze geometry` and the report's section ---------------------------
-from dataclasses import field as _field  # noqa: E402
-
 from tvlens.analysis._composition import Composition as Composition  # noqa: E402
 from tvlens.analysis._composition import composition as composition  # noqa: E402
+
+
+# --- the suite of `tvlens analyze geometry` and the report's section ---------------------------
+
+from dataclasses import field as _field  # noqa: E402
+
 from tvlens.analysis._registry import Analysis, Options, register  # noqa: E402
 
 TOY_TASKS = ("toy/antonym", "toy/capitalize", "toy/successor", "toy/capital", "toy/add3", "toy/sentiment")
@@ -396,8 +399,7 @@ class GeometryOptions(Options):
 
 
 def _run_geometry(ctx, opts: GeometryOptions):
-    from tvlens.tasks._composed import COMPOSED, parts
-    from tvlens.tasks._composed import REAL_COMPOSED as REAL_COMPOSED_TASKS
+    from tvlens.tasks._composed import COMPOSED, REAL_COMPOSED as REAL_COMPOSED_TASKS, parts
 
     pool = TOY_TASKS if ctx.toy else REAL_TASKS
     k = opts.other_tasks if opts.other_tasks is not None else (3 if ctx.toy else 2)

@@ -37,21 +37,8 @@ from tvlens import _progress
 from tvlens._engine import head_chunks
 from tvlens._hooks import AddToHeads, SetHeadPerRow
 from tvlens._result import Result
-from tvlens._validate import (
-    check_choice,
-    check_float,
-    check_int,
-    check_layers,
-    no_type_check,
-)
-from tvlens.analysis._inputs import (
-    check_vector,
-    final_logits,
-    injection,
-    p_gold,
-    resolve_prompts,
-    steer_edit,
-)
+from tvlens._validate import check_choice, check_float, check_int, check_layers, no_type_check
+from tvlens.analysis._inputs import check_vector, final_logits, injection, p_gold, resolve_prompts, steer_edit
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector

@@ -23,16 +23,7 @@ import torch
 
 from tvlens._validate import check_float, check_int, no_type_check
 from tvlens.errors import ConfigError
-from tvlens.toy._world import (
-    ARROW,
-    BOS,
-    PAD,
-    SEP,
-    ToyTaskDef,
-    task_token,
-    vocabulary,
-    world,
-)
+from tvlens.toy._world import ARROW, BOS, PAD, SEP, ToyTaskDef, task_token, vocabulary, world
 
 log = logging.getLogger(__name__)
 
