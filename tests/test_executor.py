@@ -114,3 +114,20 @@ def test_cli_sweep_with_workers_equals_in_process(capsys):
     assert multiprocessing.active_children() == []
     assert main([*base, "--address", "x:1", "--executor", "local"]) == 2  # --address without ray: a usage error
     assert "--executor ray" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
+def test_report_sections_with_workers_equal_in_process(toy_model, one_thread):
+    # the report's sweep and comparison fan their LTVs out to workers: the same accuracies as in-process training
+    import torch
+
+    from tvlens.viz.report import build_report
+
+    seq = build_report(toy_model, "toy/antonym", sections=["sweep", "compare"], progress=False)
+    par = build_report(toy_model, "toy/antonym", sections=["sweep", "compare"], progress=False, executor=LocalExecutor(2),
+                       spec="toy")
+    assert all(s.ok for s in (*seq.sections, *par.sections))
+    (sweep_a,), (sweep_b,) = seq.sections[0].results, par.sections[0].results
+    assert torch.equal(sweep_a.correct, sweep_b.correct) and sweep_a.layers == sweep_b.layers
+    (cmp_a,), (cmp_b,) = seq.sections[1].results, par.sections[1].results
+    assert cmp_a.to_frame().equals(cmp_b.to_frame())
+    assert multiprocessing.active_children() == []
