@@ -203,15 +203,36 @@ class VectorStore:
 
     def get(self, fields: dict) -> StoredVector | None:
         """The verified entry for ``fields``, or None (absent, or corrupt: logged, never trusted)."""
+        return self._verified(fields, self._read)
+
+    def _verified(self, fields: dict, read):
+        """``read(path, key, fields)`` of the entry for ``fields``; None when absent or when any check fails."""
         key = self.key(fields)
         path = self.path(key)
         if not path.exists():
             return None
         try:
-            return self._read(path, key, fields)
-        except Exception as e:  # noqa: BLE001 - any failure means: do not trust it, retrain
-            log.warning("vector store entry %s is unusable (%s: %s); retraining and replacing it", path, type(e).__name__, e)
+            return read(path, key, fields)
+        except Exception as e:  # noqa: BLE001 - any failure means: do not trust it, compute it again
+            log.warning("store entry %s is unusable (%s: %s); computing it again and replacing it", path, type(e).__name__, e)
             return None
+
+    @staticmethod
+    def _header(key: str, fields: dict, record: dict, **checksums) -> str:
+        return json.dumps({"format": STORE_FORMAT, "key": key, "fields": json.loads(json.dumps(fields, default=str)),
+                           **checksums, "record": record}, allow_nan=False)
+
+    @staticmethod
+    def _checked_header(metadata: dict | None, key: str, fields: dict) -> dict:
+        """The entry's store header, after checking that it names ``key`` and ``fields``."""
+        header = json.loads((metadata or {})["tvlens_store"])
+        if header.get("format") != STORE_FORMAT or header.get("key") != key:
+            raise ValueError(f"header names key {header.get('key')!r}, expected {key!r}")
+        if header.get("fields") != json.loads(json.dumps(fields, default=str)):
+            raise ValueError("the header's key fields differ from the request's")
+        if not isinstance(header.get("record"), dict):
+            raise ValueError("no record")
+        return header
 
     def _read(self, path: Path, key: str, fields: dict) -> StoredVector:
         from safetensors import safe_open
@@ -219,11 +240,7 @@ class VectorStore:
         from tvlens.vector import TaskVector
 
         with safe_open(str(path), framework="pt") as f:
-            header = json.loads((f.metadata() or {})["tvlens_store"])
-        if header.get("format") != STORE_FORMAT or header.get("key") != key:
-            raise ValueError(f"header names key {header.get('key')!r}, expected {key!r}")
-        if header.get("fields") != json.loads(json.dumps(fields, default=str)):
-            raise ValueError("the header's key fields differ from the request's")
+            header = self._checked_header(f.metadata(), key, fields)
         vector = TaskVector.load(path)  # checks the vector's own header and finiteness
         if _values_sha(vector.values) != header.get("values_sha256"):
             raise ValueError("checksum of the values does not match")
@@ -231,11 +248,8 @@ class VectorStore:
             raise ValueError("the vector's model fingerprint differs")
         if [[s.layer, s.position] for s in vector.sites] != fields.get("sites"):
             raise ValueError("the vector's sites differ")
-        record = header.get("record")
-        if not isinstance(record, dict):
-            raise ValueError("no training record")
         log.info("vector store hit %s (%s, sites %s)", key[:12], fields.get("task"), fields.get("sites"))
-        return StoredVector(vector, record)
+        return StoredVector(vector, header["record"])
 
     def put(self, fields: dict, vector, record: dict) -> Path:
         """Store ``vector`` (a TaskVector) and its training ``record`` under the key of ``fields``."""
@@ -246,9 +260,7 @@ class VectorStore:
 
         key = self.key(fields)
         path = self.path(key)
-        header = {"format": STORE_FORMAT, "key": key, "fields": json.loads(json.dumps(fields, default=str)),
-                  "values_sha256": _values_sha(vector.values), "record": record}
-        header_json = json.dumps(header, allow_nan=False)
+        header_json = self._header(key, fields, record, values_sha256=_values_sha(vector.values))
 
         def write(tmp: Path) -> None:
             vector.save(tmp)  # the TaskVector format, then the same tensors with the store header added
@@ -263,34 +275,22 @@ class VectorStore:
 
     def get_tensors(self, fields: dict) -> tuple[dict[str, torch.Tensor], dict] | None:
         """A verified tensor entry (e.g. a head AIE) and its record for ``fields``, or None (absent or corrupt)."""
+        return self._verified(fields, self._read_tensors)
+
+    def _read_tensors(self, path: Path, key: str, fields: dict) -> tuple[dict[str, torch.Tensor], dict]:
         from safetensors import safe_open
 
-        key = self.key(fields)
-        path = self.path(key)
-        if not path.exists():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {})["tvlens_store"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            if header.get("format") != STORE_FORMAT or header.get("key") != key:
-                raise ValueError(f"header names key {header.get('key')!r}, expected {key!r}")
-            if header.get("fields") != json.loads(json.dumps(fields, default=str)):
-                raise ValueError("the header's key fields differ from the request's")
-            sums = header.get("tensors_sha256")
-            if not isinstance(sums, dict) or set(sums) != set(tensors):
-                raise ValueError("the tensors differ from the header's list")
-            for name, t in tensors.items():
-                if _values_sha(t) != sums[name]:
-                    raise ValueError(f"checksum of {name!r} does not match")
-            record = header.get("record")
-            if not isinstance(record, dict):
-                raise ValueError("no record")
-        except Exception as e:  # noqa: BLE001 - any failure means: do not trust it, recompute
-            log.warning("store entry %s is unusable (%s: %s); recomputing and replacing it", path, type(e).__name__, e)
-            return None
+        with safe_open(str(path), framework="pt") as f:
+            header = self._checked_header(f.metadata(), key, fields)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        sums = header.get("tensors_sha256")
+        if not isinstance(sums, dict) or set(sums) != set(tensors):
+            raise ValueError("the tensors differ from the header's list")
+        for name, t in tensors.items():
+            if _values_sha(t) != sums[name]:
+                raise ValueError(f"checksum of {name!r} does not match")
         log.info("store hit %s (%s %s)", key[:12], fields.get("kind"), fields.get("task"))
-        return tensors, record
+        return tensors, header["record"]
 
     def put_tensors(self, fields: dict, tensors: dict[str, torch.Tensor], record: dict) -> Path:
         """Store named tensors and a JSON ``record`` under the key of ``fields`` (atomically)."""
@@ -299,12 +299,9 @@ class VectorStore:
         from tvlens._io import atomic_write
 
         key = self.key(fields)
-        path = self.path(key)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        header = {"format": STORE_FORMAT, "key": key, "fields": json.loads(json.dumps(fields, default=str)),
-                  "tensors_sha256": {k: _values_sha(v) for k, v in tensors.items()}, "record": record}
-        header_json = json.dumps(header, allow_nan=False)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"tvlens_store": header_json}))
+        header_json = self._header(key, fields, record, tensors_sha256={k: _values_sha(v) for k, v in tensors.items()})
+        path = atomic_write(self.path(key), lambda tmp: save_file(tensors, str(tmp), metadata={"tvlens_store": header_json}))
         log.info("store: saved %s (%s %s)", key[:12], fields.get("kind"), fields.get("task"))
         return path
 
