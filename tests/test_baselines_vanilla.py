@@ -137,3 +137,12 @@ def test_every_layer_read_once_serves_a_sweep_and_equals_a_pass_per_layer(tiny_m
         assert torch.equal(steered, direct(model, 1))
     assert not torch.equal(steered, vmod.residual_at_sites(model, ps, [tv.Site(1, -1)])[:, 0])
     assert_no_hooks_left(model)
+    # over the memory budget (a large model, long prompts): no all-layer pass, each call reads its own layer
+    monkeypatch.setattr(vmod, "_MEMO_MAX_BYTES", 1)
+    vmod._RESID_MEMO.pop(model, None)
+    calls.clear()
+    expect = {layer: direct(model, layer) for layer in (0, 1)}
+    monkeypatch.setattr(engine, "forward", lambda *a, **k: calls.append(k["names"]) or real(*a, **k))
+    for layer in (0, 1):
+        assert torch.equal(vmod.residual_at_sites(model, ps, [tv.Site(layer, -1)])[:, 0], expect[layer])
+    assert calls == [["blocks.0.hook_resid_pre"], ["blocks.1.hook_resid_pre"]] and model not in vmod._RESID_MEMO

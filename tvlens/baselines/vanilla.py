@@ -50,6 +50,16 @@ __all__ = ["residual_at_sites", "vanilla_tv", "vanilla_tv_per_prompt"]
 # for the same ICL prompts' residual at each of its layers, and one forward pass reads them all
 _RESID_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MEMO_ENTRIES = 4
+# the all-layer pass holds every layer's activations of a sub-batch at once: above the engine's memory budget for one
+# run (a large model, long prompts) each call reads its own layers instead
+_MEMO_MAX_BYTES = engine.Budget().max_bytes
+
+
+def _all_layers_fit(model, batch, batch_size: int) -> bool:
+    """Whether one sub-batch's residual streams at every layer fit :data:`_MEMO_MAX_BYTES`."""
+    cfg = model.cfg
+    rows, width = min(batch_size, len(batch)), batch.tokens.shape[1]
+    return rows * width * cfg.d_model * cfg.n_layers * torch.finfo(cfg.dtype).bits // 8 <= _MEMO_MAX_BYTES
 
 
 def _weights_state(model) -> tuple | None:
@@ -92,14 +102,15 @@ def residual_at_sites(
     """The residual stream ``blocks.{l}.hook_resid_pre`` of every prompt at every site.
 
     Sites at one position read every layer in one forward pass, kept for the next call on the same
-    prompts and weights (a sweep's layers): the same numbers as a pass per call.
+    prompts and weights (a sweep's layers): the same numbers as a pass per call. Where every layer's
+    activations of a sub-batch would exceed the engine's one-run memory budget, each call reads its own.
     """
     batch = prompts.tokenize(model, padding_side="left")
     names = sorted({s.hook_name for s in sites})
     cols = torch.stack([resolve_columns(s.position, batch.last_index, batch.first_index, out_of_range) for s in sites], 1)  # [batch, site]
     at = cols.clamp(min=0)
     one_column = bool((at == at[:, :1]).all()) and all(0 <= s.layer < model.cfg.n_layers for s in sites)
-    every = _all_layers_at(model, batch, at[:, 0], batch_size) if one_column else None
+    every = _all_layers_at(model, batch, at[:, 0], batch_size) if one_column and _all_layers_fit(model, batch, batch_size) else None
     if every is not None:
         per_site = [every[s.hook_name] for s in sites]
     else:
