@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -47,13 +48,14 @@ from jaxtyping import Float, Int
 from tvlens import _backend
 from tvlens._hooks import (AblateHeads, Activations, AddAt, AddPerRow, AddToHeads, Cache, CallPositions, Edit, PatchFrom,
                            SetHeadPerRow, Span, intervene)
+from tvlens._memo import memo_key, tensor_digest
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptBatch
 from tvlens.sites import resolve_columns
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Budget", "Prefix", "SuffixRun", "final_logits", "forward", "forward_logits", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run",
+__all__ = ["Budget", "Prefix", "SuffixRun", "clear_memo", "final_logits", "forward", "forward_logits", "head_chunks", "p_gold", "prefix", "rows_per_pass", "run",
            "to_model"]
 
 
@@ -323,10 +325,11 @@ def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
 
     cfg = model.cfg
     toks, mask = to_model(model, sub.tokens), to_model(model, sub.attention_mask)
-    cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(sub))
     if c0 > 0:
-        model(toks[:, :c0], past_kv_cache=cache, attention_mask=mask[:, :c0], return_type=None)
-    cache.freeze()
+        cache = _clean_kv(model, toks[:, :c0], mask[:, :c0])
+    else:
+        cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(sub))
+        cache.freeze()
     x = model(toks[:, c0:], past_kv_cache=cache, attention_mask=mask[:, c0:], stop_at_layer=l0)  # [b, suffix, d_model]
     sp = None
     if cfg.positional_embedding_type == "shortformer":  # added to every block's queries and keys
@@ -340,6 +343,51 @@ def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
     resid = {l0: x, **{lay: store.store[f"blocks.{lay}.hook_resid_pre"] for lay in range(l0 + 1, cfg.n_layers)},
              cfg.n_layers: final}
     return keys, values, resid, sp
+
+
+# --- the unedited keys and values of a prompt batch's prefix, kept across calls ---------------------
+#
+# Every analysis of one prompt set (an evaluation per vector, an ablation, a saliency pass, a linear fit) builds a
+# prefix of the same prompts, and the columns before c0 are always computed without edits: their keys and values
+# are the same each time. They are kept per model (weakly), keyed by the weights and thread count
+# (tvlens._memo.memo_key: never while a hook is installed) and the prefix tokens and mask, least recently used first
+# out above KV_MEMO_BYTES.
+# A hit is the very tensors the first call computed, so results are bit-identical to computing them again.
+
+_KV_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> OrderedDict(key -> (frozen cache, bytes))
+KV_MEMO_BYTES = Budget().max_bytes  # per model; 0 turns the memo off
+
+
+def _clean_kv(model, toks: Int[torch.Tensor, "batch c0"], mask: Int[torch.Tensor, "batch c0"]):
+    """TransformerLens's KV cache (frozen) after the unedited columns ``toks``: from the memo or one forward pass."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    state = memo_key(model) if KV_MEMO_BYTES > 0 else None
+    key = None if state is None else (state, tensor_digest(toks, mask))
+    memo = _KV_MEMO.get(model)
+    if key is not None and memo is not None and key in memo:
+        memo.move_to_end(key)
+        return memo[key][0]
+    cfg = model.cfg
+    cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(toks))
+    model(toks, past_kv_cache=cache, attention_mask=mask, return_type=None)
+    cache.freeze()
+    if key is not None:
+        size = sum(e.past_keys.nbytes + e.past_values.nbytes for e in cache.entries)
+        if size <= KV_MEMO_BYTES:
+            memo = _KV_MEMO.setdefault(model, OrderedDict())
+            memo[key] = (cache, size)
+            while sum(b for _, b in memo.values()) > KV_MEMO_BYTES:
+                memo.popitem(last=False)
+    return cache
+
+
+def clear_memo(model=None) -> None:
+    """Forget the kept prefix keys and values (of ``model``, or of every model)."""
+    if model is None:
+        _KV_MEMO.clear()
+    else:
+        _KV_MEMO.pop(model, None)
 
 
 def _blocks(model, x, start: int, keys, values, mask, shortformer, edits: Sequence[Edit], span: Span):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Hashable
 from typing import Any
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -20,3 +23,28 @@ class Memo:
             log.info("%s: computing %s", type(self).__name__, key if isinstance(key, str) else key[0])
             self.cache[key] = compute()
         return self.cache[key]
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' dtypes, shapes and bytes (any dtype, bfloat16 included; device and layout ignored)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def memo_key(model: torch.nn.Module) -> tuple | None:
+    """A key of what ``model`` computes now, for an in-process memo of its activations: each parameter's identity,
+    storage, version counter, dtype and device (an in-place update, a new tensor or a move gives a new key), and
+    torch's thread count (CPU kernels may round differently at another count, so a hit is exactly what computing
+    again would give).
+
+    None while any forward hook or pre-hook is installed anywhere in the model: what it computes then depends on the
+    hooks, and a memo must neither serve nor keep it. (Writes through ``param.data`` bypass the version counter and
+    go unseen, as they do for autograd.)
+    """
+    for m in model.modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return None
+    return (torch.get_num_threads(), *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters()))

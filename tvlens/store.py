@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from tvlens._memo import tensor_digest
 from tvlens.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,7 @@ def aie_key_fields(model, task, *, splits, shots: int, n_clean: int, n_corrupt: 
 
 
 def _values_sha(values: torch.Tensor) -> str:
-    v = values.detach().cpu().contiguous()
-    return hashlib.sha256(str(v.dtype).encode() + str(tuple(v.shape)).encode() + v.view(torch.uint8).numpy().tobytes()).hexdigest()
+    return tensor_digest(values)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ TaskVector(vanilla_tv 'toy/antonym', add, sites=[L2@-1], d_model=128)
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -36,6 +35,7 @@ import torch
 from jaxtyping import Float
 
 from tvlens import _engine as engine
+from tvlens._memo import memo_key, tensor_digest
 from tvlens._validate import no_type_check
 from tvlens.errors import ConfigError
 from tvlens.prompts import PromptSet, TaskSplits, make_prompts, make_splits
@@ -62,29 +62,13 @@ def _all_layers_fit(model, batch, batch_size: int) -> bool:
     return rows * width * cfg.d_model * cfg.n_layers * torch.finfo(cfg.dtype).bits // 8 <= _MEMO_MAX_BYTES
 
 
-def _weights_state(model) -> tuple | None:
-    """A key of the model's current weights; None while any hook is installed (a memo must not serve then)."""
-    for m in model.modules():
-        if m._forward_hooks or m._forward_pre_hooks:
-            return None
-    return tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
-
-
-def _digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode() + t.numpy().tobytes())
-    return h.hexdigest()
-
-
 def _all_layers_at(model, batch, col: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor] | None:
     """``{blocks.{l}.hook_resid_pre: [batch, d_model]}`` at column ``col`` of each row for every layer, from the
     memo or one forward pass; None where no memo may serve (hooks installed)."""
-    state = _weights_state(model)
+    state = memo_key(model)
     if state is None:
         return None
-    key = (state, _digest(batch.tokens, batch.attention_mask, col), batch_size)
+    key = (state, tensor_digest(batch.tokens, batch.attention_mask, col), batch_size)
     memo = _RESID_MEMO.setdefault(model, OrderedDict())
     if key not in memo:
         names = [f"blocks.{lay}.hook_resid_pre" for lay in range(model.cfg.n_layers)]
