@@ -20,9 +20,14 @@ class Memo:
     def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` the first time ``key`` is asked for; the stored value after that."""
         if key not in self.cache:
-            log.info("%s: computing %s", type(self).__name__, key if isinstance(key, str) else key[0])
+            log.info("%s: computing %s", type(self).__name__, _name(key))
             self.cache[key] = compute()
         return self.cache[key]
+
+
+def _name(key: Hashable) -> Hashable:
+    """A key's name for the log: a tuple's first item (keys are often ``("name", *arguments)``), else the key."""
+    return key[0] if isinstance(key, tuple) and key else key
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
