@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import logging
-from collections.abc import Callable, Hashable
+import time
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,11 +22,95 @@ class Memo:
     cache: dict
 
     def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """``compute()`` the first time ``key`` is asked for; the stored value after that."""
+        """``compute()`` the first time ``key`` is asked for; the stored value after that.
+
+        Under :func:`record`, each call is noted (hit or miss, and a miss's seconds).
+        """
+        rec = _RECORDING.get()
+        if rec is not None:
+            return rec.once(self, key, compute)
         if key not in self.cache:
             log.info("%s: computing %s", type(self).__name__, _name(key))
             self.cache[key] = compute()
         return self.cache[key]
+
+
+@dataclass(frozen=True)
+class Use:
+    """One :meth:`Memo.once` call seen by a :class:`Recording`.
+
+    ``cache`` and ``key`` name the entry (two memos sharing one cache dict share its entries). A miss ran
+    ``compute``: ``seconds`` is its wall time, nested ``once`` calls included. A hit's ``source`` is the index (in the
+    recording) of the miss that stored the value it took; None when the value was stored before the recording began or
+    not through ``once``. ``within``: the indices of the misses whose computes were running around this call,
+    outermost first.
+    """
+
+    memo: str  # the memo's class name
+    cache: int  # id() of the memo's cache dict
+    key: Hashable
+    hit: bool
+    seconds: float = 0.0
+    source: int | None = None
+    within: tuple[int, ...] = ()
+    failed: bool = False  # a miss whose compute raised (nothing was stored)
+
+
+class Recording:
+    """What :func:`record` saw: :attr:`uses`, one per :meth:`Memo.once` call, in the order the calls began."""
+
+    def __init__(self) -> None:
+        self.uses: list[Use] = []
+        self._running: list[int] = []  # the misses whose computes are running, outermost first
+        self._stored: dict[tuple[int, Hashable], int] = {}  # (cache id, key) -> the miss that stored its value
+
+    def __len__(self) -> int:
+        return len(self.uses)
+
+    def once(self, memo: Memo, key: Hashable, compute: Callable[[], Any]) -> Any:
+        entry, within = (id(memo.cache), key), tuple(self._running)
+        if key in memo.cache:
+            self.uses.append(Use(type(memo).__name__, entry[0], key, True, source=self._stored.get(entry), within=within))
+            return memo.cache[key]
+        log.info("%s: computing %s", type(memo).__name__, _name(key))
+        i = len(self.uses)
+        self.uses.append(Use(type(memo).__name__, entry[0], key, False, within=within))  # a placeholder: nested calls follow it
+        self._running.append(i)
+        t0, failed = time.perf_counter(), True
+        try:
+            memo.cache[key] = value = compute()
+            failed = False
+        finally:
+            self._running.pop()
+            self.uses[i] = Use(type(memo).__name__, entry[0], key, False, time.perf_counter() - t0, within=within, failed=failed)
+            if not failed:
+                self._stored[entry] = i
+        return value
+
+    def reused(self, start: int, stop: int | None = None) -> dict[int, float]:
+        """The entries that the calls ``uses[start:stop]`` took from misses before ``start``: {that miss's index: its
+        seconds}, each entry once. An entry whose compute ran inside the compute of another entry taken here is left
+        out (its seconds are already in that one's), so the seconds add up without counting any twice."""
+        taken = {u.source for u in self.uses[start:stop] if u.hit and u.source is not None and u.source < start}
+        return {i: self.uses[i].seconds for i in sorted(taken) if not taken.intersection(self.uses[i].within)}
+
+
+_RECORDING: contextvars.ContextVar[Recording | None] = contextvars.ContextVar("tvlens_memo_recording", default=None)
+
+
+@contextlib.contextmanager
+def record() -> Iterator[Recording]:
+    """Note every :meth:`Memo.once` call in this context (this thread or task) until the block ends.
+
+    An inner ``record()`` takes the calls of its block; the outer one sees none of them. Without one, ``once`` does
+    nothing more than look the key up.
+    """
+    rec = Recording()
+    token = _RECORDING.set(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDING.reset(token)
 
 
 def _name(key: Hashable) -> Hashable:
