@@ -70,6 +70,11 @@ def test_report_sections_and_results(toy_report):
     df = rep.to_frame()
     assert list(df.key) == keys and df.error.isna().all()
     assert rep.layer == 2 and "toy/antonym" in repr(rep)
+    # the claims section computes the shared analyses; the sections after it take them from the cache and say so
+    assert by["claims"].reused_from == () and by["icl"].reused_from == ()  # icl shares nothing
+    for key in ("ltv", "sweep", "compare", "ablation", "decoded", "rotation", "geometry"):
+        assert [k for k, _ in by[key].reused_from] == ["claims"] and by[key].reused_seconds > 0, (key, by[key].reused_from)
+    assert all(s.reused_seconds <= by["claims"].seconds + 0.01 for s in rep.sections)  # a part of the time it took there
 
 
 def test_page_is_offline_with_contents(toy_report, tmp_path):
@@ -187,3 +192,50 @@ def test_the_claims_section_escapes_user_text(toy_model, tmp_path, monkeypatch):
     assert "<script>x</script>" in table.rows[0]["command"]  # the user's name reached the table
     page = rep.write(tmp_path / "e.html").read_text()
     assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+
+
+def test_a_section_names_the_earlier_section_whose_cached_results_it_reused(toy_model, tmp_path, monkeypatch):
+    """The claims section trains the LTV and runs the saliency analysis; the ltv and saliency sections take both from the
+    shared cache (about 0 s of their own) and name the claims section with the seconds the work took there."""
+    import tvlens._claims as claims_mod
+
+    monkeypatch.setattr(claims_mod, "CLAIMS", {"one_pass_saliency": claims_mod.CLAIMS["one_pass_saliency"]})  # one cheap row
+    rep = rp.build_report(toy_model, "toy/antonym", sections=["claims", "ltv", "saliency"], n=6, progress=False)
+    claims, ltv, sal = rep.sections
+    assert all(s.ok for s in rep.sections), [s.error for s in rep.sections]
+    assert claims.reused_from == () and claims.reused_seconds == 0.0  # it computed them
+    assert [k for k, _ in ltv.reused_from] == ["claims"] and [k for k, _ in sal.reused_from] == ["claims"]
+    assert 0 < ltv.reused_seconds <= claims.seconds + 0.01
+    # the saliency analysis trained the LTV inside its own compute: its seconds hold the LTV's, counted once
+    assert ltv.reused_seconds <= sal.reused_seconds <= claims.seconds + 0.01
+    df = rep.to_frame()
+    assert list(df.reused_seconds) == [0.0, ltv.reused_seconds, sal.reused_seconds]
+    assert list(df.reused_from) == [{}, dict(ltv.reused_from), dict(sal.reused_from)]
+    page = rep.write(tmp_path / "r.html").read_text()
+    notes = re.findall(r'<p class="meta">([^<]*(?:<a [^>]*>[^<]*</a>[^<]*)?)</p></section>', page)
+    assert len(notes) == 3 and "reused" not in notes[0] and notes[0].endswith(" s")
+    assert all('computed earlier by the <a href="#claims">claims</a> section' in n and "of that section's time" in n
+               for n in notes[1:]), notes
+
+
+def test_a_section_reuses_an_earlier_non_claims_section(toy_model):
+    """Without the claims section: the ltv section trains the LTV, the heads sections after it reuse it."""
+    rep = rp.build_report(toy_model, "toy/antonym", sections=["ltv", "saliency", "ov"], n=6, progress=False)
+    ltv, sal, ov = rep.sections
+    assert all(s.ok for s in rep.sections), [s.error for s in rep.sections]
+    assert ltv.reused_from == () and ltv.seconds > 0
+    for s in (sal, ov):
+        assert [k for k, _ in s.reused_from] == ["ltv"] and 0 < s.reused_seconds <= ltv.seconds + 0.01, s
+
+
+def test_cli_report_json_names_reused_sections(tmp_path, capsys):
+    from tvlens.cli import main
+
+    out = tmp_path / "report.html"
+    rc = main(["report", "--task", "antonym", "--sections", "ltv", "saliency", "--n", "6", "--json", str(out)])
+    payload = json.loads(capsys.readouterr().out)
+    assert rc == 0, payload
+    ltv, sal = payload["sections"]
+    assert {"key", "title", "group", "results", "seconds", "error", "reused_seconds", "reused_from"} <= set(sal)
+    assert ltv["reused_seconds"] == 0.0 and ltv["reused_from"] == {}
+    assert list(sal["reused_from"]) == ["ltv"] and sal["reused_seconds"] == sal["reused_from"]["ltv"] > 0

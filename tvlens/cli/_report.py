@@ -39,8 +39,9 @@ def cmd_report(args: argparse.Namespace) -> tuple[dict, str]:
     # from the sections, not to_frame(): pandas turns a None error into NaN where another section has one
     payload = {"model": args.model, "fingerprint": rep.fingerprint, "task": rep.task, "layer": rep.layer, "html": str(path),
                "sections": [{"key": s.key, "title": s.title, "group": s.group, "results": len(s.results), "seconds": float(s.seconds),
-                             "error": s.error if s.error else None} for s in rep.sections],
+                             "error": s.error if s.error else None, "reused_seconds": float(s.reused_seconds),
+                             "reused_from": {k: float(t) for k, t in s.reused_from}} for s in rep.sections],
                "seconds": round(time.perf_counter() - t0, 2)}
     lines = [f"{r['key']:<10} {r['seconds']:>7.1f} s  " + (f"empty: {r['error']}" if r["error"] else f"{r['results']} result(s)")
-             for r in payload["sections"]]
+             + "".join(f"; reused {t:.1f} s of {k}" for k, t in r["reused_from"].items()) for r in payload["sections"]]
     return payload, "\n".join([f"report: {rep.task} on {args.model}, LTV at layer {rep.layer}", *lines, f"wrote {path}"])

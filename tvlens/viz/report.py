@@ -78,10 +78,18 @@ class ReportSection:
     results: tuple  # result objects
     seconds: float
     error: str | None = None  # why the section is empty ("not in this tvlens: ...", or the failure)
+    # the earlier sections whose cached results this one took, in report order, each with the seconds those results
+    # took to compute there (part of that section's seconds, not of this one's)
+    reused_from: tuple[tuple[str, float], ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def reused_seconds(self) -> float:
+        """Seconds that earlier sections spent computing the results this section reused."""
+        return round(sum((s for _, s in self.reused_from), 0.0), 2)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -95,12 +103,15 @@ class Report(Result):
     sections: tuple[ReportSection, ...]
 
     def to_frame(self):
-        """One row per section: key, title, group, results, seconds, error."""
+        """One row per section: key, title, group, results, seconds, error, reused_seconds and reused_from
+        (``{earlier section: seconds}``, see :attr:`ReportSection.reused_from`)."""
         import pandas as pd
 
         df = pd.DataFrame([{"key": s.key, "title": s.title, "group": s.group, "results": len(s.results),
                             "seconds": s.seconds} for s in self.sections])
         df["error"] = pd.Series([s.error for s in self.sections], dtype=object)  # None stays None (not NaN)
+        df["reused_seconds"] = [s.reused_seconds for s in self.sections]
+        df["reused_from"] = pd.Series([dict(s.reused_from) for s in self.sections], dtype=object)
         return df
 
     def to_dict(self) -> dict:
@@ -133,9 +144,13 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
     ``layer``: the LTV's layer (default: the middle layer). ``n``: test queries per analysis.
     ``executor`` (``"local"``/``"ray"``/an Executor) with the model's ``spec`` string (e.g. ``"smollm2"``) trains
     the sweep's and the comparison's LTVs as parallel jobs (the same vectors, :mod:`tvlens._executor`).
+
+    Sections share one compute-once cache, so a section's ``seconds`` leave out the results it took from an earlier
+    section; its ``reused_from`` names that section with the seconds those results took there.
     """
     import tvlens as tv
     from tvlens import _progress
+    from tvlens._memo import record
     from tvlens.analysis.geometry import resolve_task
 
     _register_builtin()
@@ -147,21 +162,37 @@ def build_report(model, task, *, model_name: str | None = None, layer: int | Non
     task = resolve_task(model, task)
     name = model_name or getattr(model.cfg, "model_name", "model")
     ctx = _shared_context(model, "toy" if name == "tvlens-toy" else name, task, layer, seed, n, executor, spec)
-    out = []
+    out, starts = [], []  # starts: where each section's cache use begins in the recording
     bar = _progress.bar(keys, desc="report", disable=not progress)
-    for key in bar:
-        bar.set_postfix_str(key)
-        spec = SECTIONS[key]
-        t0 = time.perf_counter()
-        try:
-            results, error = tuple(spec.build(ctx)), None
-        except _Unavailable as e:
-            results, error = (), f"not in this tvlens: {e}"
-        except Exception as e:  # one failing analysis must not cost the researcher the whole page
-            log.warning("report section %s failed: %s: %s", key, type(e).__name__, e)
-            results, error = (), f"{type(e).__name__}: {e}"
-        out.append(ReportSection(key, spec.title, spec.group, spec.description, results, round(time.perf_counter() - t0, 2), error))
+    with record() as rec:
+        for key in bar:
+            bar.set_postfix_str(key)
+            spec = SECTIONS[key]
+            starts.append(len(rec))
+            t0 = time.perf_counter()
+            try:
+                results, error = tuple(spec.build(ctx)), None
+            except _Unavailable as e:
+                results, error = (), f"not in this tvlens: {e}"
+            except Exception as e:  # one failing analysis must not cost the researcher the whole page
+                log.warning("report section %s failed: %s: %s", key, type(e).__name__, e)
+                results, error = (), f"{type(e).__name__}: {e}"
+            seconds = round(time.perf_counter() - t0, 2)
+            reused = _by_section(rec.reused(starts[-1]), starts, [s.key for s in out])
+            out.append(ReportSection(key, spec.title, spec.group, spec.description, results, seconds, error, reused))
     return Report(name, tv.fingerprint(model), task.name, ctx.layer, tuple(out))
+
+
+def _by_section(reused: dict[int, float], starts: list[int], keys: list[str]) -> tuple[tuple[str, float], ...]:
+    """The seconds of reused cache entries ({index in the recording: seconds}) summed by the earlier section that computed
+    them (the last of ``starts`` at or before the index; ``keys``: the earlier sections), in report order; sums under
+    0.005 s are left out."""
+    import bisect
+
+    total = [0.0] * len(keys)
+    for i, seconds in reused.items():
+        total[bisect.bisect_right(starts, i) - 1] += seconds
+    return tuple((k, round(t, 2)) for k, t in zip(keys, total) if round(t, 2) > 0)
 
 
 def write_report(model, task, path: str | os.PathLike, **options) -> Report:
@@ -193,6 +224,17 @@ def _figure_html(fig, first: bool) -> str:
     fig.update_layout(autosize=True)
     return fig.to_html(full_html=False, include_plotlyjs=True if first else False, default_width="100%",
                        config={"displaylogo": False})
+
+
+def _seconds_note(s: ReportSection) -> str:
+    """The section's seconds, and where the results it reused were computed (their seconds count there)."""
+    if not s.reused_from:
+        return f"{s.seconds:.1f} s"
+    whose = "that section's" if len(s.reused_from) == 1 else "its"
+    by = [f'the <a href="#{html.escape(k)}">{html.escape(k)}</a> section ({t:.{1 if t >= 0.1 else 2}f} s of {whose} time)'
+          for k, t in s.reused_from]  # under 0.1 s: two decimals, so that no named section shows "0.0 s"
+    return (f"{s.seconds:.1f} s here; results it reused were computed earlier by "
+            + (by[0] if len(by) == 1 else ", ".join(by[:-1]) + " and " + by[-1]) + " and counted there")
 
 
 def render(report: Report) -> str:
@@ -228,7 +270,7 @@ def render(report: Report) -> str:
                                  + df.head(MAX_ROWS).to_html(float_format=_fmt, na_rep="-", index=False) + more + "</details>")
                 except Exception as e:
                     parts.append(f'<p class="note">no table ({html.escape(type(e).__name__)})</p>')
-            parts.append(f'<p class="meta">{s.seconds:.1f} s</p></section>')
+            parts.append(f'<p class="meta">{_seconds_note(s)}</p></section>')
             body.append("\n".join(parts))
     title = f"tvlens report: {report.task} on {report.model}"
     meta = (f"model {html.escape(report.model)} ({html.escape(report.fingerprint)}), task {html.escape(report.task)}, "
