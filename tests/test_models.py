@@ -249,6 +249,37 @@ def test_fingerprint_sees_any_weight_change():
     assert fingerprint(load_model(tiny_cfg(), dtype=torch.float64)) != fp
 
 
+def test_fingerprint_is_kept_until_a_weight_or_config_field_changes(monkeypatch):
+    # hashing a real model's weights takes ~0.5 s, and every evaluation checks a vector's fingerprint: the name is kept
+    # per model and recomputed when a weight (its version counter), a parameter tensor or a hashed config field changes
+    import sys
+
+    fmod = sys.modules["tvlens._fingerprint"]
+    model = load_model(tiny_cfg())
+    calls = []
+    real = fmod._hash
+    monkeypatch.setattr(fmod, "_hash", lambda *a: calls.append(1) or real(*a))
+    fp = fingerprint(model)
+    assert [fingerprint(model) for _ in range(3)] == [fp] * 3 and len(calls) == 1
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q[0, 0, 0] += 1.0
+    changed = fingerprint(model)
+    assert changed != fp and len(calls) == 2
+    assert changed == real(copy.deepcopy(model), *_fields_and_arch(fmod, model), False)  # what hashing afresh gives
+    model.cfg.eps = model.cfg.eps * 2
+    assert fingerprint(model) not in (fp, changed)
+    model.blocks[0].mlp.b_in = torch.nn.Parameter(model.blocks[0].mlp.b_in.detach().clone() + 1)  # a new tensor
+    assert len({fingerprint(model), fp, changed}) == 3 and len(calls) == 4
+
+
+def _fields_and_arch(fmod, model):
+    import json
+
+    cfg = model.cfg
+    fields = json.dumps({name: getattr(cfg, name, None) for name in fmod._HASHED_CFG_FIELDS}, sort_keys=True, default=str)
+    return fields, f"{fmod._family(cfg)}:L{cfg.n_layers}-d{cfg.d_model}-h{cfg.n_heads}-v{cfg.d_vocab}"
+
+
 def test_fingerprint_architecture_part_follows_shape():
     arch = lambda m: fingerprint(m).split(":sha256:")[0]  # noqa: E731
     base = arch(load_model(tiny_cfg()))

@@ -13,15 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tvlens._memo import weights_key
 
 if TYPE_CHECKING:  # annotations only: the backend lives in tvlens._backend
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 _EXACT_HASH_LIMIT = 1 << 22  # tensors up to this many elements are hashed in full
 _SAMPLED_ELEMENTS = 1 << 20  # larger tensors: about this many elements, evenly strided
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(exact, config fields, weights key): fingerprint}
 
 
 def _family(cfg: HookedTransformerConfig) -> str:
@@ -62,9 +66,19 @@ def fingerprint(model: HookedTransformer, *, exact: bool = False) -> str:
     GPT-2 small only the embeddings are sampled. ``exact=True`` hashes everything.
     """
     cfg = model.cfg
+    fields = json.dumps({name: getattr(cfg, name, None) for name in _HASHED_CFG_FIELDS}, sort_keys=True, default=str)
+    arch = f"{_family(cfg)}:L{cfg.n_layers}-d{cfg.d_model}-h{cfg.n_heads}-v{cfg.d_vocab}"
+    key = (exact, fields, arch, weights_key(model))  # the same weights and config: the kept name (hashing SmolLM2 takes ~0.5 s)
+    kept = _KEPT.setdefault(model, {})
+    if key not in kept:
+        kept.clear()
+        kept[key] = _hash(model, fields, arch, exact)
+    return kept[key]
+
+
+def _hash(model, fields: str, arch: str, exact: bool) -> str:
     h = hashlib.sha256()
-    fields = {name: getattr(cfg, name, None) for name in _HASHED_CFG_FIELDS}
-    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    h.update(fields.encode())
     with torch.no_grad():
         for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             flat = param.detach().reshape(-1)
@@ -75,7 +89,6 @@ def fingerprint(model: HookedTransformer, *, exact: bool = False) -> str:
             header = f"{name}|{str(param.dtype)}|{tuple(param.shape)}|{stride}\n"
             h.update(header.encode())
             h.update(flat.contiguous().cpu().view(torch.uint8).numpy())  # raw bytes, any dtype
-    arch = f"{_family(cfg)}:L{cfg.n_layers}-d{cfg.d_model}-h{cfg.n_heads}-v{cfg.d_vocab}"
     return f"{arch}:sha256:{h.hexdigest()[:16]}"
 
 

@@ -127,17 +127,22 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def weights_key(model: torch.nn.Module) -> tuple:
+    """A key of ``model``'s current weights: each parameter's identity, storage, version counter, dtype and device (an
+    in-place update, a new tensor or a move gives a new key). Writes through ``param.data`` bypass the version counter
+    and go unseen, as they do for autograd."""
+    return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
 def memo_key(model: torch.nn.Module) -> tuple | None:
-    """A key of what ``model`` computes now, for an in-process memo of its activations: each parameter's identity,
-    storage, version counter, dtype and device (an in-place update, a new tensor or a move gives a new key), and
-    torch's thread count (CPU kernels may round differently at another count, so a hit is exactly what computing
-    again would give).
+    """A key of what ``model`` computes now, for an in-process memo of its activations: :func:`weights_key` and torch's
+    thread count (CPU kernels may round differently at another count, so a hit is exactly what computing again would
+    give).
 
     None while any forward hook or pre-hook is installed anywhere in the model: what it computes then depends on the
-    hooks, and a memo must neither serve nor keep it. (Writes through ``param.data`` bypass the version counter and
-    go unseen, as they do for autograd.)
+    hooks, and a memo must neither serve nor keep it.
     """
     for m in model.modules():
         if m._forward_hooks or m._forward_pre_hooks:
             return None
-    return (torch.get_num_threads(), *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters()))
+    return (torch.get_num_threads(), *weights_key(model))
