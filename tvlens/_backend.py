@@ -15,10 +15,13 @@ The hook names tvlens uses exist on both (the bridge has more).
 from __future__ import annotations
 
 import contextlib
+import sys
 
 from typing import Union
 
 import torch
+
+from tvlens import _memo
 
 try:  # TransformerLens 3.x: the reference backend
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -92,7 +95,8 @@ def stopping_before_final_norm(model):
 
 
 def track_call_masks(model, record) -> list:
-    """Hook handles that pass ``record`` the ``[batch, pos]`` attention mask of each forward call (none
+    """Hook handles that pass ``record`` the ``[batch, pos]`` attention mask of each forward call and its
+    :func:`bridge_generate_step` (none
     needed on a HookedTransformer, whose blocks receive that mask itself; remove them when done).
 
     A bridge's blocks see whatever the HF model makes of the mask (a 4-d additive mask for Llama,
@@ -100,8 +104,8 @@ def track_call_masks(model, record) -> list:
     """
     if not is_bridge(model):
         return []
-    return [model.register_forward_pre_hook(lambda module, args, kwargs: record(kwargs.get("attention_mask")),
-                                            with_kwargs=True)]
+    return [model.register_forward_pre_hook(
+        lambda module, args, kwargs: record(kwargs.get("attention_mask"), bridge_generate_step(model)), with_kwargs=True)]
 
 
 def block_attention_mask(model, block_kwargs: dict, call_mask):
@@ -150,3 +154,73 @@ def stacked_bias(model, name: str):
     if name in ("b_K", "b_V") and b.shape[1] != cfg.n_heads:
         b = b.repeat_interleave(cfg.n_heads // b.shape[1], dim=1)
     return b
+
+
+def model_alias_map() -> dict[str, str]:
+    """TransformerLens's model names: every lower-cased alias and official name -> the official name.
+
+    3.x keeps them in ``loading_from_pretrained.make_model_alias_map``; 4.x removed that module and
+    keeps the same map, for its HookedTransformer-era names, in ``supported_models``.
+    """
+    try:
+        from transformer_lens.loading_from_pretrained import make_model_alias_map
+    except ImportError:  # TransformerLens 4.x
+        from transformer_lens.supported_models import _model_alias_map as make_model_alias_map
+    return make_model_alias_map()
+
+
+def check_convertible(config_dir: str, arch: str) -> None:
+    """Raise NotImplementedError if the backend ``backend="auto"`` picks cannot load architecture ``arch``.
+
+    ``config_dir`` holds a ``config.json`` naming ``arch``. HookedTransformer converts the config
+    (``get_pretrained_model_config``, which fails in seconds on an unknown architecture); the bridge
+    (4.x) needs an architecture adapter for it.
+    """
+    if HAS_HOOKED:
+        import transformer_lens.loading_from_pretrained as loading
+
+        loading.get_pretrained_model_config(config_dir, local_files_only=True)
+        return
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise NotImplementedError(f"{arch} is not one of the TransformerBridge's supported architectures")
+
+
+def user_torch_hooks(model: torch.nn.Module, kinds: tuple[str, ...] = _memo.HOOK_KINDS) -> list[tuple[str, str]]:
+    """``(module name, hook kind)`` of every torch hook on ``model`` that the backend did not put there.
+
+    The bridge (4.x) wires its own forward pre-hooks onto each block's ``ln1`` / ``ln2`` on the first
+    forward (kept for the model's life); they compute nothing, so "no hook installed" means the same
+    on both backends. The rule itself lives at the ground level, in :func:`tvlens._memo.user_torch_hooks`,
+    which ``memo_key`` needs.
+    """
+    return _memo.user_torch_hooks(model, kinds)
+
+
+
+def bridge_generate_step(model) -> int | None:
+    """The step of the bridge's ``generate`` loop that the current forward call belongs to (0 = the
+    prompt), or None outside ``generate`` and on a HookedTransformer.
+
+    A HookedTransformer's generate embeds each new token itself, which :class:`tvlens._hooks._Tracker`
+    recognises; a bridge's calls its ordinary forward, so this looks for its token loop
+    (``TransformerBridge._generate_tokens``, its ``gen_step_idx``) among the callers, patching nothing.
+    """
+    if not is_bridge(model):
+        return None
+    code = getattr(getattr(type(model), "_generate_tokens", None), "__code__", None)
+    if code is None:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(_GENERATE_FRAME_DEPTH):
+        if frame is None:
+            return None
+        if frame.f_code is code:
+            step = frame.f_locals.get("gen_step_idx")
+            return int(step) if isinstance(step, int) else 0
+        frame = frame.f_back
+    return None
+
+
+_GENERATE_FRAME_DEPTH = 24  # the forward pre-hook sits about 8 frames below the generate loop

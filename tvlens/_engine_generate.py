@@ -51,13 +51,17 @@ def generate(model, batch: PromptBatch, edits: Sequence[Edit] = (), *, max_new_t
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch.padding_side != "left":
         raise ConfigError("generate needs left-padded prompts; tokenize with padding_side='left'")
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from tvlens import _backend
 
+    if use_cache and _backend.kv_cache_unsupported_reason(model) is not None:
+        use_cache = False  # the backend would ignore past_kv_cache: each step would see only the new token
     span = Span(batch.first_index, batch.last_index)
     tokens, mask = batch.tokens, batch.attention_mask
     new: list[torch.Tensor] = []
     with torch.no_grad(), intervene(model, *edits, span=span):
         if use_cache:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
             cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
             logits = model(to_model(model, tokens), attention_mask=to_model(model, mask), past_kv_cache=cache)
             for step in range(max_new_tokens):

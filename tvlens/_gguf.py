@@ -196,7 +196,7 @@ def _entry_is_valid(entry: Path, digest: str) -> bool:
 
 def _check_convertible(src: Path, config: dict) -> str:
     """The HF architecture name, after checking TransformerLens can convert it (fails in seconds)."""
-    import transformer_lens.loading_from_pretrained as loading
+    from tvlens import _backend
 
     arch = causal_lm_architecture(config.get("model_type"))
     if arch is None:
@@ -207,12 +207,12 @@ def _check_convertible(src: Path, config: dict) -> str:
     with tempfile.TemporaryDirectory(prefix="tvlens-ggufcfg-") as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps({**config, "architectures": [arch]}))
         try:
-            loading.get_pretrained_model_config(tmp, local_files_only=True)
+            _backend.check_convertible(tmp, arch)
         except NotImplementedError as exc:
             raise ModelLoadError(
                 f"{src}: architecture {arch} (GGUF model type {config.get('model_type')!r}) cannot be converted "
-                f"by TransformerLens' HookedTransformer ({exc}); use a model of a supported architecture "
-                "(see transformer_lens.loading_from_pretrained)"
+                f"by TransformerLens ({exc}); use a model of a supported architecture "
+                "(see TransformerLens's supported models)"
             ) from exc
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelLoadError(f"{src}: TransformerLens cannot read the config of this GGUF ({exc})") from exc

@@ -460,9 +460,13 @@ class _Tracker:
         self.resolved = self.call if at is not None else -1  # the id of the call that ``current`` describes
         self.session: tuple[int, int, Span] | None = None  # generation: (batch, columns so far, prompt span)
         self.call_mask: torch.Tensor | None = None  # the bridge: the [batch, pos] mask its forward was given
+        self.generating = False  # the bridge: this call is a step of model.generate (_backend.bridge_generate_step)
 
-    def on_call(self, mask: torch.Tensor | None) -> None:
+    def on_call(self, mask: torch.Tensor | None, generate_step: int | None = None) -> None:
         self.call_mask = mask
+        self.generating = generate_step is not None
+        if generate_step == 0:  # a new generate: its first call is the prompt
+            self.session = None
 
     def on_embed(self, module, args) -> None:
         self.events.append(args[0])
@@ -510,13 +514,14 @@ class _Tracker:
                 raise ConfigError(f"span has {len(self.span.first)} rows but the forward call has {batch}")
             return CallPositions(offset, width, self.span)
         total = offset + width
-        if self.events and isinstance(self.events[-1], str):  # an ordinary forward from tokens
+        if self.events and isinstance(self.events[-1], str) and not self.generating:  # an ordinary forward from tokens
             self.session = None
             return CallPositions(offset, width, Span.from_mask(self._mask(batch, total, mask, self.events[-2])))
         if self.events:  # model.generate: it embeds the prompt and each new token itself
-            embedded = sum(int(t.shape[-1]) for t in self.events)
+            embedded = sum(int(t.shape[-1]) for t in self.events if not isinstance(t, str))
             s = self.session
-            if s is not None and s[0] == batch and total == s[1] + embedded and offset in (0, s[1]):
+            regrown = offset == 0 and embedded == total  # a bridge's step: the whole sequence again, no cache
+            if s is not None and s[0] == batch and (total == s[1] + embedded or regrown and total > s[1]) and offset in (0, s[1]):
                 self.session = (batch, total, s[2])
                 return CallPositions(offset, width, s[2], generating=True)
             span = Span.from_mask(self._mask(batch, total, mask, None))

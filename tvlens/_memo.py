@@ -127,6 +127,31 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def user_torch_hooks(model: torch.nn.Module, kinds: tuple[str, ...] = HOOK_KINDS) -> list[tuple[str, str]]:
+    """``(module name, hook kind)`` of every torch hook on ``model`` except a backend's own capture hooks.
+
+    TransformerLens's TransformerBridge keeps the handles of the pre-hooks it wires onto each block's
+    norms in ``_capture_hook_handles`` (they record inputs and compute nothing); those are left out. The
+    backend-facing entry point is :func:`tvlens._backend.user_torch_hooks`.
+    """
+    own = set()
+    for module in model.modules():
+        for handle in getattr(module, "_capture_hook_handles", ()):
+            ref = handle.hooks_dict_ref()
+            if ref is not None:
+                own.add((id(ref), handle.id))
+    out = []
+    for name, module in model.named_modules():
+        for kind in kinds:
+            hooks = getattr(module, kind)
+            if any((id(hooks), key) not in own for key in hooks):
+                out.append((name, kind))
+    return out
+
+
 def weights_key(model: torch.nn.Module) -> tuple:
     """A key of ``model``'s current weights: each parameter's identity, storage, version counter, dtype and device (an
     in-place update, a new tensor or a move gives a new key). Writes through ``param.data`` bypass the version counter
@@ -142,7 +167,6 @@ def memo_key(model: torch.nn.Module) -> tuple | None:
     None while any forward hook or pre-hook is installed anywhere in the model: what it computes then depends on the
     hooks, and a memo must neither serve nor keep it.
     """
-    for m in model.modules():
-        if m._forward_hooks or m._forward_pre_hooks:
-            return None
+    if user_torch_hooks(model, ("_forward_hooks", "_forward_pre_hooks")):
+        return None
     return (torch.get_num_threads(), *weights_key(model))

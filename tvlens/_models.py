@@ -234,7 +234,6 @@ def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | No
     which a user's directory name may contain; the copy also fills ``n_ctx`` from
     ``n_positions``, which GPT-2 configs saved by recent transformers omit.
     """
-    import transformer_lens.loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
@@ -267,6 +266,8 @@ def _from_hf_dir(path: Path, device: str | torch.device, dtype: torch.dtype | No
         if backend == "bridge":
             return bridge_from_hf_dir(path, hf_model, arch, tokenizer, device=device, dtype=dtype, processing=opts,
                                       model_name=display_name)
+        import transformer_lens.loading_from_pretrained as loading  # HookedTransformer's loader (3.x only)
+
         hf_config.setdefault("n_ctx", hf_config.get("n_positions"))
         with tempfile.TemporaryDirectory(prefix="tvlens-hfcfg-") as tmp:
             (Path(tmp) / "config.json").write_text(json.dumps(hf_config))
@@ -395,15 +396,11 @@ def _from_hub(spec: str, official: str, device: str | torch.device, dtype: torch
 
 def _official_name(name: str) -> str | None:
     """The official TransformerLens name of ``name`` (an alias or official name), or None."""
-    from transformer_lens.loading_from_pretrained import make_model_alias_map
-
-    return make_model_alias_map().get(name.lower())
+    return _backend.model_alias_map().get(name.lower())
 
 
 def _unknown_name_message(name: str) -> str:
-    from transformer_lens.loading_from_pretrained import make_model_alias_map
-
-    alias_map = make_model_alias_map()
+    alias_map = _backend.model_alias_map()
     keys = {k.lower(): k for k in alias_map}
     matches = difflib.get_close_matches(name.lower(), list(keys), n=5, cutoff=0.6)
     shown = []
@@ -414,7 +411,7 @@ def _unknown_name_message(name: str) -> str:
     return (
         f"unknown model {name!r}: not 'toy' or {', '.join(repr(n) for n in NAMED_GGUF)}, not an existing "
         "file or directory and not a TransformerLens "
-        f"model name.{hint} See transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES, or pass "
+        f"model name.{hint} See TransformerLens's OFFICIAL_MODEL_NAMES, or pass "
         "a local Hugging Face model directory."
     )
 
