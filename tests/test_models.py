@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tvlens import _backend
+
+if not _backend.HAS_HOOKED:
+    pytest.skip("TransformerLens 4.x: these loading tests build HookedTransformers as their oracle "
+                "(tests/test_bridge_only.py covers load_model on the bridge)", allow_module_level=True)
+
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tvlens._models as models
