@@ -1,0 +1,98 @@
+"""The TransformerBridge without a HookedTransformer oracle: what must hold on TransformerLens 4.x too.
+
+tests/test_bridge.py holds the bridge against the hooked model (3.9 only); these run wherever the
+bridge exists, against frozen numbers and against tvlens's own invariants.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tvlens as tv
+from tests.conftest import assert_no_hooks_left, make_tiny_model
+from tests.test_vector import make_vector
+from tvlens import _backend, _memo
+from tvlens.errors import ModelLoadError
+
+pytestmark = pytest.mark.skipif(not _backend.HAS_BRIDGE, reason="no TransformerBridge in this TransformerLens (< 3.9)")
+
+# the toy's last-position logits for "kevi -> " on TransformerLens 3.9's HookedTransformer (torch 2.13, one thread);
+# the 4.3 bridge gave the same five values to every printed digit
+TOY_TOP5 = ([22, 358, 214, 360, 202], [7.18125, 6.82586, 6.21586, 6.17983, 6.14916])
+
+
+@pytest.fixture(scope="module")
+def toy_bridge():
+    return tv.load_model("toy", backend="bridge")
+
+
+def test_auto_picks_what_the_installation_offers():
+    model = tv.load_model("toy")
+    assert _backend.is_bridge(model) == (not _backend.HAS_HOOKED)
+    assert _backend.is_hooked(model) == _backend.HAS_HOOKED
+
+
+def test_toy_bridge_logits_equal_the_hooked_reference(toy_bridge, one_thread):
+    toks = toy_bridge.to_tokens("kevi -> ")
+    with torch.no_grad():
+        top = toy_bridge(toks)[0, -1].topk(5)
+    assert top.indices.tolist() == TOY_TOP5[0]
+    assert torch.allclose(top.values, torch.tensor(TOY_TOP5[1]), atol=1e-5)
+
+
+def test_the_bridges_own_capture_hooks_are_not_user_hooks(toy_bridge):
+    toy_bridge(toy_bridge.to_tokens("kevi -> "))  # the bridge wires its capture hooks on the first forward
+    assert _memo.memo_key(toy_bridge) is not None  # so the memo stays usable on a bridge
+    assert_no_hooks_left(toy_bridge)
+    handle = toy_bridge.blocks[0].register_forward_hook(lambda *a: None)
+    try:
+        assert _memo.memo_key(toy_bridge) is None
+        assert _backend.user_torch_hooks(toy_bridge) == [("blocks.0", "_forward_hooks")]
+    finally:
+        handle.remove()
+
+
+def test_generate_prompt_policy_steers_only_the_prompt(toy_bridge):
+    """On the bridge, model.generate's steps are ordinary forwards: 'prompt' must still steer the prompt's last
+    token only. Oracle: the engine's greedy loop (full forwards) with the vector at the prompt's last column."""
+    from tvlens._engine_generate import generate
+
+    v = make_vector(toy_bridge, sites=((2, -1),))
+    v = v.with_values(v.values * 8)
+    batch = tv.tokenize_prompts(toy_bridge, ["kevi -> "], [" x"], padding_side="left")
+    want = generate(toy_bridge, batch, [tv.steering(toy_bridge, v).edit], max_new_tokens=4, use_cache=False)
+    with tv.steer(toy_bridge, v, generation="prompt"):
+        got = toy_bridge.generate("kevi -> ", max_new_tokens=4, do_sample=False, verbose=False, return_type="tokens")
+    assert got[0, -4:].tolist() == want[0].tolist()
+    with tv.steer(toy_bridge, v, generation="every_token"):
+        every = toy_bridge.generate("kevi -> ", max_new_tokens=4, do_sample=False, verbose=False, return_type="tokens")
+    assert not torch.equal(every, got)
+    assert_no_hooks_left(toy_bridge)
+
+
+def test_engine_generate_never_trusts_an_ignored_cache(toy_bridge):
+    """The bridge ignores past_kv_cache: the engine's cached loop must give what full forwards give."""
+    from tvlens._engine_generate import generate
+
+    batch = tv.tokenize_prompts(toy_bridge, ["kevi -> ", "mopa -> tuli"], [" x", " x"], padding_side="left")
+    cached = generate(toy_bridge, batch, max_new_tokens=5, use_cache=True)
+    full = generate(toy_bridge, batch, max_new_tokens=5, use_cache=False)
+    assert torch.equal(cached, full)
+
+
+@pytest.mark.skipif(_backend.HAS_HOOKED, reason="TransformerLens 3.x loads hub names on the hooked backend")
+def test_hub_names_on_4x_name_the_local_folder_fix():
+    with pytest.raises(ModelLoadError, match="local models only"):
+        tv.load_model("gpt2")
+
+
+def test_unknown_names_still_get_suggestions():
+    with pytest.raises(ModelLoadError, match="Did you mean"):
+        tv.load_model("gpt2-smal")
+
+
+def test_tiny_model_fixture_is_on_the_auto_backend(toy_tokenizer):
+    model = make_tiny_model(toy_tokenizer, n_layers=1)
+    assert _backend.is_bridge(model) == (not _backend.HAS_HOOKED)
+    assert model.cfg.n_layers == 1
