@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tvlens as tv
+from tvlens import _backend
 from tests.conftest import assert_no_hooks_left, make_tiny_model
 from tvlens.analysis import LinearFit, RotationStretch, lens_states, linear_propagation, polar, rotation_vs_stretch
 from tvlens.analysis.linear import final_states, ridge_fit
@@ -63,7 +64,8 @@ def test_fit_recovers_the_exact_matrix_of_a_linear_toy(toy_tokenizer, kind):
     d, layer = model.cfg.d_model, 1
     test = _prompts(n=8)
     lengths = test.tokenize(model).lengths.double()
-    ov = [torch.einsum("hmd,hdn->mn", model.blocks[k].attn.W_V, model.blocks[k].attn.W_O).double()  # [d_model, d_model]
+    w_v = _backend.per_query_head(model, "W_V")  # [layer, head, d_model, d_head] on either backend (the bridge groups GQA)
+    ov = [torch.einsum("hmd,hdn->mn", w_v[k], model.W_O[k]).double()  # [d_model, d_model]
           for k in range(layer, model.cfg.n_layers)]
     per_query = []
     for n in lengths:

@@ -18,12 +18,18 @@ CAN_CHMOD = hasattr(os, "geteuid") and os.geteuid() != 0  # root writes anywhere
 
 @pytest.fixture
 def forwards(monkeypatch):
-    """Counts every forward of any HookedTransformer and of any transformer block."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens.components import TransformerBlock
+    """Counts every forward of any model and of any transformer block, on the backend the installation offers."""
+    from tvlens import _backend
+
+    if _backend.HAS_HOOKED:
+        from transformer_lens import HookedTransformer as Model
+        from transformer_lens.components import TransformerBlock as Block
+    else:  # TransformerLens 4.x
+        from transformer_lens.model_bridge import TransformerBridge as Model
+        from transformer_lens.model_bridge.generalized_components.block import BlockBridge as Block
 
     calls = {"n": 0}
-    for cls in (HookedTransformer, TransformerBlock):
+    for cls in (Model, Block):
         orig = cls.forward
 
         def counted(self, *a, _orig=orig, **k):

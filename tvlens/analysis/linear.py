@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from tvlens import _backend
 from tvlens._result import Result
 from tvlens._validate import UNSET, renamed
 from tvlens.errors import ConfigError
@@ -52,9 +53,12 @@ class SuffixStates:
     def __init__(self, model, prompts, site) -> None:
         from tvlens import _engine as engine
 
-        if reason := engine.cache_unsupported_reason(model):
+        reason = engine.cache_unsupported_reason(model)
+        if reason and reason != _backend.kv_cache_unsupported_reason(model):
             raise ConfigError(f"linear propagation needs the prefix-cached path, which cannot run here ({reason}); "
                               "load the model without ungroup_grouped_query_attention")
+        if reason:  # the backend has no prefix cache: every copy is a full forward (right, slower)
+            log.warning("linear propagation on full forwards: %s", reason)
         self.model, self.site = model, site
         batch = prompts.tokenize(model, padding_side="left")
         with torch.no_grad():
