@@ -288,7 +288,14 @@ def train_ltv(
             if not math.isfinite(loss.item()):
                 raise _diverged("the training loss", epoch, step, cfg, ckpt)
             (phi.grad,) = torch.autograd.grad(loss, [phi])  # no gradients for the model's weights
-            opt.step()
+            if not bool(torch.isfinite(phi.grad).all()):
+                raise _diverged("the gradient of theta", epoch, step, cfg, ckpt)
+            try:
+                opt.step()
+            except RuntimeError as exc:  # Adam's update itself overflowed (a finite loss and gradient at a huge lr)
+                if "overflow" not in str(exc):
+                    raise
+                raise _diverged("the optimiser's update", epoch, step, cfg, ckpt) from exc
             if not bool(torch.isfinite(phi).all()):
                 raise _diverged("theta (the vector being trained)", epoch, step, cfg, ckpt)
             losses.append(loss.item())
