@@ -75,6 +75,8 @@ def test_attn_out_edit_suffix_run_equals_full_forward(toy_tokenizer, arch, caplo
     from tvlens import _engine as engine
 
     model = make_tiny_model(toy_tokenizer, seed=3, **TINY_ARCHS[arch])
+    if reason := engine.cache_unsupported_reason(model):
+        pytest.skip(f"no suffix path on this model: {reason}")
     batch = tv.make_prompts(tv.make_splits(tv.tasks.get(TASK), seed=0), "test", k=2, n=5).tokenize(model)
     values = torch.randn(len(batch), model.cfg.d_model)
     edit = _AddAtHook(tv.Site(1, -1), values, hook="blocks.1.hook_attn_out")
