@@ -228,3 +228,54 @@ def test_linear_surrogate_figure_8b_oracles(toy_model):
     out = spec.run(ctx, spec.options(surrogate=True))
     assert [type(r) for r in out] == [LinearFit, LinearSurrogate]
     assert [r["point"] for r in out[1].rows] == [r["point"] for r in sur.rows]
+
+
+def test_a_stored_fit_equals_a_fresh_one_and_any_changed_input_misses(toy_model, tmp_path, monkeypatch):
+    # the fit through the vector store: a hit is the fresh fit bit for bit and runs no copy through the model; another
+    # option, vector, task or a corrupt entry is fitted afresh; the caller's own prompts are never keyed
+    import sys
+
+    from tvlens.store import VectorStore
+
+    lmod = sys.modules["tvlens.analysis.linear"]
+    store = VectorStore(tmp_path / "store")
+    g = torch.Generator().manual_seed(0)
+    v = _vector(toy_model, 2, torch.randn(toy_model.cfg.d_model, generator=g))
+    opts = dict(n_copies=40, n_heldout=8, n=12)
+    fresh = linear_propagation(toy_model, v, "toy/category", cache=False, **opts)
+    first = linear_propagation(toy_model, v, "toy/category", cache=store, **opts)
+    assert len(list(store.root.rglob("*.safetensors"))) == 1
+
+    def same(a, b):
+        return (torch.equal(a.W, b.W) and torch.equal(a.theta, b.theta)
+                and all(getattr(a, k) == getattr(b, k) for k in lmod._STORED_SCALARS) and (a.task, a.layer) == (b.task, b.layer))
+
+    assert same(first, fresh)
+    real = lmod.SuffixStates
+    monkeypatch.setattr(lmod, "SuffixStates", lambda *a, **k: pytest.fail("a hit ran the model"))
+    hit = linear_propagation(toy_model, v, "toy/category", cache=store, **opts)
+    assert same(hit, fresh)
+    monkeypatch.setattr(lmod, "SuffixStates", real)
+    calls = []
+    monkeypatch.setattr(lmod, "SuffixStates", lambda *a, **k: calls.append(1) or real(*a, **k))
+    other = _vector(toy_model, 2, v.values[0] * 1.5)
+    for args, kw in [((v, "toy/category"), dict(opts, ridge=1e-2)), ((v, "toy/category"), dict(opts, seed=1)),
+                     ((other, "toy/category"), opts), ((v, "toy/category"), dict(opts, n=10))]:
+        n_before = len(calls)
+        linear_propagation(toy_model, *args, cache=store, **kw)
+        assert len(calls) > n_before, kw  # a miss: fitted afresh
+    prompts = _prompts(n=12)
+    n_before, n_files = len(calls), len(list(store.root.rglob("*.safetensors")))
+    linear_propagation(toy_model, v, prompts=prompts, cache=store, n_copies=40, n_heldout=8)
+    assert len(calls) > n_before and len(list(store.root.rglob("*.safetensors"))) == n_files  # not keyed
+    key = store.key(lmod._fit_store(toy_model, v, tv.tasks.get("toy/category"), store,
+                                    tv.make_splits(tv.tasks.get("toy/category"), seed=0),
+                                    dict(n_copies=40, n_heldout=8, noise=1.0, ridge=1e-3, n_queries=16, n=12, seed=0,
+                                         rows_per_pass=512))[1])
+    path = store.path(key)
+    assert path.exists()
+    path.write_bytes(path.read_bytes()[:-40] + b"\0" * 40)  # corrupt: never trusted, fitted afresh and replaced
+    n_before = len(calls)
+    again = linear_propagation(toy_model, v, "toy/category", cache=store, **opts)
+    assert len(calls) > n_before and same(again, fresh)
+    assert same(linear_propagation(toy_model, v, "toy/category", cache=store, **opts), fresh)

@@ -1,7 +1,9 @@
-"""The engine's kept prefix (keys and values of the unedited columns, reused across calls on the same prompts).
+"""The engine's kept unedited prefix (the keys and values of the columns before c0 and the suffix columns below the
+lowest edited layer, reused across calls on the same prompts).
 
-Oracles: a hit is bit-identical to computing again with the memo off; a hit runs no forward pass over the prefix
-columns; new weights, another thread count or an installed hook never see kept numbers; the byte cap evicts.
+Oracles: a hit is bit-identical to computing again with the memo off; a hit runs no block over the prefix columns
+and none below the edited layer; new weights, another thread count or an installed hook never see kept numbers; the
+byte cap evicts.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def _count_prefix_passes(model, monkeypatch) -> list:
     return calls
 
 
+def _count_block_calls(model, monkeypatch) -> list:
+    """(layer, columns) of every block call, hook-free."""
+    calls = []
+    for lay, block in enumerate(model.blocks):
+        real = block.forward
+        monkeypatch.setattr(block, "forward", lambda x, *a, _l=lay, _f=real, **k: calls.append((_l, x.shape[1])) or _f(x, *a, **k))
+    return calls
+
+
 def test_a_hit_is_bit_identical_and_computes_no_prefix(model, prompts, monkeypatch):
     conditions = {"zero": None, "a": tv.steering(model, _vector(model, 1, 0)), "b": tv.steering(model, _vector(model, 2, 1))}
     monkeypatch.setattr(engine, "KV_MEMO_BYTES", 0)
@@ -54,8 +65,12 @@ def test_a_hit_is_bit_identical_and_computes_no_prefix(model, prompts, monkeypat
     assert len(calls) == 2 * 3 and sum(calls) == 3 * width  # per sub-batch: the prefix columns, then the last column
     assert len(engine._KV_MEMO[model]) == 3
     calls.clear()
+    blocks = _count_block_calls(model, monkeypatch)
     on = {lab: tv.evaluate(model, prompts, intervention=iv, batch_size=5) for lab, iv in conditions.items()}
-    assert calls == [1] * 9  # every later evaluation of these prompts runs only their last column
+    assert calls == []  # every later evaluation of these prompts embeds nothing: the unedited part is kept
+    # and runs only the last column from the vector's layer up (zero-shot: no block at all)
+    L = model.cfg.n_layers
+    assert sorted(blocks) == sorted([(lay, 1) for lay in range(1, L)] * 3 + [(lay, 1) for lay in range(2, L)] * 3)
     for lab in conditions:
         assert torch.equal(on[lab].gold_logprob, off[lab].gold_logprob), lab
         assert torch.equal(on[lab].predicted, off[lab].predicted), lab
@@ -64,9 +79,10 @@ def test_a_hit_is_bit_identical_and_computes_no_prefix(model, prompts, monkeypat
     from tvlens._hooks import AblateHeads
 
     calls.clear()
+    blocks.clear()
     pre = engine.prefix(model, prompts.tokenize(model)[:5], layer=1)
     engine.run(pre, [AblateHeads(((1, 0),), positions=(-1,))], start=1)
-    assert calls == [1]
+    assert calls == [] and all(lay >= 1 and cols == 1 for lay, cols in blocks)
 
 
 def test_new_weights_threads_or_hooks_are_never_served_kept_numbers(model, prompts, monkeypatch):
@@ -106,8 +122,8 @@ def test_new_weights_threads_or_hooks_are_never_served_kept_numbers(model, promp
 def test_the_byte_cap_evicts_the_least_recently_used(model, prompts, monkeypatch):
     batch = prompts.tokenize(model)
     engine.prefix(model, batch[:4], layer=1)
-    (_, size), = engine._KV_MEMO[model].values()
-    monkeypatch.setattr(engine, "KV_MEMO_BYTES", 2 * size)
+    (kept,) = engine._KV_MEMO[model].values()
+    monkeypatch.setattr(engine, "KV_MEMO_BYTES", 2 * kept.nbytes)
     engine.prefix(model, batch[4:8], layer=1)
     engine.prefix(model, batch[:4], layer=1)  # used again: now the most recent
     engine.prefix(model, batch[8:12], layer=1)  # over the cap: the least recently used (rows 4-8) leaves
@@ -116,8 +132,34 @@ def test_the_byte_cap_evicts_the_least_recently_used(model, prompts, monkeypatch
     calls = _count_prefix_passes(model, monkeypatch)
     engine.prefix(model, batch[:4], layer=1)
     engine.prefix(model, batch[8:12], layer=1)
-    assert calls == [1, 1]
+    assert calls == []
     engine.prefix(model, batch[4:8], layer=1)
-    assert len(calls) == 4  # recomputed
+    assert len(calls) == 2  # recomputed: the prefix columns, then the suffix
     engine.clear_memo(model)
     assert model not in engine._KV_MEMO
+
+
+@pytest.mark.parametrize("arch", ["ln", "gqa_rms", "shortformer"])
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_kept_prefixes_equal_computed_ones_bit_for_bit(arch, padding, toy_tokenizer, prompts, monkeypatch):
+    # every layer l0 a prefix may start at, on tiny models of each kind (rotary GQA, shortformer), both paddings:
+    # the prefix built from a kept entry equals one computed with the memo off, bit for bit
+    from tests.conftest import TINY_ARCHS, make_tiny_model
+
+    archs = {**TINY_ARCHS, "shortformer": dict(n_layers=3, n_heads=2, positional_embedding_type="shortformer")}
+    model = make_tiny_model(toy_tokenizer, seed=5, **archs[arch])
+    batch = prompts.tokenize(model, padding_side=padding)
+    for l0 in range(model.cfg.n_layers + 1):
+        monkeypatch.setattr(engine, "KV_MEMO_BYTES", 0)
+        off = engine.prefix(model, batch, layer=l0, prepare_rows=4)
+        monkeypatch.setattr(engine, "KV_MEMO_BYTES", 2**30)
+        engine.prefix(model, batch, layer=l0, prepare_rows=4)  # computed and kept (or, after l0 = 0, kept already)
+        on = engine.prefix(model, batch, layer=l0, prepare_rows=4)
+        assert on.c0 == off.c0 and on.l0 == off.l0 == l0
+        assert set(on.resid) == set(off.resid)
+        for lay in on.resid:
+            assert torch.equal(on.resid[lay], off.resid[lay]), (l0, lay)
+        for a, b in zip(on.keys + on.values, off.keys + off.values):
+            assert (a is None and b is None) or torch.equal(a, b)
+    assert len(engine._KV_MEMO[model]) == 3  # one entry per sub-batch serves every l0
+    engine.clear_memo(model)

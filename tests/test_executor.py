@@ -63,6 +63,32 @@ def test_local_workers_give_the_in_process_vectors(toy_model, one_thread):
     assert train_ltvs(reqs, spec=None, executor=LocalExecutor(2)) is None  # no spec: the caller trains itself
 
 
+def test_stored_requests_are_loaded_here_and_only_the_others_become_jobs(toy_model, one_thread, tmp_path, monkeypatch):
+    # with the model given, a request already in the store never reaches a worker (none starts when all are stored)
+    from tvlens.store import NO_CACHE_ENV
+
+    monkeypatch.setenv("TVLENS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(NO_CACHE_ENV, raising=False)  # the default store on: workers inherit it
+    reqs = _requests(tv.tasks.get("toy/antonym"))
+    task, sites, shots, cfg, oor, splits = reqs[0]
+    first = tv.train_ltv(toy_model, task, sites=sites, shots=shots, config=cfg, out_of_range=oor, splits=splits, progress=False)
+
+    class Counting(LocalExecutor):
+        jobs: list = []
+
+        def map(self, fn, jobs, **kw):
+            Counting.jobs.append(len(jobs))
+            return super().map(fn, jobs, **kw)
+
+    got = train_ltvs(reqs, spec="toy", executor=Counting(1), model=toy_model)
+    assert Counting.jobs == [1]  # the stored request was loaded here
+    assert torch.equal(got[0].values, first.vector.values)
+    for a, b in zip(got, _in_process(toy_model, reqs)):
+        assert a.sites == b.sites and torch.equal(a.values, b.values)
+    again = train_ltvs(reqs, spec="toy", executor=Counting(1), model=toy_model)
+    assert Counting.jobs == [1] and all(torch.equal(a.values, b.values) for a, b in zip(again, got))  # no job at all
+
+
 def test_ray_gives_the_local_vectors(toy_model, one_thread):
     ray = pytest.importorskip("ray")
     reqs = _requests(tv.tasks.get("toy/antonym"))

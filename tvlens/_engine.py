@@ -321,22 +321,15 @@ def prefix(model, batch: PromptBatch, *, positions: Sequence[int] | None = (-1,)
 
 def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
     """Keys/values of columns < c0 (TransformerLens's KV cache) and the suffix residuals of one sub-batch."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     cfg = model.cfg
     toks, mask = to_model(model, sub.tokens), to_model(model, sub.attention_mask)
-    if c0 > 0:
-        cache = _clean_kv(model, toks[:, :c0], mask[:, :c0])
-    else:
-        cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(sub))
-        cache.freeze()
-    x = model(toks[:, c0:], past_kv_cache=cache, attention_mask=mask[:, c0:], stop_at_layer=l0)  # [b, suffix, d_model]
+    span = Span(sub.first_index, sub.last_index)
+    cache, x = _clean(model, toks, mask, c0, l0, span)  # x: [b, suffix, d_model] before block l0, unedited
     sp = None
     if cfg.positional_embedding_type == "shortformer":  # added to every block's queries and keys
         sp = model.pos_embed(toks[:, c0:], c0, mask)
     keys = {lay: cache.entries[lay].past_keys for lay in range(l0, cfg.n_layers)}
     values = {lay: cache.entries[lay].past_values for lay in range(l0, cfg.n_layers)}
-    span = Span(sub.first_index, sub.last_index)
     names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(l0 + 1, cfg.n_layers))
     store = Cache(names)
     final = _blocks(model, x, l0, keys, values, mask, sp, [store, *base], span)  # cached before the base edits there
@@ -345,45 +338,64 @@ def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
     return keys, values, resid, sp
 
 
-# --- the unedited keys and values of a prompt batch's prefix, kept across calls ---------------------
+# --- the unedited part of a prompt batch's prefix, kept across calls ---------------------------------
 #
 # Every analysis of one prompt set (an evaluation per vector, an ablation, a saliency pass, a linear fit) builds a
-# prefix of the same prompts, and the columns before c0 are always computed without edits: their keys and values
-# are the same each time. They are kept per model (weakly), keyed by the weights and thread count
-# (tvlens._memo.memo_key: never while a hook is installed) and the prefix tokens and mask, least recently used first
-# out above KV_MEMO_BYTES.
-# A hit is the very tensors the first call computed, so results are bit-identical to computing them again.
+# prefix of the same prompts, and two parts of it are always computed without edits: the keys and values of the
+# columns before c0, and the suffix columns below the lowest edited layer l0. Both are kept per model (weakly),
+# keyed by the weights and thread count (tvlens._memo.memo_key: never while a hook is installed), the tokens, the
+# mask and c0; least recently used first out above KV_MEMO_BYTES. A hit is the very tensors the first call
+# computed (the suffix before block l0 is read at blocks.{l0}.hook_resid_pre of one unedited forward, the tensor
+# TransformerLens's forward with stop_at_layer=l0 returns), so results are bit-identical to computing them again.
 
-_KV_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> OrderedDict(key -> (frozen cache, bytes))
+
+@dataclass(frozen=True, eq=False)
+class _Clean:
+    """The unedited part of one sub-batch's prefix."""
+
+    cache: object  # TransformerLens's KV cache after the columns before c0, frozen
+    resid: dict[int, torch.Tensor]  # layer -> [batch, suffix, d_model] suffix residual before that block (n_layers: after the last)
+    nbytes: int
+
+
+_KV_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> OrderedDict(key -> _Clean)
 KV_MEMO_BYTES = Budget().max_bytes  # per model; 0 turns the memo off
 
 
-def _clean_kv(model, toks: Int[torch.Tensor, "batch c0"], mask: Int[torch.Tensor, "batch c0"]):
-    """TransformerLens's KV cache (frozen) after the unedited columns ``toks``: from the memo or one forward pass."""
+def _clean(model, toks: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"], c0: int, l0: int, span: Span):
+    """The frozen KV cache of the unedited columns before ``c0`` and the unedited suffix residual before block ``l0``:
+    from the memo, or computed (and kept where the memo may serve)."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+    cfg = model.cfg
     state = memo_key(model) if KV_MEMO_BYTES > 0 else None
-    key = None if state is None else (state, tensor_digest(toks, mask))
+    key = None if state is None else (state, c0, tensor_digest(toks, mask))
     memo = _KV_MEMO.get(model)
     if key is not None and memo is not None and key in memo:
         memo.move_to_end(key)
-        return memo[key][0]
-    cfg = model.cfg
+        return memo[key].cache, memo[key].resid[l0]
     cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(toks))
-    model(toks, past_kv_cache=cache, attention_mask=mask, return_type=None)
+    if c0 > 0:
+        model(toks[:, :c0], past_kv_cache=cache, attention_mask=mask[:, :c0], return_type=None)
     cache.freeze()
-    if key is not None:
-        size = sum(e.past_keys.nbytes + e.past_values.nbytes for e in cache.entries)
-        if size <= KV_MEMO_BYTES:
-            memo = _KV_MEMO.setdefault(model, OrderedDict())
-            memo[key] = (cache, size)
-            while sum(b for _, b in memo.values()) > KV_MEMO_BYTES:
-                memo.popitem(last=False)
-    return cache
+    if key is None:  # no memo: the suffix up to block l0 only
+        return cache, model(toks[:, c0:], past_kv_cache=cache, attention_mask=mask[:, c0:], stop_at_layer=l0)
+    names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(cfg.n_layers))
+    store = Cache(names)
+    with intervene(model, store, span=span):
+        final = model(toks[:, c0:], past_kv_cache=cache, attention_mask=mask[:, c0:], stop_at_layer=cfg.n_layers)
+    resid = {**{lay: store.store[n] for lay, n in enumerate(names)}, cfg.n_layers: final}
+    size = (sum(e.past_keys.nbytes + e.past_values.nbytes for e in cache.entries) + sum(x.nbytes for x in resid.values()))
+    if size <= KV_MEMO_BYTES:
+        memo = _KV_MEMO.setdefault(model, OrderedDict())
+        memo[key] = _Clean(cache, resid, size)
+        while sum(c.nbytes for c in memo.values()) > KV_MEMO_BYTES:
+            memo.popitem(last=False)
+    return cache, resid[l0]
 
 
 def clear_memo(model=None) -> None:
-    """Forget the kept prefix keys and values (of ``model``, or of every model)."""
+    """Forget the kept unedited prefixes (of ``model``, or of every model)."""
     if model is None:
         _KV_MEMO.clear()
     else:

@@ -68,6 +68,11 @@ _AIE_MODULES = ("baselines/function_vector.py", "evaluate.py", "_engine.py", "_e
                 "interventions.py")
 
 
+# the same for a linear-propagation fit (noisy copies through the engine's suffix runs, ridge fit, lens accuracies)
+_LINEAR_MODULES = ("analysis/linear.py", "analysis/lens.py", "_engine.py", "_engine_lean.py", "prompts.py", "_hooks.py",
+                   "sites.py", "vector.py")
+
+
 @functools.lru_cache(maxsize=4)
 def _source_version(modules: tuple[str, ...]) -> str:
     from importlib.metadata import version
@@ -88,6 +93,11 @@ def code_version() -> str:
 def aie_code_version() -> str:
     """The same for the code that computes a function vector's head AIE."""
     return _source_version(_AIE_MODULES)
+
+
+def linear_code_version() -> str:
+    """The same for the code that fits a linear propagation (:func:`tvlens.analysis.linear_propagation`)."""
+    return _source_version(_LINEAR_MODULES)
 
 
 def _sha(obj) -> str:
@@ -167,6 +177,21 @@ def aie_key_fields(model, task, *, splits, shots: int, n_clean: int, n_corrupt: 
         "heads_per_pass": heads_per_pass,
         "batch_size": batch_size,
         "code_version": aie_code_version(),
+    }
+
+
+def linear_key_fields(model, task, vector, *, splits, options: dict, fingerprint: str) -> dict:
+    """Everything a linear-propagation fit of ``vector`` on ``task``'s own prompts depends on (``options``: the fit's
+    copies, noise, ridge, query counts, seed and rows per pass)."""
+    return {
+        "kind": "linear_fit",
+        **_subject_fields(model, task, splits, fingerprint),
+        "vector_sha256": _values_sha(vector.values),
+        "vector_scale": float(vector.scale),
+        "vector_operation": vector.operation,
+        "vector_sites": [[s.layer, s.position] for s in vector.sites],
+        **{k: options[k] for k in sorted(options)},
+        "code_version": linear_code_version(),
     }
 
 

@@ -211,6 +211,7 @@ def linear_propagation(
     seed: int = 0,
     rows_per_pass: int = 512,
     n_test=UNSET,
+    cache=None,
 ) -> LinearFit:
     """Fit ``W_TV(l)`` for a one-site vector and compare ``W theta`` added to the final state with injection.
 
@@ -218,6 +219,10 @@ def linear_propagation(
     ``max(32, d_model // 8)``) more give R^2. The shift is the mean over ``n_queries`` zero-shot
     train queries; accuracies are on ``n`` zero-shot test queries (None: all; or on ``prompts``).
     ``n_test`` is the old name of ``n``.
+
+    ``cache``: the store (:mod:`tvlens.store`), as in :func:`tvlens.train_ltv`: a fit on the task's own prompts
+    (``prompts=None``) is kept under its vector, task, split, options and the fitting code's version, and a hit
+    returns the stored ``W`` and accuracies bit for bit (``seconds``: this call's).
     """
     import time
 
@@ -250,6 +255,7 @@ def linear_propagation(
     check_float("linear_propagation", "ridge", ridge, min=0)
     if n_copies < d:
         log.warning("n_copies=%d < d_model=%d: W is fitted from fewer copies than dimensions (ridge decides the rest)", n_copies, d)
+    own_prompts = prompts is None
     if prompts is None:
         if task is None:
             raise ConfigError("give a task (name or tv.tasks.Task) or prompts=tv.make_prompts(...)")
@@ -262,6 +268,14 @@ def linear_propagation(
         task = prompts.task
     vector.check_task(task)
     theta = vector.values[0].detach().float() * vector.scale
+    store, fields = _fit_store(model, vector, task, cache, splits if own_prompts else None,
+                               dict(n_copies=n_copies, n_heldout=n_heldout, noise=float(noise), ridge=float(ridge),
+                                    n_queries=n_queries, n=n, seed=seed, rows_per_pass=rows_per_pass))
+    if fields is not None and (hit := store.get_tensors(fields)) is not None:
+        tensors, record = hit
+        log.info("linear fit of %s at %s from the store", task.name, site)
+        return LinearFit(task=task.name, layer=site.layer, W=tensors["W"], theta=tensors["theta"],
+                         seconds=time.perf_counter() - t0, **record)
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(n_copies + n_heldout, d, generator=g)
     lam = torch.rand(n_copies + n_heldout, 1, generator=g) * noise * theta.norm() / math.sqrt(d)
@@ -294,7 +308,32 @@ def linear_propagation(
         n_heldout=n_heldout, n_queries=fit_set.n, n_test=test.n, noise=float(noise), ridge=float(ridge),
         seconds=time.perf_counter() - t0)
     log.info("%r", fit)
+    if fields is not None:
+        try:
+            store.put_tensors(fields, {"W": fit.W, "theta": fit.theta},
+                              {k: getattr(fit, k) for k in _STORED_SCALARS})
+        except OSError as e:  # a read-only or full cache must not cost the result
+            log.warning("could not save the linear fit to the store %s (%s); continuing without it", store.root, e)
     return fit
+
+
+# the fit's numbers kept beside W and theta in the store (JSON: Python floats round-trip exactly)
+_STORED_SCALARS = ("fit_r2", "fit_r2_uncentered", "injected_acc", "reconstructed_acc", "mean_shift_acc", "zero_shot_acc",
+                   "n_copies", "n_heldout", "n_queries", "n_test", "noise", "ridge")
+
+
+def _fit_store(model, vector, task, cache, splits, options: dict):
+    """The store and the key fields of a fit on the task's own prompts (``splits``), or (None, None): no store, or
+    the caller's own prompts (not keyed)."""
+    from tvlens.store import resolve as resolve_store
+
+    store = resolve_store(cache)
+    if store is None or splits is None:
+        return None, None
+    from tvlens._fingerprint import fingerprint
+    from tvlens.store import linear_key_fields
+
+    return store, linear_key_fields(model, task, vector, splits=splits, options=options, fingerprint=fingerprint(model))
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -187,7 +187,7 @@ def compare(model, tasks: Sequence, *, scenarios: str | Mapping[str, Scenario] =
 
         reqs = [(task, scenarios[n].sites, scenarios[n].shots, ltv_config, out_of_range, make_splits(task, seed=seed))
                 for task in tasks for n in names]
-        got = train_ltvs(reqs, spec=spec, executor=executor)
+        got = train_ltvs(reqs, spec=spec, executor=executor, model=model)
         ltvs = None if got is None else {(t, j): got[t * len(names) + j] for t in range(len(tasks)) for j in range(len(names))}
     bar = _progress.bar(total=len(tasks) * len(names) * len(methods), desc="compare", disable=None, leave=False)
     try:

@@ -186,7 +186,7 @@ def sweep(model, task: Task | str, *, methods: Sequence[str] = ("ltv", "vanilla"
         from tvlens.ltv._parallel import train_ltvs
 
         ltvs = train_ltvs([(task, site_grid([layer], [-1]), 0, ltv_config, "error", splits) for layer in layers],
-                          spec=spec, executor=executor)
+                          spec=spec, executor=executor, model=model)
     correct = torch.zeros(len(methods), len(layers), dtype=torch.long)
     bar = _progress.bar(total=len(methods) * len(layers), desc=f"sweep {task.name}", disable=None, leave=False)
     try:

@@ -134,30 +134,59 @@ def train_ltv_layers(model, task, layers, *, seed: int = 0, workers: int = 1, sp
     return out, secs
 
 
-def train_ltvs(requests, *, spec: str | None, executor, progress: bool = False) -> list | None:
+def train_ltvs(requests, *, spec: str | None, executor, progress: bool = False, model=None) -> list | None:
     """Fan ``requests`` out as jobs: each ``(task, sites, shots, config, out_of_range, splits)`` is trained
     exactly as ``train_ltv(model, task, sites=, shots=, config=, splits=, out_of_range=)`` would in this
     process on one torch thread (same vector, bit for bit); returns the TaskVectors in order, or None when the requests cannot
     leave this process (no spec string, a task that does not ship, splits that are not
     ``make_splits(task, seed=...)``): the caller then trains them itself. Workers use the vector store
-    (:mod:`tvlens.store`) like any ``train_ltv`` call."""
+    (:mod:`tvlens.store`) like any ``train_ltv`` call. With ``model`` (the one ``spec`` loads), requests already in
+    the default store are loaded here and only the others become jobs: no worker starts (nor loads the model) for a hit."""
     from tvlens.prompts import make_splits
     from tvlens._executor import get_executor
 
-    ex = get_executor(executor)
+    ex = get_executor(executor)  # checked even when every request is stored
     if not isinstance(spec, str):
         log.warning("fanning LTVs out needs the model's spec string; training them in this process")
         return None
-    jobs, names = [], []
-    for task, sites, shots, config, out_of_range, splits in requests:
+    jobs, names, todo = [], [], []
+    out: list = [None] * len(requests)
+    for i, (task, sites, shots, config, out_of_range, splits) in enumerate(requests):
         ship = _task_for_workers(task)
         if ship is None or splits != make_splits(task, seed=splits.seed):
             log.warning("task %r (or its splits) cannot be rebuilt in a worker; training in this process", task.name)
             return None
+        if model is not None and (hit := _stored(model, task, sites, shots, config, out_of_range, splits)) is not None:
+            out[i] = hit
+            continue
         jobs.append((spec, ship, splits.seed, [[s.layer, s.position] for s in sites], shots, config.to_dict(), out_of_range))
         names.append(f"ltv {task.name} at {', '.join(map(str, sites))} ({shots}-shot)")
-    results = ex.map(_ltv_job, jobs, names=names, desc="LTVs", progress=progress)
-    return [_vector_from_bytes(data) for data, _ in results]
+        todo.append(i)
+    if jobs:
+        results = ex.map(_ltv_job, jobs, names=names, desc="LTVs", progress=progress)
+        for i, (data, _) in zip(todo, results):
+            out[i] = _vector_from_bytes(data)
+    return out
+
+
+def _stored(model, task, sites, shots: int, config, out_of_range: str, splits):
+    """The vector ``train_ltv(model, task, sites=, shots=, config=, out_of_range=, splits=)`` would load from the
+    default store (None: no store, or no valid entry), without training."""
+    import dataclasses
+
+    from tvlens._fingerprint import fingerprint
+    from tvlens.store import ltv_key_fields
+    from tvlens.store import resolve as resolve_store
+
+    store = resolve_store(None)
+    if store is None:
+        return None
+    hit = store.get(ltv_key_fields(model, task, sites=tuple(sites), splits=splits, config=config, shots=shots,
+                                   out_of_range=out_of_range, fingerprint=fingerprint(model)))
+    if hit is None:
+        return None
+    # an entry of sites all at the last token serves every out_of_range (train_ltv relabels it the same way)
+    return hit.vector if hit.vector.out_of_range == out_of_range else dataclasses.replace(hit.vector, out_of_range=out_of_range)
 
 
 def default_workers(n_layers_to_train: int) -> int:
