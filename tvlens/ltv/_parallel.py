@@ -144,6 +144,7 @@ def train_ltvs(requests, *, spec: str | None, executor, progress: bool = False, 
     the default store are loaded here and only the others become jobs: no worker starts (nor loads the model) for a hit."""
     from tvlens.prompts import make_splits
     from tvlens._executor import get_executor
+    from tvlens.ltv._train import stored_ltv
 
     ex = get_executor(executor)  # checked even when every request is stored
     if not isinstance(spec, str):
@@ -156,8 +157,9 @@ def train_ltvs(requests, *, spec: str | None, executor, progress: bool = False, 
         if ship is None or splits != make_splits(task, seed=splits.seed):
             log.warning("task %r (or its splits) cannot be rebuilt in a worker; training in this process", task.name)
             return None
-        if model is not None and (hit := _stored(model, task, sites, shots, config, out_of_range, splits)) is not None:
-            out[i] = hit
+        if model is not None and (hit := stored_ltv(model, task, sites=sites, shots=shots, config=config,
+                                                     out_of_range=out_of_range, splits=splits)) is not None:
+            out[i] = hit.vector
             continue
         jobs.append((spec, ship, splits.seed, [[s.layer, s.position] for s in sites], shots, config.to_dict(), out_of_range))
         names.append(f"ltv {task.name} at {', '.join(map(str, sites))} ({shots}-shot)")
@@ -167,26 +169,6 @@ def train_ltvs(requests, *, spec: str | None, executor, progress: bool = False, 
         for i, (data, _) in zip(todo, results):
             out[i] = _vector_from_bytes(data)
     return out
-
-
-def _stored(model, task, sites, shots: int, config, out_of_range: str, splits):
-    """The vector ``train_ltv(model, task, sites=, shots=, config=, out_of_range=, splits=)`` would load from the
-    default store (None: no store, or no valid entry), without training."""
-    import dataclasses
-
-    from tvlens._fingerprint import fingerprint
-    from tvlens.store import ltv_key_fields
-    from tvlens.store import resolve as resolve_store
-
-    store = resolve_store(None)
-    if store is None:
-        return None
-    hit = store.get(ltv_key_fields(model, task, sites=tuple(sites), splits=splits, config=config, shots=shots,
-                                   out_of_range=out_of_range, fingerprint=fingerprint(model)))
-    if hit is None:
-        return None
-    # an entry of sites all at the last token serves every out_of_range (train_ltv relabels it the same way)
-    return hit.vector if hit.vector.out_of_range == out_of_range else dataclasses.replace(hit.vector, out_of_range=out_of_range)
 
 
 def default_workers(n_layers_to_train: int) -> int:

@@ -222,14 +222,8 @@ def train_ltv(
     if store is not None:
         fields = ltv_key_fields(model, task, sites=sites, splits=splits, config=cfg, shots=shots,
                                 out_of_range=out_of_range, fingerprint=fp)
-        hit = store.get(fields)
-        if hit is not None:
-            r = hit.record
-            vector = hit.vector
-            if vector.out_of_range != out_of_range:  # a last-token-only entry stored under another choice (same training)
-                vector = dataclasses.replace(vector, out_of_range=out_of_range)
-            return LTVResult(vector, tuple(r["history"]), r["val_accuracy"], r["best_epoch"], r["steps"],
-                             r["seconds"], splits, shots, from_store=True)
+        if (res := _from_store(store, fields, out_of_range, splits, shots)) is not None:
+            return res
     train_ps = make_prompts(splits, "train", k=shots, seed=cfg.seed, n=cfg.n_train)
     val_ps = make_prompts(splits, "val", k=shots, seed=cfg.seed + 1, n=cfg.n_val)
     t0 = time.perf_counter()
@@ -344,3 +338,30 @@ def train_ltv(
         except (OSError, ValueError) as e:  # a read-only or full cache, a non-finite history value: the trained vector is still returned
             log.warning("could not save the vector to the store %s (%s); continuing without it", store.root, e)
     return result
+
+
+def _from_store(store, fields: dict, out_of_range: str, splits, shots: int) -> LTVResult | None:
+    """The stored LTV of ``fields`` as :func:`train_ltv` returns it (None: absent or failing verification)."""
+    hit = store.get(fields)
+    if hit is None:
+        return None
+    r, vector = hit.record, hit.vector
+    if vector.out_of_range != out_of_range:  # a last-token-only entry stored under another choice (same training)
+        vector = dataclasses.replace(vector, out_of_range=out_of_range)
+    return LTVResult(vector, tuple(r["history"]), r["val_accuracy"], r["best_epoch"], r["steps"], r["seconds"], splits, shots,
+                     from_store=True)
+
+
+def stored_ltv(model, task, *, sites, shots: int, config: LTVConfig, out_of_range: str, splits, cache=None) -> LTVResult | None:
+    """What :func:`train_ltv` with these arguments would load from the store, without training on a miss (None:
+    no store, or no valid entry)."""
+    from tvlens._fingerprint import fingerprint
+    from tvlens.store import ltv_key_fields
+    from tvlens.store import resolve as resolve_store
+
+    store = resolve_store(cache)
+    if store is None:
+        return None
+    fields = ltv_key_fields(model, task, sites=tuple(sites), splits=splits, config=config, shots=shots,
+                            out_of_range=out_of_range, fingerprint=fingerprint(model))
+    return _from_store(store, fields, out_of_range, splits, shots)
