@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tvlens._fingerprint import fingerprint
 from tvlens.ltv._config import LTVConfig
 from tvlens.ltv._objective import FastObjective, NaiveObjective, TargetBatch, build_targets
 from tvlens.sites import Site
@@ -336,7 +337,7 @@ def smollm2_benchmarks(*, quick: bool = False, only: tuple[str, ...] | None = No
     cfg = model.cfg
     theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(0))
     vector = TaskVector(values=theta, sites=(Site(cfg.n_layers // 2, -1),), task="antonym", d_model=cfg.d_model,
-                        n_layers=cfg.n_layers)
+                        n_layers=cfg.n_layers, model_fingerprint=fingerprint(model))
     splits = tv.make_splits(tv.tasks.get("antonym"))
     return _engine_entries("smollm2", model, vector, splits, quick=quick, only=only,
                            n_ten=4 if quick else 25, n_zero=16 if quick else 64, n_eight=16 if quick else 64)
@@ -388,7 +389,8 @@ def _smollm2_shape_with_tokenizer(tokenizer, *, n_layers: int = 30, seed: int = 
     model.eval()
     theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(seed))
     layer = n_layers // 2
-    return model, TaskVector(values=theta, sites=(Site(layer, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=n_layers)
+    return model, TaskVector(values=theta, sites=(Site(layer, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=n_layers,
+                             model_fingerprint=fingerprint(model))
 
 
 def engine_benchmarks(*, quick: bool = False) -> list[BenchResult]:
@@ -507,4 +509,5 @@ def _gpt2_shape_with_tokenizer(tokenizer, seed: int = 0):
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     model.eval()
     theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(seed))
-    return model, TaskVector(values=theta, sites=(Site(6, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=cfg.n_layers)
+    return model, TaskVector(values=theta, sites=(Site(6, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=cfg.n_layers,
+                             model_fingerprint=fingerprint(model))
