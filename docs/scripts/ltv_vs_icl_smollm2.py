@@ -38,6 +38,23 @@ def cell(r) -> dict:
     return {"accuracy": r.accuracy, "ci95": [round(x, 4) for x in r.ci95], "n": r.n, "correct": r.correct}
 
 
+def train_and_evaluate(model, task, splits, prompts: dict, variant: str, sites, shots: int, cfg) -> dict:
+    """One LTV (from the vector store when it holds it) and its accuracy on the train, val and test queries."""
+    t = time.perf_counter()
+    res = tv.train_ltv(model, task, sites=sites, shots=shots, config=cfg, splits=splits, out_of_range="clip", progress=False)
+    iv = tv.steering(model, res.vector)
+    r = {"variant": variant, "sites": [str(s) for s in sites], "shots": shots,
+         "val_accuracy_best": res.val_accuracy, "best_epoch": res.best_epoch, "epochs": len(res.history),
+         "steps": res.steps, "train_seconds": round(res.seconds, 1), "from_store": res.from_store,
+         "history": list(res.history),
+         **{s: cell(tv.evaluate(model, prompts[s, shots], intervention=iv)) for s in ("train", "val", "test")}}
+    say(f"{task.name} {variant} {r['sites'][0]}{'..' if len(sites) > 1 else ''} shots={shots}: "
+        f"train {r['train']['accuracy']:.3f} val {r['val']['accuracy']:.3f} test {r['test']['accuracy']:.3f} "
+        f"({len(res.history)} epochs, best {res.best_epoch}, {res.seconds:.0f}s train, "
+        f"{time.perf_counter() - t:.0f}s in all{', stored' if res.from_store else ''})")
+    return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2")
@@ -64,7 +81,7 @@ def main() -> None:
     default = tv.LTVConfig(seed=a.seed)
     configs = {"default": default, "first_token": tv.LTVConfig(seed=a.seed, multi_token=False),
                "paper": tv.LTVConfig.paper(seed=a.seed, **({} if a.paper_max_epochs is None else {"max_epochs": a.paper_max_epochs}))}
-    out: dict = {"model": a.model, "seed": a.seed, "shots": a.shots, "layers": a.layers, "first_token_layers": ft_layers,
+    out: dict = {"argv": sys.argv[1:], "model": a.model, "seed": a.seed, "shots": a.shots, "layers": a.layers, "first_token_layers": ft_layers,
                  "paper_layers": a.paper_layers, "configs": {k: c.to_dict() for k, c in configs.items()},
                  "threads": a.threads, "torch": torch.__version__, "tasks": {}}
 
@@ -84,21 +101,8 @@ def main() -> None:
         say(f"{name}: zero-shot test {rec['zero_shot']['test']['accuracy']:.3f}, "
             f"{a.shots}-shot test {rec[f'icl{a.shots}']['test']['accuracy']:.3f}")
 
-        def run(variant: str, sites, shots: int, cfg: tv.LTVConfig) -> dict:
-            t = time.perf_counter()
-            res = tv.train_ltv(model, task, sites=sites, shots=shots, config=cfg, splits=splits, out_of_range="clip",
-                               progress=False)
-            iv = tv.steering(model, res.vector)
-            r = {"variant": variant, "sites": [str(s) for s in sites], "shots": shots,
-                 "val_accuracy_best": res.val_accuracy, "best_epoch": res.best_epoch, "epochs": len(res.history),
-                 "steps": res.steps, "train_seconds": round(res.seconds, 1), "from_store": res.from_store,
-                 "history": list(res.history),
-                 **{s: cell(tv.evaluate(model, prompts[s, shots], intervention=iv)) for s in ("train", "val", "test")}}
-            say(f"{name} {variant} {r['sites'][0]}{'..' if len(sites) > 1 else ''} shots={shots}: "
-                f"train {r['train']['accuracy']:.3f} val {r['val']['accuracy']:.3f} test {r['test']['accuracy']:.3f} "
-                f"({len(res.history)} epochs, best {res.best_epoch}, {res.seconds:.0f}s train, "
-                f"{time.perf_counter() - t:.0f}s in all{', stored' if res.from_store else ''})")
-            return r
+        def run(variant: str, sites, shots: int, cfg: tv.LTVConfig, task=task, splits=splits, prompts=prompts) -> dict:
+            return train_and_evaluate(model, task, splits, prompts, variant, sites, shots, cfg)
 
         rec["ltv"] = []
         for layer in a.layers:
@@ -151,8 +155,8 @@ def markdown(out: dict) -> str:
         n = rec["n"]
         zs, icl = rec["zero_shot"], rec[f"icl{shots}"]
         lines += [f"#### {name} (train / val / test queries: {n['train']} / {n['val']} / {n['test']})", "",
-                  f"Zero-shot: train {_f(zs['train'], False)}, val {_f(zs['val'], False)}, test {_f(zs['test'])}. "
-                  f"{shots}-shot ICL: train {_f(icl['train'], False)}, val {_f(icl['val'], False)}, test {_f(icl['test'])}.", "",
+                  (f"Zero-shot: train {_f(zs['train'], False)}, val {_f(zs['val'], False)}, test {_f(zs['test'])}. "
+                   f"{shots}-shot ICL: train {_f(icl['train'], False)}, val {_f(icl['val'], False)}, test {_f(icl['test'])}."), "",
                   "| variant | sites | prompts | train | val | test [95% CI] | epochs (best) | steps | train s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in rec["ltv"]:
@@ -160,8 +164,8 @@ def markdown(out: dict) -> str:
             lines.append(f"| {r['variant']} | {sites} | {r['shots']}-shot | {_f(r['train'], False)} | {_f(r['val'], False)} | "
                          f"{_f(r['test'])} | {r['epochs']} ({r['best_epoch']}) | {r['steps']} | {r['train_seconds']:.0f} |")
         c = rec["compare"]
-        lines += ["", f"tv.compare on the same test queries (Vanilla TV from {shots}-shot prompts, added at the scenario's sites; "
-                      f"8-shot ICL {c['icl_8shot'][name]:.2f}):", "",
+        lines += ["", (f"tv.compare on the same test queries (Vanilla TV from {shots}-shot prompts, added at the scenario's sites; "
+                       f"8-shot ICL {c['icl_8shot'][name]:.2f}):"), "",
                   "| scenario | prompts | Vanilla TV | LTV | ICL alone |", "|---|---|---|---|---|"]
         for s in c["scenarios"]:
             k = shots if s.startswith("s6") else 0
