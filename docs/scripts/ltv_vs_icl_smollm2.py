@@ -25,6 +25,7 @@ import time
 import torch
 
 import tvlens as tv
+from tvlens.evaluate import evaluate_conditions
 from tvlens.ltv import Scenario
 
 T0 = time.perf_counter()
@@ -38,21 +39,16 @@ def cell(r) -> dict:
     return {"accuracy": r.accuracy, "ci95": [round(x, 4) for x in r.ci95], "n": r.n, "correct": r.correct}
 
 
-def train_and_evaluate(model, task, splits, prompts: dict, variant: str, sites, shots: int, cfg) -> dict:
-    """One LTV (from the vector store when it holds it) and its accuracy on the train, val and test queries."""
-    t = time.perf_counter()
+def train(model, task, splits, variant: str, sites, shots: int, cfg) -> tuple[dict, object]:
+    """One LTV (from the vector store when it holds it): its record without accuracies, and its vector."""
     res = tv.train_ltv(model, task, sites=sites, shots=shots, config=cfg, splits=splits, out_of_range="clip", progress=False)
-    iv = tv.steering(model, res.vector)
     r = {"variant": variant, "sites": [str(s) for s in sites], "shots": shots,
          "val_accuracy_best": res.val_accuracy, "best_epoch": res.best_epoch, "epochs": len(res.history),
          "steps": res.steps, "train_seconds": round(res.seconds, 1), "from_store": res.from_store,
-         "history": list(res.history),
-         **{s: cell(tv.evaluate(model, prompts[s, shots], intervention=iv)) for s in ("train", "val", "test")}}
-    say(f"{task.name} {variant} {r['sites'][0]}{'..' if len(sites) > 1 else ''} shots={shots}: "
-        f"train {r['train']['accuracy']:.3f} val {r['val']['accuracy']:.3f} test {r['test']['accuracy']:.3f} "
-        f"({len(res.history)} epochs, best {res.best_epoch}, {res.seconds:.0f}s train, "
-        f"{time.perf_counter() - t:.0f}s in all{', stored' if res.from_store else ''})")
-    return r
+         "history": list(res.history)}
+    say(f"{task.name} {variant} {r['sites'][0]}{'..' if len(sites) > 1 else ''} shots={shots}: best val "
+        f"{res.val_accuracy:.3f} ({len(res.history)} epochs, best {res.best_epoch}, {res.seconds:.0f}s{', stored' if res.from_store else ''})")
+    return r, res.vector
 
 
 def main() -> None:
@@ -62,11 +58,13 @@ def main() -> None:
     p.add_argument("--layers", type=int, nargs="+", default=[12, 15, 18],
                    help="single-site layers (default LTV, first-token loss, scenario 6)")
     p.add_argument("--first-token-layers", type=int, nargs="*", default=None, help="default: --layers")
+    p.add_argument("--s6-layers", type=int, nargs="*", default=None, help="scenario 6's layers (default: --layers)")
     p.add_argument("--paper-layers", type=int, nargs="*", default=[15])
     p.add_argument("--paper-max-epochs", type=int, default=None,
                    help="reduce LTVConfig.paper()'s 10 epochs (a documented reduction; default: the paper's)")
     p.add_argument("--shots", type=int, default=5, help="ICL reference and scenario 6's prompts")
     p.add_argument("--every", type=int, default=4, help="scenario 4's layer stride (0 = skip scenario 4)")
+    p.add_argument("--compare", action="store_true", help="also run tv.compare on the same scenarios (a cross-check)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="JSON of every number")
@@ -75,14 +73,15 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     ft_layers = a.layers if a.first_token_layers is None else a.first_token_layers
+    s6_layers = a.layers if a.s6_layers is None else a.s6_layers
     model = tv.load_model(a.model)
     say(f"loaded {a.model}")
     n_layers = model.cfg.n_layers
     default = tv.LTVConfig(seed=a.seed)
     configs = {"default": default, "first_token": tv.LTVConfig(seed=a.seed, multi_token=False),
                "paper": tv.LTVConfig.paper(seed=a.seed, **({} if a.paper_max_epochs is None else {"max_epochs": a.paper_max_epochs}))}
-    out: dict = {"argv": sys.argv[1:], "model": a.model, "seed": a.seed, "shots": a.shots, "layers": a.layers, "first_token_layers": ft_layers,
-                 "paper_layers": a.paper_layers, "configs": {k: c.to_dict() for k, c in configs.items()},
+    out: dict = {"argv": sys.argv[1:], "model": a.model, "seed": a.seed, "shots": a.shots, "layers": a.layers, "first_token_layers": ft_layers, "s6_layers": s6_layers,
+                 "paper_layers": a.paper_layers, "every": a.every, "configs": {k: c.to_dict() for k, c in configs.items()},
                  "threads": a.threads, "torch": torch.__version__, "tasks": {}}
 
     def dump() -> None:
@@ -96,43 +95,67 @@ def main() -> None:
         rec: dict = {"template": task.template_record(), "n": {s: len(splits[s]) for s in ("demo", "train", "val", "test")}}
         out["tasks"][task.name] = rec
         prompts = {(s, k): tv.make_prompts(splits, s, k=k, seed=a.seed) for s in ("train", "val", "test") for k in (0, a.shots)}
-        rec["zero_shot"] = {s: cell(tv.evaluate(model, prompts[s, 0])) for s in ("train", "val", "test")}
-        rec[f"icl{a.shots}"] = {s: cell(tv.evaluate(model, prompts[s, a.shots])) for s in ("train", "val", "test")}
-        say(f"{name}: zero-shot test {rec['zero_shot']['test']['accuracy']:.3f}, "
-            f"{a.shots}-shot test {rec[f'icl{a.shots}']['test']['accuracy']:.3f}")
+        rec["ltv"], vectors = [], []
 
-        def run(variant: str, sites, shots: int, cfg: tv.LTVConfig, task=task, splits=splits, prompts=prompts) -> dict:
-            return train_and_evaluate(model, task, splits, prompts, variant, sites, shots, cfg)
-
-        rec["ltv"] = []
-        for layer in a.layers:
-            rec["ltv"].append(run("default", tv.site_grid([layer], [-1]), 0, default))
+        def run(variant: str, sites, shots: int, cfg: tv.LTVConfig, task=task, splits=splits, rec=rec, vectors=vectors) -> None:
+            r, v = train(model, task, splits, variant, sites, shots, cfg)
+            rec["ltv"].append(r)
+            vectors.append(v)
             dump()
+
+        for layer in a.layers:
+            run("default", tv.site_grid([layer], [-1]), 0, default)
         for layer in ft_layers:
-            rec["ltv"].append(run("first_token", tv.site_grid([layer], [-1]), 0, configs["first_token"]))
-            dump()
+            run("first_token", tv.site_grid([layer], [-1]), 0, configs["first_token"])
         for layer in a.paper_layers:
-            rec["ltv"].append(run("paper", tv.site_grid([layer], [-1]), 0, configs["paper"]))
-            dump()
-        for layer in a.layers:
-            rec["ltv"].append(run(f"scenario6_{a.shots}shot", tv.site_grid([layer], [-1]), a.shots, default))
-            dump()
-        scen = {f"s1_L{L}": Scenario(f"s1_L{L}", f"L={{{L}}}, P={{-1}}, zero-shot", tv.site_grid([L], [-1]), 0)
-                for L in a.layers}
-        scen |= {f"s6_L{L}": Scenario(f"s6_L{L}", f"L={{{L}}}, P={{-1}}, {a.shots}-shot prompts", tv.site_grid([L], [-1]), a.shots)
-                 for L in a.layers}
+            run("paper", tv.site_grid([layer], [-1]), 0, configs["paper"])
+        for layer in s6_layers:
+            run(f"scenario6_{a.shots}shot", tv.site_grid([layer], [-1]), a.shots, default)
         if a.every:
             every = tv.site_grid(range(0, n_layers, a.every), [-1])
-            rec["ltv"].append(run(f"scenario4_every{a.every}", every, 0, default))
+            run(f"scenario4_every{a.every}", every, 0, default)
+        # Vanilla TV as tv.compare makes it: extracted from --shots-shot prompts at the sites (add), applied to the
+        # scenario's prompts (zero-shot for scenarios 1 and 4, --shots-shot for scenario 6)
+        vtv_sites = {f"L{L}": tv.site_grid([L], [-1]) for L in sorted(set(a.layers) | set(s6_layers))} | ({f"every{a.every}": every} if a.every else {})
+        vtvs = {}
+        for key, sites in vtv_sites.items():
+            t = time.perf_counter()
+            vtvs[key] = tv.vanilla_tv(model, task, sites=sites, shots=a.shots, splits=splits, seed=a.seed, out_of_range="clip")
+            say(f"{name} vanilla TV {key}: {time.perf_counter() - t:.0f}s")
+        rec["vanilla_tv"] = {}
+        # every vector for k-shot prompts, and none (k-shot ICL alone), on the same prompts in one pass per split
+        for k, ref in ((0, "zero_shot"), (a.shots, f"icl{a.shots}")):
+            conds = {"none": None} | {str(i): tv.steering(model, v) for i, (r, v) in enumerate(zip(rec["ltv"], vectors))
+                                      if r["shots"] == k}
+            conds |= {f"vtv {key} {k}-shot": tv.steering(model, v) for key, v in vtvs.items() if k == 0 or key.startswith("L")}
+            rec[ref] = {}
+            for split in ("train", "val", "test"):
+                t = time.perf_counter()
+                got = evaluate_conditions(model, prompts[split, k], conds)
+                rec[ref][split] = cell(got["none"])
+                for i, res in got.items():
+                    if i.startswith("vtv"):
+                        rec["vanilla_tv"].setdefault(i[4:], {})[split] = cell(res)
+                    elif i != "none":
+                        rec["ltv"][int(i)][split] = cell(res)
+                say(f"{name} {k}-shot {split}: {len(conds)} conditions in {time.perf_counter() - t:.0f}s; " + ", ".join(
+                    f"{i if not i.isdigit() else rec['ltv'][int(i)]['variant'] + ' ' + rec['ltv'][int(i)]['sites'][0]} {res.accuracy:.3f}"
+                    for i, res in got.items()))
             dump()
-            scen[f"s4_every{a.every}"] = Scenario(f"s4_every{a.every}", f"L={{0,{a.every},...}}, P={{-1}}", every, 0)
-        t = time.perf_counter()
-        cmp = tv.compare(model, [task], scenarios=scen, methods=("vanilla_tv", "ltv"), ltv_config=default,
-                         vanilla_shots=a.shots, seed=a.seed)
-        rec["compare"] = cmp.payload()
-        rec["compare_seconds"] = round(time.perf_counter() - t, 1)
-        say(f"{name} compare ({len(scen)} scenarios): {rec['compare_seconds']:.0f}s")
-        dump()
+        if a.compare:  # the same cells from tv.compare itself (its LTVs read back from the store), as a cross-check
+            scen = {f"s1_L{L}": Scenario(f"s1_L{L}", f"L={{{L}}}, P={{-1}}, zero-shot", tv.site_grid([L], [-1]), 0)
+                    for L in a.layers}
+            scen |= {f"s6_L{L}": Scenario(f"s6_L{L}", f"L={{{L}}}, P={{-1}}, {a.shots}-shot prompts", tv.site_grid([L], [-1]),
+                                          a.shots) for L in s6_layers}
+            if a.every:
+                scen[f"s4_every{a.every}"] = Scenario(f"s4_every{a.every}", f"L={{0,{a.every},...}}, P={{-1}}", every, 0)
+            t = time.perf_counter()
+            cmp = tv.compare(model, [task], scenarios=scen, methods=("vanilla_tv", "ltv"), ltv_config=default,
+                             vanilla_shots=a.shots, seed=a.seed)
+            rec["compare"] = cmp.payload()
+            rec["compare_seconds"] = round(time.perf_counter() - t, 1)
+            say(f"{name} compare ({len(scen)} scenarios): {rec['compare_seconds']:.0f}s")
+            dump()
 
     dump()
     if a.md:
@@ -163,16 +186,17 @@ def markdown(out: dict) -> str:
             sites = r["sites"][0] if len(r["sites"]) == 1 else f"{r['sites'][0]}..{r['sites'][-1]} ({len(r['sites'])})"
             lines.append(f"| {r['variant']} | {sites} | {r['shots']}-shot | {_f(r['train'], False)} | {_f(r['val'], False)} | "
                          f"{_f(r['test'])} | {r['epochs']} ({r['best_epoch']}) | {r['steps']} | {r['train_seconds']:.0f} |")
-        c = rec["compare"]
-        lines += ["", (f"tv.compare on the same test queries (Vanilla TV from {shots}-shot prompts, added at the scenario's sites; "
-                       f"8-shot ICL {c['icl_8shot'][name]:.2f}):"), "",
-                  "| scenario | prompts | Vanilla TV | LTV | ICL alone |", "|---|---|---|---|---|"]
-        for s in c["scenarios"]:
-            k = shots if s.startswith("s6") else 0
-            ref = icl if k else zs
-            cells = [f"{c['per_task'][name][m][s]:.2f} [{c['per_task_ci95'][name][m][s][0]:.2f}, {c['per_task_ci95'][name][m][s][1]:.2f}]"
-                     for m in ("vanilla_tv", "ltv")]
-            lines.append(f"| {s} | {k}-shot | {cells[0]} | {cells[1]} | {_f(ref['test'])} |")
+        lines += ["", (f"Vanilla TV (extracted from {shots}-shot prompts, added at the same sites, as tv.compare makes it) "
+                      "against the LTV and ICL on the same test queries:"), "",
+                  "| sites | prompts | no vector | Vanilla TV | LTV |", "|---|---|---|---|---|"]
+        for r in rec["ltv"]:
+            if not r["variant"].startswith(("default", "scenario")):
+                continue
+            key = r["sites"][0].split("@")[0] if len(r["sites"]) == 1 else f"every{out['every']}"
+            sites = r["sites"][0] if len(r["sites"]) == 1 else f"{r['sites'][0]}..{r['sites'][-1]} ({len(r['sites'])})"
+            v = rec["vanilla_tv"].get(f"{key} {r['shots']}-shot")
+            ref = icl if r["shots"] else zs
+            lines.append(f"| {sites} | {r['shots']}-shot | {_f(ref['test'])} | {_f(v['test']) if v else '-'} | {_f(r['test'])} |")
         lines += ["", "Training curves (per epoch: train loss / val accuracy):", ""]
         for r in rec["ltv"]:
             pts = ", ".join(f"{h['train_loss']:.2f}/{h['val_accuracy']:.2f}" for h in r["history"])
