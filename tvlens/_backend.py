@@ -133,6 +133,18 @@ def per_query_head(model, name: str):
     return w
 
 
+def grouped_weight(model, layer: int, name: str):
+    """``blocks[layer].attn``'s ``W_K`` / ``W_V`` with one entry per *key/value* head, ``[n_key_value_heads, d_model, d_head]``
+    (``[n_heads, ...]`` without grouped-query attention), on either backend: the weights as the model stores them,
+    before :func:`per_query_head` repeats them. HookedTransformer keeps them as ``attn._W_K`` / ``attn._W_V`` under GQA
+    (its ``W_K`` / ``W_V`` are expanded); the bridge's ``W_K`` / ``W_V`` are the grouped ones.
+    """
+    attn = model.blocks[layer].attn
+    if is_hooked(model) and hasattr(attn, f"_{name}"):
+        return getattr(attn, f"_{name}")
+    return getattr(attn, name)
+
+
 _BIAS_SHAPES = {"b_Q": "q", "b_K": "q", "b_V": "q", "b_O": "model", "b_in": "mlp", "b_out": "model"}
 
 
