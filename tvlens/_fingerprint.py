@@ -76,8 +76,8 @@ def fingerprint(model: HookedTransformer, *, exact: bool = False) -> str:
     (processed) parameters: its fingerprint differs from the hooked model's.
     """
     cfg = model.cfg
-    view = next((v for v in (f(model) for f in CANONICAL_VIEWS) if v is not None), None)
-    params, overrides = view if view is not None else (None, {})
+    view = _view(model)
+    overrides = view[1] if view is not None else {}
     fields = json.dumps({name: overrides.get(name, getattr(cfg, name, None)) for name in _HASHED_CFG_FIELDS},
                         sort_keys=True, default=str)
     arch = f"{_family(cfg)}:L{cfg.n_layers}-d{cfg.d_model}-h{cfg.n_heads}-v{cfg.d_vocab}"
@@ -85,12 +85,18 @@ def fingerprint(model: HookedTransformer, *, exact: bool = False) -> str:
     kept = _KEPT.setdefault(model, {})
     if key not in kept:
         kept.clear()
-        named = params.items() if params is not None else model.named_parameters()
-        kept[key] = _hash(named, fields, arch, exact)
+        kept[key] = _hash(model, fields, arch, exact)
     return kept[key]
 
 
-def _hash(named, fields: str, arch: str, exact: bool) -> str:
+def _view(model):
+    """The first answer of :data:`CANONICAL_VIEWS` for ``model``: (parameters by name, config overrides), or None."""
+    return next((v for v in (f(model) for f in CANONICAL_VIEWS) if v is not None), None)
+
+
+def _hash(model, fields: str, arch: str, exact: bool) -> str:
+    view = _view(model)
+    named = view[0].items() if view is not None else model.named_parameters()
     h = hashlib.sha256()
     h.update(fields.encode())
     with torch.no_grad():
