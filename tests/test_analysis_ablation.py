@@ -166,7 +166,9 @@ def test_conditions_as_replicas_equal_one_condition_at_a_time(toy_tokenizer, arc
     from tvlens import _engine as engine
     from tvlens.analysis.ablation import _measure_one_at_a_time, measure_conditions
 
-    model = make_tiny_model(toy_tokenizer, seed=6, **TINY_ARCHS[arch])
+    # seed 5: on "ln"/"lnpre" the least moving kind moves p(gold) by 5.2e-5 on the HookedTransformer and 3.2e-5 on
+    # the 4.x bridge's native model, whose init draws other numbers (seed 6 gave 1.6e-5 and 8.1e-6)
+    model = make_tiny_model(toy_tokenizer, seed=5, **TINY_ARCHS[arch])
     ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=2, n=7)  # mixed lengths
     batch = ps.tokenize(model, padding_side=padding)
     v = vec(model, 1, seed=2)

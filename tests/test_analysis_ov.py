@@ -7,6 +7,7 @@ import torch
 
 import tvlens as tv
 from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
+from tvlens import _backend
 from tvlens import interventions as iv
 from tvlens.analysis import OVProducts, OVReconstruction, ov_products, ov_reconstruction
 from tvlens.errors import ConfigError
@@ -72,7 +73,7 @@ def test_theta_before_the_last_token(model, prompts):
 def test_gqa_heads_use_their_groups_value_weights(toy_tokenizer):
     model = make_tiny_model(toy_tokenizer, seed=1, **ARCHS["gqa_rms"])
     ov = ov_products(model, vec(model, 0))
-    w_v = model.blocks[1].attn._W_V.detach()  # [kv_head, d_model, d_head]
+    w_v = _backend.grouped_weight(model, 1, "W_V").detach()  # [kv_head, d_model, d_head] as the model stores it
     group = model.cfg.n_heads // model.cfg.n_key_value_heads
     theta = ov.theta * model.blocks[1].ln1.w.detach()
     for h in range(model.cfg.n_heads):
@@ -154,7 +155,7 @@ def test_real_model_products_match_the_attention_output_change(smollm2):
     assert want.norm() > 1e-2
     torch.testing.assert_close(ov.weighted()[15].sum(0), want, atol=2e-3, rtol=1e-3)
     group = smollm2.cfg.n_heads // smollm2.cfg.n_key_value_heads
-    w_v = smollm2.blocks[16].attn._W_V.detach()
+    w_v = _backend.grouped_weight(smollm2, 16, "W_V").detach()
     raw = ov_products(smollm2, v, layers=[16]).products[16]
     for h in (0, group, 2 * group + 1):
         torch.testing.assert_close(raw[h], ov.theta @ w_v[h // group] @ smollm2.blocks[16].attn.W_O[h].detach(), atol=1e-3, rtol=1e-4)

@@ -6,6 +6,8 @@ bridge exists, against frozen numbers and against tvlens's own invariants.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,6 +22,10 @@ pytestmark = pytest.mark.skipif(not _backend.HAS_BRIDGE, reason="no TransformerB
 # the toy's last-position logits for "kevi -> " on TransformerLens 3.9's HookedTransformer (torch 2.13, one thread);
 # the 4.3 bridge gave the same five values to every printed digit
 TOY_TOP5 = ([22, 358, 214, 360, 202], [7.18125, 6.82586, 6.21586, 6.17983, 6.14916])
+# the toy's fingerprint on TransformerLens 3.9's HookedTransformer (tests/test_toy_model.py holds it there too)
+TOY_FINGERPRINT = "gpt2-like:L5-d128-h4-v374:sha256:2723a2eff2364e56"
+# an LTV trained on that hooked model, with its steered logits and accuracy there (tests/fixtures/make_toy_vector_tl39.py)
+TL39_VECTOR = Path(__file__).parent / "fixtures" / "toy_antonym_tl39.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +102,42 @@ def test_tiny_model_fixture_is_on_the_auto_backend(toy_tokenizer):
     model = make_tiny_model(toy_tokenizer, n_layers=1)
     assert _backend.is_bridge(model) == (not _backend.HAS_HOOKED)
     assert model.cfg.n_layers == 1
+
+
+def test_the_toys_bridge_has_the_hooked_models_fingerprint(toy_bridge):
+    """The same checkpoint on either backend is the same function (logits within 2e-6): the same fingerprint."""
+    assert tv.fingerprint(toy_bridge) == TOY_FINGERPRINT
+    assert tv.fingerprint(toy_bridge, exact=True) == TOY_FINGERPRINT  # the toy is hashed in full either way
+
+
+def test_the_bridges_fingerprint_still_tells_other_weights_apart(toy_bridge, toy_tokenizer):
+    w = next(p for n, p in toy_bridge.named_parameters() if n.endswith("attn._original_component.v._original_component.weight"))
+    kept = w[5, 7].item()
+    try:
+        with torch.no_grad():
+            w[5, 7] += 1e-3
+        assert tv.fingerprint(toy_bridge) != TOY_FINGERPRINT
+    finally:
+        with torch.no_grad():
+            w[5, 7] = kept
+    assert tv.fingerprint(toy_bridge) == TOY_FINGERPRINT
+    tiny = [tv.fingerprint(make_tiny_model(toy_tokenizer, n_layers=1, seed=s)) for s in (0, 1)]
+    assert tiny[0] != tiny[1]
+
+
+def test_a_vector_trained_on_the_hooked_toy_steers_the_bridge(toy_bridge, one_thread):
+    """Issue 19, item 3: a vector file made on TransformerLens 3.9's HookedTransformer loads on the bridge (3.9 or
+    4.x), passes the fingerprint check without allow_other_fingerprint, and steers as it did there."""
+    v = tv.TaskVector.load(TL39_VECTOR)
+    assert v.model_fingerprint == TOY_FINGERPRINT
+    v.check_compatible(toy_bridge)  # raises IncompatibleModelError on another fingerprint
+    made = v.meta["steered_top5"]
+    with torch.no_grad(), tv.steer(toy_bridge, v):
+        top = toy_bridge(toy_bridge.to_tokens(made["prompt"]))[0, -1].topk(5)
+    assert top.indices.tolist() == made["indices"]
+    assert torch.allclose(top.values, torch.tensor(made["values"]), atol=1e-5)
+    splits = tv.make_splits(tv.tasks.get("toy/antonym"), seed=0)
+    test = tv.make_prompts(splits, "test", k=0)
+    assert len(test) == v.meta["n_test"]
+    assert tv.evaluate(toy_bridge, test, intervention=tv.steering(toy_bridge, v)).accuracy == v.meta["test_accuracy_k0"]
+    assert_no_hooks_left(toy_bridge)

@@ -15,13 +15,14 @@ The hook names tvlens uses exist on both (the bridge has more).
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 
 from typing import Union
 
 import torch
 
-from tvlens import _memo
+from tvlens import _fingerprint, _memo
 
 try:  # TransformerLens 3.x: the reference backend
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -132,6 +133,18 @@ def per_query_head(model, name: str):
     return w
 
 
+def grouped_weight(model, layer: int, name: str):
+    """``blocks[layer].attn``'s ``W_K`` / ``W_V`` with one entry per *key/value* head, ``[n_key_value_heads, d_model, d_head]``
+    (``[n_heads, ...]`` without grouped-query attention), on either backend: the weights as the model stores them,
+    before :func:`per_query_head` repeats them. HookedTransformer keeps them as ``attn._W_K`` / ``attn._W_V`` under GQA
+    (its ``W_K`` / ``W_V`` are expanded); the bridge's ``W_K`` / ``W_V`` are the grouped ones.
+    """
+    attn = model.blocks[layer].attn
+    if is_hooked(model) and hasattr(attn, f"_{name}"):
+        return getattr(attn, f"_{name}")
+    return getattr(attn, name)
+
+
 _BIAS_SHAPES = {"b_Q": "q", "b_K": "q", "b_V": "q", "b_O": "model", "b_in": "mlp", "b_out": "model"}
 
 
@@ -224,3 +237,74 @@ def bridge_generate_step(model) -> int | None:
 
 
 _GENERATE_FRAME_DEPTH = 24  # the forward pre-hook sits about 8 frames below the generate loop
+
+
+def hooked_parameters(model) -> dict[str, torch.Tensor] | None:
+    """The parameters of a bridge over a GPT-2-shaped ``NativeModel`` (what ``tvlens._bridge.bridge_from_tl_state_dict``
+    builds from a TransformerLens checkpoint such as the toy) under HookedTransformer's names and layouts, the
+    inverse of ``tvlens._bridge._native_state``; None on a HookedTransformer and on any other bridge (a Hugging
+    Face model, another native layout).
+
+    Each tensor is a rearranged view of the live weight: its values are those of a HookedTransformer holding
+    the same checkpoint, bit for bit.
+    """
+    if not is_bridge(model):
+        return None
+    from transformer_lens.model_bridge.sources.native import NativeModel
+
+    native = getattr(model, "original_model", None)
+    if not isinstance(native, NativeModel):
+        return None
+    # the bridge wraps each of the native model's modules in place: "layers.0._original_component.ln1. ..."
+    own = {name.replace("_original_component.", ""): w for name, w in native.named_parameters()}
+    n_layers, n_heads = native.cfg.n_layers, native.cfg.n_heads
+    if set(own) != set(_native_keys(n_layers)):
+        return None
+
+    def heads_out(w):  # [head * d_head, d_model] -> [head, d_model, d_head]
+        return w.reshape(n_heads, -1, w.shape[1]).permute(0, 2, 1)
+
+    out = {"embed.W_E": own["tok_embed.weight"], "pos_embed.W_pos": own["pos.weight"],
+           "ln_final.w": own["ln_out.weight"], "ln_final.b": own["ln_out.bias"],
+           "unembed.W_U": own["head.weight"].T, "unembed.b_U": own["head.bias"]}
+    for i in range(n_layers):
+        p, q = f"blocks.{i}.", f"layers.{i}."
+        for ln in ("ln1", "ln2"):
+            out[f"{p}{ln}.w"], out[f"{p}{ln}.b"] = own[f"{q}{ln}.weight"], own[f"{q}{ln}.bias"]
+        for x in "QKV":
+            out[f"{p}attn.W_{x}"] = heads_out(own[f"{q}attn.{x.lower()}.weight"])
+            out[f"{p}attn.b_{x}"] = own[f"{q}attn.{x.lower()}.bias"].reshape(n_heads, -1)
+        w_o = own[f"{q}attn.o.weight"]  # [d_model, head * d_head]
+        out[f"{p}attn.W_O"] = w_o.T.reshape(n_heads, -1, w_o.shape[0])
+        out[f"{p}attn.b_O"] = own[f"{q}attn.o.bias"]
+        out[f"{p}mlp.W_in"], out[f"{p}mlp.b_in"] = own[f"{q}mlp.fc_in.weight"].T, own[f"{q}mlp.fc_in.bias"]
+        out[f"{p}mlp.W_out"], out[f"{p}mlp.b_out"] = own[f"{q}mlp.fc_out.weight"].T, own[f"{q}mlp.fc_out.bias"]
+    return out
+
+
+def _native_keys(n_layers: int) -> list[str]:
+    """The parameter names of the GPT-2-shaped NativeModel (those ``tvlens._bridge._native_state`` fills)."""
+    keys = ["tok_embed.weight", "pos.weight", "ln_out.weight", "ln_out.bias", "head.weight", "head.bias"]
+    for i in range(n_layers):
+        q = f"layers.{i}."
+        keys += [f"{q}{ln}.{w}" for ln in ("ln1", "ln2") for w in ("weight", "bias")]
+        keys += [f"{q}attn.{x}.{w}" for x in "qkvo" for w in ("weight", "bias")]
+        keys += [f"{q}mlp.{x}.{w}" for x in ("fc_in", "fc_out") for w in ("weight", "bias")]
+    return keys
+
+
+def _fingerprint_view(model) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """What ``tv.fingerprint`` hashes where the bridge holds a TransformerLens checkpoint: its weights under
+    HookedTransformer's names (:func:`hooked_parameters`) and its config fields as HookedTransformer states
+    them (NativeModel's ``attn_scale=-1`` means sqrt(d_head), the number HookedTransformer stores), so the
+    same checkpoint has the same fingerprint on both backends. None elsewhere: the model's own parameters."""
+    params = hooked_parameters(model)
+    if params is None:
+        return None
+    cfg, fields = model.cfg, {}
+    if cfg.use_attn_scale and not cfg.attn_scale > 0:
+        fields["attn_scale"] = math.sqrt(cfg.d_head)
+    return params, fields
+
+
+_fingerprint.CANONICAL_VIEWS.append(_fingerprint_view)

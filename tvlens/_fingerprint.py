@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +27,10 @@ if TYPE_CHECKING:  # annotations only: the backend lives in tvlens._backend
 _EXACT_HASH_LIMIT = 1 << 22  # tensors up to this many elements are hashed in full
 _SAMPLED_ELEMENTS = 1 << 20  # larger tensors: about this many elements, evenly strided
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(exact, config fields, weights key): fingerprint}
+# model -> (parameters by name, config fields that override the model's) or None: how a backend names a model's
+# weights the way HookedTransformer does, so that the same weights get the same fingerprint on either backend.
+# tvlens._backend (a higher level) adds its view here when it is imported; the first that answers wins.
+CANONICAL_VIEWS: list[Callable[[Any], tuple[dict[str, torch.Tensor], dict[str, Any]] | None]] = []
 
 
 def _family(cfg: HookedTransformerConfig) -> str:
@@ -64,9 +69,17 @@ def fingerprint(model: HookedTransformer, *, exact: bool = False) -> str:
     about 1M of its elements (the stride is part of the hash), so a change confined to the
     unread elements of such a tensor goes unnoticed. The toy model is hashed exactly; for
     GPT-2 small only the embeddings are sampled. ``exact=True`` hashes everything.
+
+    Backends: a TransformerLens checkpoint (the toy) on the TransformerBridge is hashed under the
+    HookedTransformer's parameter names, layouts and config values, so it has the hooked model's
+    fingerprint and vectors move between the backends. A Hugging Face model's bridge hashes its own
+    (processed) parameters: its fingerprint differs from the hooked model's.
     """
     cfg = model.cfg
-    fields = json.dumps({name: getattr(cfg, name, None) for name in _HASHED_CFG_FIELDS}, sort_keys=True, default=str)
+    view = _view(model)
+    overrides = view[1] if view is not None else {}
+    fields = json.dumps({name: overrides.get(name, getattr(cfg, name, None)) for name in _HASHED_CFG_FIELDS},
+                        sort_keys=True, default=str)
     arch = f"{_family(cfg)}:L{cfg.n_layers}-d{cfg.d_model}-h{cfg.n_heads}-v{cfg.d_vocab}"
     key = (exact, fields, arch, weights_key(model))  # the same weights and config: the kept name (hashing SmolLM2 takes ~0.5 s)
     kept = _KEPT.setdefault(model, {})
@@ -76,11 +89,18 @@ def fingerprint(model: HookedTransformer, *, exact: bool = False) -> str:
     return kept[key]
 
 
+def _view(model):
+    """The first answer of :data:`CANONICAL_VIEWS` for ``model``: (parameters by name, config overrides), or None."""
+    return next((v for v in (f(model) for f in CANONICAL_VIEWS) if v is not None), None)
+
+
 def _hash(model, fields: str, arch: str, exact: bool) -> str:
+    view = _view(model)
+    named = view[0].items() if view is not None else model.named_parameters()
     h = hashlib.sha256()
     h.update(fields.encode())
     with torch.no_grad():
-        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        for name, param in sorted(named, key=lambda kv: kv[0]):
             flat = param.detach().reshape(-1)
             stride = 1
             if not exact and flat.numel() > _EXACT_HASH_LIMIT:

@@ -411,6 +411,12 @@ def linear_surrogate(model, vector, task, *, n_copies: int | None = None, n_held
     pre = test.pre  # the zero-shot state at θ's site (before block l), where the prefix keeps it
     zs0 = (pre.resid[site.layer][torch.arange(test.n), (pre.batch.last_index - pre.c0).to(pre.resid[site.layer].device)].float()
            if pre.fallback is None and site.layer in pre.resid and site.hook_name.endswith("hook_resid_pre") else None)
+    if zs0 is None and site.hook_name.endswith("hook_resid_pre"):  # the prefix keeps no state (full forwards): read it off a run
+        from tvlens import _engine as engine
+
+        with torch.no_grad():
+            run = engine.run(pre, [], start=site.layer, names=[site.hook_name])
+        zs0 = run.at_last(run.acts[site.hook_name]).float()
     gold = test.gold
 
     def acc(states):
