@@ -137,19 +137,17 @@ def user_torch_hooks(model: torch.nn.Module, kinds: tuple[str, ...] = HOOK_KINDS
     norms in ``_capture_hook_handles`` (they record inputs and compute nothing); those are left out. The
     backend-facing entry point is :func:`tvlens._backend.user_torch_hooks`.
     """
+    hooked = [(name, kind, getattr(module, kind)) for name, module in model.named_modules() for kind in kinds
+              if getattr(module, kind)]
+    if not hooked:  # the common case on the hooked backend: one walk, no capture handles to read
+        return []
     own = set()
     for module in model.modules():
         for handle in getattr(module, "_capture_hook_handles", ()):
             ref = handle.hooks_dict_ref()
             if ref is not None:
                 own.add((id(ref), handle.id))
-    out = []
-    for name, module in model.named_modules():
-        for kind in kinds:
-            hooks = getattr(module, kind)
-            if any((id(hooks), key) not in own for key in hooks):
-                out.append((name, kind))
-    return out
+    return [(name, kind) for name, kind, hooks in hooked if any((id(hooks), key) not in own for key in hooks)]
 
 
 def weights_key(model: torch.nn.Module) -> tuple:
