@@ -80,6 +80,51 @@ def make_tiny_model(tokenizer, *, n_layers: int = 2, d_model: int = 32, n_heads:
     return model
 
 
+def make_cached_tiny_model(tokenizer, tmp_dir, *, seed: int = 0, **kw):
+    """:func:`make_tiny_model` for tests of the engine's prefix cache: on 4.x, a TransformerBridge over a random
+    Hugging Face model (GPT-2 for LayerNorm with learned positions, Llama for RMSNorm with rotary positions, GQA
+    and a gated MLP; loaded through ``tv.load_model(folder, backend="bridge")``), whose attention takes Hugging
+    Face's KV cache, as SmolLM2's does. The native model behind ``make_tiny_model``'s bridges keeps no cache, so
+    every suffix run on it is a full forward. Fields neither covers skip the test, naming them; on 3.x it is
+    ``make_tiny_model``."""
+    from tvlens import _backend
+
+    if _backend.HAS_HOOKED:
+        return make_tiny_model(tokenizer, seed=seed, **kw)
+    import transformers
+
+    import tvlens as tv
+
+    kw = {"act_fn": "gelu", "normalization_type": "LN", "n_layers": 2, "n_heads": 2, **kw}
+    layers, heads, d = kw.pop("n_layers"), kw.pop("n_heads"), 32
+    vocab = len(tokenizer.get_vocab())
+    torch.manual_seed(seed)
+    init = 0.8 / d**0.5  # HookedTransformer's scale for a model this narrow (HF's 0.02 makes every effect vanish)
+    rotary = kw.get("positional_embedding_type") == "rotary"
+    if not rotary and kw.pop("normalization_type") == "LN" and kw.pop("act_fn") == "gelu" and not kw:
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=vocab, n_positions=128, n_embd=d, n_layer=layers, n_head=heads, activation_function="gelu",
+            initializer_range=init,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    elif rotary and kw.get("normalization_type") == "RMS" and set(kw) <= {"positional_embedding_type", "normalization_type",
+                                                                        "n_key_value_heads", "gated_mlp", "act_fn"}:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=d, intermediate_size=4 * d, num_hidden_layers=layers, num_attention_heads=heads,
+            num_key_value_heads=kw.get("n_key_value_heads") or heads, max_position_embeddings=128, tie_word_embeddings=False,
+            initializer_range=init,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+        with torch.no_grad():  # non-trivial norm weights, so a wrong fold would show
+            for name, p in hf.named_parameters():
+                if "norm" in name:
+                    p.uniform_(0.5, 1.5)
+    else:
+        pytest.skip(f"TransformerLens 4.x: no Hugging Face model with a KV cache covers the tiny model {kw}")
+    folder = Path(tmp_dir)
+    hf.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return tv.load_model(str(folder), backend="bridge")
+
+
 def _tiny_bridge(tokenizer, fields: dict):
     """TransformerLens 4.x: ``TransformerBridge.boot_native`` on the tiny model's fields, unprocessed (as
     ``HookedTransformer(cfg)`` is)."""

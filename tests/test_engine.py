@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tvlens as tv
-from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_tiny_model
+from tests.conftest import TINY_ARCHS, assert_no_hooks_left, make_cached_tiny_model, make_tiny_model
 from tvlens import _engine as engine
 from tvlens._hooks import (AblateHeads, AddAt, AddPerRow, AddToHeads, Cache, PatchFrom, SetHeadPerRow, Span, intervene)
 
@@ -23,8 +23,8 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
-def model(request, toy_tokenizer):
-    return make_tiny_model(toy_tokenizer, seed=5, **ARCHS[request.param])
+def model(request, toy_tokenizer, tmp_path_factory):
+    return make_cached_tiny_model(toy_tokenizer, tmp_path_factory.mktemp("tiny"), seed=5, **ARCHS[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,7 @@ def full(model, batch, edits, names=(), replicas=1):
     span = Span(batch.first_index.repeat(replicas), batch.last_index.repeat(replicas))
     store = Cache(tuple(names))
     with intervene(model, *edits, store, span=span):
-        resid = model(batch.tokens.repeat(replicas, 1), attention_mask=batch.attention_mask.repeat(replicas, 1),
-                      stop_at_layer=model.cfg.n_layers)
+        resid = engine.final_residual(model, batch.tokens.repeat(replicas, 1), batch.attention_mask.repeat(replicas, 1))
     return resid, (store.store.calls[-1] if names else {})
 
 
@@ -99,7 +98,7 @@ def test_every_suffix_run_equals_the_full_forward(model, prompts, padding, lean,
         for label, edits, positions, start, replicas in cases(model, batch):
             pre = engine.prefix(model, batch, positions=positions, layer=start, lean=lean)
             assert pre.fallback is None
-            covered = lean and model.cfg.positional_embedding_type != "shortformer"  # the lean blocks' coverage
+            covered = pre.lean and model.cfg.positional_embedding_type != "shortformer"  # the lean blocks' coverage (HookedTransformer only)
             assert (pre.lean_stack(names, start) is not None) == covered
             if positions == (-1,) and padding == "left":
                 assert pre.width == 1, label  # left padding: one column
@@ -321,7 +320,7 @@ def test_suffix_runs_equal_the_full_forward_on_smollm2(smollm2, padding):
     with torch.no_grad():
         for edits, positions, replicas in cases:
             pre = engine.prefix(model, batch, positions=positions, layer=15)
-            assert pre.lean_stack(names, 15) is not None  # the shared-prefix blocks cover SmolLM2
+            assert (pre.lean_stack(names, 15) is not None) == pre.lean  # the shared-prefix blocks cover SmolLM2 (hooked)
             out = engine.run(pre, edits, start=15, replicas=replicas, names=names)
             ref, acts = full(model, batch, edits, names, replicas)
             # float32 on residuals of norm ~1e2-1e3: the two orders of summation agree to ~1e-6 of the largest entry
@@ -354,6 +353,10 @@ def test_a_model_the_cache_cannot_serve_runs_full_forwards_and_says_so(toy_token
                          ids=["attn_only", "parallel_attn_mlp"])
 @pytest.mark.parametrize("padding", ["left", "right"])
 def test_the_lean_blocks_cover_attention_only_and_parallel_blocks(toy_tokenizer, prompts, layout, padding):
+    from tvlens import _backend
+
+    if not _backend.HAS_HOOKED:
+        pytest.skip("the lean blocks are built from HookedTransformer's components (TransformerLens 3.x)")
     model = make_tiny_model(toy_tokenizer, seed=8, n_layers=3, n_heads=2, **layout)
     batch = prompts.tokenize(model, padding_side=padding)
     names = _names(model)

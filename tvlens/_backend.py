@@ -5,7 +5,7 @@ Context: TransformerLens 3.x offers ``HookedTransformer`` (tvlens's reference ba
 ``components``. Every other tvlens module asks this one instead of testing the backend itself.
 
 What differs on a bridge (``load_model(..., backend="bridge")``, :mod:`tvlens._bridge`) and is
-hidden here: ``stop_at_layer=n_layers`` does not stop (:func:`stopping_before_final_norm`, used by ``_engine.final_residual``); its blocks do not
+hidden here: ``stop_at_layer`` stops elsewhere (:func:`stopping_before`, used by ``_engine.final_residual``); its blocks do not
 receive the ``[batch, pos]`` attention mask (:func:`track_call_masks`, :func:`block_attention_mask`);
 GQA's ``W_K`` / ``W_V`` stay grouped (:func:`per_query_head`); bias-free models have no stacked
 biases (:func:`stacked_bias`); ``past_kv_cache`` is ignored (:func:`kv_cache_unsupported_reason`).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import weakref
 
 from typing import Union
 
@@ -63,24 +64,121 @@ def default_backend() -> str:
 
 
 def kv_cache_unsupported_reason(model: object) -> str | None:
-    """Why this backend cannot serve prefix-cached suffix runs (None when it can).
+    """Why this model cannot take TransformerLens's own KV cache (``past_kv_cache=``; None when it can).
 
     The bridge accepts ``past_kv_cache=`` and silently ignores it (suffix logits were wrong by
-    0.064, FINDINGS), so suffix runs on it must be full forwards until the engine drives its HF cache.
+    0.064, FINDINGS): on a bridge the engine's prefix uses Hugging Face's cache instead
+    (:func:`suffix_cache_unsupported_reason`), and the engine's ``generate`` takes full forwards.
     """
     if is_bridge(model):
-        return "the TransformerBridge ignores past_kv_cache (no prefix cache on this backend yet)"
+        return "the TransformerBridge ignores past_kv_cache"
     return None
 
 
-@contextlib.contextmanager
-def stopping_before_final_norm(model):
-    """Make the bridge's forward stop at the input of ``ln_final`` and return it (the final residual).
+# --- the bridge's prefix cache: Hugging Face's DynamicCache ----------------------------------------
+#
+# A bridge over a Hugging Face model computes attention in TransformerLens's attention bridges, which extend the keys
+# and values with a ``past_key_values`` cache when they are given one (``_update_kv_cache``). transformers 5 hands a
+# decoder layer's cache to its attention as ``cache=``, a name TransformerLens 4.3's bridges do not read, so without
+# :func:`hf_cache_calls` the cache is silently ignored. A bridge over TransformerLens's native model (the toy, tiny
+# test models) keeps no cache at all. The engine therefore checks every use: the prefix call must fill the cache to
+# the prefix's length and every suffix run must extend it to the full length (:func:`hf_cache_length`); a model
+# that fails either is recorded here and takes full forwards from then on.
 
-    On a HookedTransformer ``stop_at_layer=n_layers`` does this; on the bridge that keyword never stops
-    (its blocks stop only at their own index) and the call returns logits, so a pre-hook on ``ln_final``
-    raises the bridge's own StopAtLayerException, which its forward catches and returns. Only the engine
-    calls the model inside this (``_engine.final_residual``).
+_HF_CACHE_BROKEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge -> why its HF cache cannot serve
+
+
+def suffix_cache_unsupported_reason(model: object) -> str | None:
+    """Why the engine's suffix runs cannot attend to a cached prefix on this model (None: they can).
+
+    A HookedTransformer uses TransformerLens's KV cache; a bridge uses Hugging Face's ``DynamicCache``
+    until a use of it failed the engine's checks on this model (:func:`mark_hf_cache_broken`).
+    """
+    if is_bridge(model):
+        return _HF_CACHE_BROKEN.get(model)
+    return None
+
+
+def mark_hf_cache_broken(model, reason: str) -> None:
+    """Record that ``model``'s Hugging Face cache cannot serve suffix runs (they take full forwards from now on)."""
+    _HF_CACHE_BROKEN[model] = f"the bridge's Hugging Face KV cache cannot serve suffix runs: {reason}"
+
+
+def new_hf_cache(keys=None, values=None, rows=None):
+    """A fresh ``DynamicCache``: empty, or holding per-layer ``keys``/``values`` ``[batch, kv_head, pos, d_head]`` at ``rows``.
+
+    A suffix run extends the cache it is given in place, so every run gets its own (the stored tensors are not
+    changed: the cache concatenates onto new ones).
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(zip(keys or (), values or ())):
+        cache.update(k if rows is None else k[rows], v if rows is None else v[rows], layer)
+    return cache
+
+
+def hf_cache_tensors(cache, n_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """The per-layer keys and values a ``DynamicCache`` holds (None when any layer holds none)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        ks, vs = [getattr(x, "keys", None) for x in layers], [getattr(x, "values", None) for x in layers]
+    else:  # transformers before 4.56: parallel lists
+        ks, vs = list(getattr(cache, "key_cache", [])), list(getattr(cache, "value_cache", []))
+    if len(ks) != n_layers or any(k is None or not torch.is_tensor(k) for k in ks + vs):
+        return None
+    return ks, vs
+
+
+def hf_cache_length(cache) -> int:
+    """Columns a ``DynamicCache`` holds (its first layer's)."""
+    return int(cache.get_seq_length())
+
+
+@contextlib.contextmanager
+def hf_cache_calls(model):
+    """Context: a bridge's attention layers receive the Hugging Face cache as ``past_key_values`` (see above)."""
+
+    def rename(module, args, kwargs):
+        cache = kwargs.get("cache")
+        if cache is not None and kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = cache
+            return args, kwargs
+        return None
+
+    handles = [block.attn.register_forward_pre_hook(rename, with_kwargs=True) for block in model.blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def block_call_offset(layer: int, block_args: tuple, block_kwargs: dict) -> int:
+    """Columns before a block call's first column: the length of the KV cache it attends to (0 without one).
+
+    TransformerLens's blocks get ``past_kv_cache_entry``; a bridge's Hugging Face layers get the whole cache
+    (Llama: ``cache=`` in transformers 5; GPT-2: positionally), whose layer ``layer`` has not yet been extended
+    when the block starts.
+    """
+    entry = block_kwargs.get("past_kv_cache_entry")
+    if entry is not None:
+        return int(entry.past_keys.shape[1])
+    for cache in (*block_kwargs.values(), *block_args[1:]):
+        if hasattr(cache, "get_seq_length") and not torch.is_tensor(cache):
+            return int(cache.get_seq_length(layer))
+    return 0
+
+
+@contextlib.contextmanager
+def stopping_before(model, layer: int):
+    """Make the bridge's forward stop at the input of block ``layer`` (``ln_final`` for ``n_layers``) and return it.
+
+    On a HookedTransformer ``stop_at_layer=layer`` does this. On the bridge that keyword never stops at
+    ``n_layers`` (the call returns logits) and below it returns the block's input *after* its
+    ``hook_resid_pre`` hooks ran (an edit there would be counted twice by a run resumed at that block), so a
+    forward pre-hook raises the bridge's own StopAtLayerException before the block (or ``ln_final``) starts,
+    which its forward catches and returns. Only the engine calls the model inside this (``_engine.final_residual``).
     """
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
@@ -88,7 +186,8 @@ def stopping_before_final_norm(model):
         x = args[0] if args else kwargs["hidden_states"]
         raise StopAtLayerException(x)
 
-    handle = model.ln_final.register_forward_pre_hook(stop, with_kwargs=True)
+    module = model.ln_final if layer == model.cfg.n_layers else model.blocks[layer]
+    handle = module.register_forward_pre_hook(stop, with_kwargs=True)
     try:
         yield
     finally:

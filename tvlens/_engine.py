@@ -37,6 +37,7 @@ True
 from __future__ import annotations
 
 import logging
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -182,15 +183,15 @@ class _FromLayer(Edit):
 
 def cache_unsupported_reason(model) -> str | None:
     """Why suffix runs cannot serve ``model`` (None when they can)."""
-    backend_reason = _backend.kv_cache_unsupported_reason(model)
+    backend_reason = _backend.suffix_cache_unsupported_reason(model)
     if backend_reason:
         return backend_reason
     cfg = model.cfg
-    if cfg.n_key_value_heads is not None and cfg.ungroup_grouped_query_attention:
+    if getattr(cfg, "n_key_value_heads", None) is not None and getattr(cfg, "ungroup_grouped_query_attention", False):
         return "TransformerLens's KV cache does not support cfg.ungroup_grouped_query_attention"
-    if cfg.n_devices > 1:
+    if getattr(cfg, "n_devices", 1) > 1:
         return "a model split over several devices"
-    if cfg.attention_dir != "causal":
+    if getattr(cfg, "attention_dir", "causal") != "causal":
         return "bidirectional attention"
     return None
 
@@ -221,7 +222,7 @@ class Prefix:
     batch: PromptBatch
     c0: int  # first column suffix runs compute
     l0: int  # lowest layer a suffix run may start at
-    keys: tuple[torch.Tensor | None, ...]  # per layer: [batch, c0, kv_head, d_head] (None below l0)
+    keys: tuple[torch.Tensor | None, ...]  # per layer: [batch, c0, kv_head, d_head] (None below l0); a bridge: [batch, kv_head, c0, d_head], every layer
     values: tuple[torch.Tensor | None, ...]
     resid: dict[int, torch.Tensor]  # layer -> [batch, suffix, d_model] before that block (base edits below it applied); n_layers: final
     shortformer: torch.Tensor | None  # shortformer models: [batch, suffix, d_model] positions of the suffix columns
@@ -303,17 +304,22 @@ def prefix(model, batch: PromptBatch, *, positions: Sequence[int] | None = (-1,)
     values: list[list[torch.Tensor]] = [[] for _ in range(cfg.n_layers)]
     resid: dict[int, list[torch.Tensor]] = {}
     pos_parts = []
+    bridge = _backend.is_bridge(model)
     with torch.no_grad():
         for start in range(0, len(batch), prepare_rows):
             sub = batch[start : start + prepare_rows]
-            k, v, r, sp = _prepare(model, sub, c0, l0, tuple(base))
-            for lay in range(l0, cfg.n_layers):
+            k, v, r, sp = (_prepare_bridge if bridge else _prepare)(model, sub, c0, l0, tuple(base))
+            if k is None:  # the bridge's cache failed its check (recorded): every run is a full forward
+                return prefix(model, batch, positions=positions, layer=layer, base=base, edits=edits,
+                              prepare_rows=prepare_rows, lean=lean)
+            for lay in (range(len(k)) if bridge else range(l0, cfg.n_layers)):  # a bridge's cache: every layer (none when c0 = 0)
                 keys[lay].append(k[lay])
                 values[lay].append(v[lay])
             for lay, x in r.items():
                 resid.setdefault(lay, []).append(x)
             pos_parts.append(sp)
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    lean = lean and not bridge  # the lean blocks are built from HookedTransformer's components
     return Prefix(model, batch, c0, l0, tuple(cat(k) for k in keys), tuple(cat(v) for v in values),
                   {lay: torch.cat(xs) for lay, xs in resid.items()}, None if pos_parts[0] is None else torch.cat(pos_parts),
                   tuple(base), lean=lean)
@@ -336,6 +342,47 @@ def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
     resid = {l0: x, **{lay: store.store[f"blocks.{lay}.hook_resid_pre"] for lay in range(l0 + 1, cfg.n_layers)},
              cfg.n_layers: final}
     return keys, values, resid, sp
+
+
+def _prepare_bridge(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
+    """:func:`_prepare` on a bridge: the keys/values of columns < c0 at every layer (Hugging Face's cache, layout
+    ``[batch, kv_head, c0, d_head]``) and the suffix residuals from one suffix run; (None, ...) when the cache
+    failed its check (then recorded, see :mod:`tvlens._backend`). Not kept across calls (no memo on a bridge yet)."""
+    cfg = model.cfg
+    toks, mask = to_model(model, sub.tokens), to_model(model, sub.attention_mask)
+    span = Span(sub.first_index, sub.last_index)
+    keys = values = ()
+    if c0 > 0:
+        cache = _backend.new_hf_cache()
+        with _backend.hf_cache_calls(model):
+            final_residual(model, toks[:, :c0], mask[:, :c0], past_key_values=cache)
+        kv = _backend.hf_cache_tensors(cache, cfg.n_layers)
+        if kv is None or _backend.hf_cache_length(cache) != c0:
+            _backend.mark_hf_cache_broken(model, f"a prefix of {c0} columns left {'no cache' if kv is None else f'{_backend.hf_cache_length(cache)} columns'} in it")
+            log.warning("%s; suffix runs on this model take full forwards", _backend.suffix_cache_unsupported_reason(model))
+            return None, None, None, None
+        keys, values = kv
+    names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(l0, cfg.n_layers))
+    store = Cache(names)
+    final = _bridge_suffix(model, toks, mask, c0, keys, values, None, [store, *base], span)
+    if final is None:
+        return None, None, None, None
+    resid = {**{lay: store.store[n] for lay, n in zip(range(l0, cfg.n_layers), names)}, cfg.n_layers: final}
+    return keys, values, resid, None
+
+
+def _bridge_suffix(model, toks, mask, c0: int, keys, values, rows, edits: Sequence[Edit], span: Span):
+    """Columns ``c0..`` of ``toks`` (``rows`` of the prefix's keys/values) through the bridge, attending to a fresh
+    Hugging Face cache of the prefix, inside ``edits``: the final residual, or None when the run did not extend
+    the cache to the full width (the cache was ignored; recorded, and the caller takes a full forward)."""
+    cache = _backend.new_hf_cache(keys, values, rows) if c0 > 0 else None
+    with intervene(model, *edits, span=span), _backend.hf_cache_calls(model):
+        out = final_residual(model, toks[:, c0:], mask, past_key_values=cache)
+    if cache is not None and _backend.hf_cache_length(cache) != toks.shape[1]:
+        _backend.mark_hf_cache_broken(model, f"a suffix run left {_backend.hf_cache_length(cache)} of {toks.shape[1]} columns in it")
+        log.warning("%s; this run and later ones take full forwards", _backend.suffix_cache_unsupported_reason(model))
+        return None
+    return out
 
 
 # --- the unedited part of a prompt batch's prefix, kept across calls ---------------------------------
@@ -459,6 +506,12 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
     x = pre.resid[start][idx]
     if start == cfg.n_layers:
         out = x
+    elif _backend.is_bridge(model):  # the bridge runs the suffix from block 0 (blocks below start: unedited, cheap)
+        out = _bridge_suffix(model, to_model(model, batch.tokens[reps]), mask, pre.c0, pre.keys, pre.values, idx,
+                             [*pre.base, *edits, store], span)
+        if out is None:  # the cache was ignored: nothing trustworthy came back; the full forward instead
+            object.__setattr__(pre, "fallback", _backend.suffix_cache_unsupported_reason(model))
+            return run(pre, edits, start=start, replicas=replicas, rows=rows, names=names)
     elif (stack := pre.lean_stack(_hook_names(model, [*base, *edits, store]), start)) is not None:
         at = CallPositions(pre.c0, pre.width, span)
         with intervene(model, *base, *edits, store, span=span, at=at):
@@ -601,10 +654,22 @@ def forward_logits(model, tokens: Int[torch.Tensor, "batch pos"], attention_mask
         return model(to_model(model, tokens), attention_mask=to_model(model, attention_mask))  # [batch, pos, vocab]
 
 
-def final_residual(model, tokens, attention_mask=None):
+def final_residual(model, tokens, attention_mask=None, past_key_values=None, *, start_at_layer: int | None = None,
+                   stop_at_layer: int | None = None):
     """The residual stream after the last block (before ``ln_final``), ``[batch, pos, d_model]``, on either backend:
-    ``stop_at_layer=n_layers`` on a HookedTransformer, the bridge's forward stopped at ``ln_final`` on a bridge."""
+    ``stop_at_layer=n_layers`` on a HookedTransformer, the bridge's forward stopped at ``ln_final`` on a bridge.
+    ``stop_at_layer``: the stream entering that block instead (before its ``hook_resid_pre`` edits, on both).
+    ``past_key_values``: a bridge's Hugging Face cache of the columns before ``tokens`` (``attention_mask`` then
+    spans them too). ``start_at_layer``: ``tokens`` is the residual stream entering that block (the bridge still
+    runs the blocks below it and discards them)."""
+    stop = model.cfg.n_layers if stop_at_layer is None else stop_at_layer
+    start = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
     if not _backend.is_bridge(model):
-        return model(tokens, attention_mask=attention_mask, stop_at_layer=model.cfg.n_layers)
-    with _backend.stopping_before_final_norm(model):
-        return model(tokens, attention_mask=attention_mask)
+        return model(tokens, attention_mask=attention_mask, stop_at_layer=stop, **start)
+    if past_key_values is None:
+        with _backend.stopping_before(model, stop):
+            return model(tokens, attention_mask=attention_mask, **start)
+    with _backend.stopping_before(model, stop), warnings.catch_warnings():
+        # transformers 5.25 renames past_key_values to cache= (a FutureWarning); the bridge takes the old name
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        return model(tokens, attention_mask=attention_mask, past_key_values=past_key_values, **start)

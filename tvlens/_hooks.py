@@ -477,7 +477,7 @@ class _Tracker:
         if self.events and not isinstance(self.events[-1], str):
             self.events.append("hooked")
 
-    def on_block(self, layer: int, resid: torch.Tensor, kwargs: dict) -> None:
+    def on_block(self, layer: int, resid: torch.Tensor, args: tuple, kwargs: dict) -> None:
         mask = _backend.block_attention_mask(self.model, kwargs, self.call_mask)
         same = (self.current is not None and mask is self.mask and layer > self.last_block
                 and tuple(resid.shape[:2]) == (self.current.batch, self.current.width))
@@ -486,8 +486,7 @@ class _Tracker:
             return  # a later block of the same call (every block gets the same mask object)
         if not self.events:
             self.call = next(_CALLS)  # a forward that starts at a layer (no embedding)
-        entry = kwargs.get("past_kv_cache_entry")
-        offset = int(entry.past_keys.shape[1]) if entry is not None else 0
+        offset = _backend.block_call_offset(layer, args, kwargs)
         batch, width = resid.shape[:2]
         self.current = self._resolve(batch, offset, width, mask)
         self.mask = mask  # held, so that its identity names this call while it runs
@@ -579,7 +578,7 @@ def intervene(model, *edits: Edit, span: Span | None = None, at: CallPositions |
         torch_handles.extend(_backend.track_call_masks(model, tracker.on_call))
         for i, block in enumerate(model.blocks):
             torch_handles.append(block.register_forward_pre_hook(
-                lambda m, args, kwargs, i=i: tracker.on_block(i, args[0] if args else kwargs["resid_pre"], kwargs),
+                lambda m, args, kwargs, i=i: tracker.on_block(i, args[0] if args else kwargs["resid_pre"], args, kwargs),
                 with_kwargs=True))
         for name, fn in [("hook_embed", tracker.on_hook_embed)] + [(n, make_hook(n, es)) for n, es in by_name.items()]:
             hp = model.hook_dict[name]

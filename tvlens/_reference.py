@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from jaxtyping import Float
 
-from tvlens._engine import final_logits, head_chunks, p_gold
+from tvlens._engine import final_logits, final_residual, head_chunks, p_gold
 from tvlens._hooks import Activations, AddAt, AddToHeads, Cache, Edit, SetHeadPerRow, Span, intervene
 from tvlens.prompts import PromptBatch
 from tvlens.vector import TaskVector
@@ -31,8 +31,8 @@ def _full_width_replicas(model, batch: PromptBatch, cached: torch.Tensor, layer:
     n = len(batch)
     rep = Span(batch.first_index.repeat(c), batch.last_index.repeat(c))
     with intervene(model, *edits, span=rep):
-        out = model(cached.repeat(c, 1, 1), start_at_layer=layer, stop_at_layer=model.cfg.n_layers,
-                    attention_mask=batch.attention_mask.repeat(c, 1).to(cached.device))  # [c*n, pos, d_model]
+        out = final_residual(model, cached.repeat(c, 1, 1), batch.attention_mask.repeat(c, 1).to(cached.device),
+                             start_at_layer=layer)  # [c*n, pos, d_model]
     return final_logits(model, out[torch.arange(c * n), batch.last_index.repeat(c).to(out.device)])
 
 
@@ -71,7 +71,7 @@ def exact_drops_full_width(model, vector: TaskVector, batch: PromptBatch, heads:
     with torch.no_grad():
         store = Cache(names)
         with intervene(model, steer, store, span=Span(batch.first_index, batch.last_index)):
-            resid = model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers)
+            resid = final_residual(model, batch.tokens, batch.attention_mask)
         base = p_gold(final_logits(model, resid[rows, batch.last_index.to(resid.device)]), batch.answer_ids).cpu()
         drops: dict[tuple[int, int], torch.Tensor] = {}
         for chunk in head_chunks(heads, per):
@@ -92,7 +92,7 @@ def clean_z(model, sub: PromptBatch, layers: Sequence[int]) -> Activations:
     """``attn.hook_z`` of ``layers`` on ``sub`` without θ (the source of path patching)."""
     store = Cache(tuple(f"blocks.{lay}.attn.hook_z" for lay in layers))
     with torch.no_grad(), intervene(model, store, span=Span(sub.first_index, sub.last_index)):
-        model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)
+        final_residual(model, sub.tokens, sub.attention_mask)
     return store.store
 
 
@@ -174,11 +174,10 @@ def run_last(model, batch: PromptBatch, edits: Callable[[PromptBatch], Sequence[
             store = Cache(tuple(names))
             with intervene(model, *es, store, span=Span(sub.first_index, sub.last_index)):
                 if start is None:
-                    resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=model.cfg.n_layers)  # [b, pos, d_model]
+                    resid = final_residual(model, sub.tokens, sub.attention_mask)  # [b, pos, d_model]
                 else:
                     x = start[1][i * batch_size : i * batch_size + len(sub)]
-                    resid = model(x, start_at_layer=start[0], stop_at_layer=model.cfg.n_layers,
-                                  attention_mask=sub.attention_mask.to(x.device))
+                    resid = final_residual(model, x, sub.attention_mask.to(x.device), start_at_layer=start[0])
             rows = torch.arange(len(sub))
             out.append(resid[rows, sub.last_index.to(resid.device)].float())
             cols = sub.last_index if at is None else at[i * batch_size : i * batch_size + len(sub)]
@@ -197,7 +196,7 @@ def resid_before(model, batch: PromptBatch, layer: int, edits: Sequence[Edit] = 
     with torch.no_grad():
         for sub in batch.split(batch_size):
             with intervene(model, *edits, span=Span(sub.first_index, sub.last_index)):
-                out.append(model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=layer))  # [b, pos, d_model]
+                out.append(final_residual(model, sub.tokens, sub.attention_mask, stop_at_layer=layer))  # [b, pos, d_model]
     return torch.cat(out)
 
 
@@ -240,7 +239,7 @@ def grad_attribution_full_width(model, vector: TaskVector, batch: PromptBatch, l
         store = Cache(names)
         with torch.enable_grad(), intervene(model, steer, store, AddToHeads(tuple(layers), delta),
                                             span=Span(sub.first_index, sub.last_index)):
-            resid = model(sub.tokens, attention_mask=sub.attention_mask, stop_at_layer=cfg.n_layers)  # [b, pos, d_model]
+            resid = final_residual(model, sub.tokens, sub.attention_mask)  # [b, pos, d_model]
             rows = torch.arange(len(sub))
             p = p_gold(final_logits(model, resid[rows, sub.last_index.to(resid.device)]), sub.answer_ids)  # [b]
             (grad,) = torch.autograd.grad(p.sum(), delta)
