@@ -91,6 +91,12 @@ def make_cached_tiny_model(tokenizer, tmp_dir, *, seed: int = 0, **kw):
 
     if _backend.HAS_HOOKED:
         return make_tiny_model(tokenizer, seed=seed, **kw)
+    return make_hf_tiny_bridge(tokenizer, tmp_dir, seed=seed, **kw)
+
+
+def make_hf_tiny_bridge(tokenizer, tmp_dir, *, seed: int = 0, **kw):
+    """A TransformerBridge (3.9 or 4.x) over a random Hugging Face GPT-2 or Llama built from the tiny model's fields
+    (see :func:`make_cached_tiny_model`); fields neither covers skip the test."""
     import transformers
 
     import tvlens as tv

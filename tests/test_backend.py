@@ -25,19 +25,30 @@ def test_hooked_model_keeps_kv_cache():
 
 @pytest.mark.skipif(not _backend.HAS_BRIDGE, reason="no TransformerBridge in this TransformerLens")
 def test_bridge_refuses_kv_cache_and_suffix_runs_fall_back():
+    """TransformerLens's own cache keyword is silently ignored by the bridge (the hazard), so tvlens never hands it one;
+    a bridge over the native model keeps no Hugging Face cache either: its prefix falls back to full forwards, saying so."""
     from transformer_lens.config import TransformerBridgeConfig
 
     cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_heads=4, n_layers=2, n_ctx=16, d_vocab=50,
                                   act_fn="gelu", normalization_type="LN", seed=0)
     bridge = _backend.TransformerBridge.boot_native(cfg)
     assert _backend.is_bridge(bridge)
-    reason = _engine.cache_unsupported_reason(bridge)
+    reason = _backend.kv_cache_unsupported_reason(bridge)
     assert reason is not None and "past_kv_cache" in reason
     # the hazard the fallback guards against: the keyword is accepted and changes nothing
     tokens = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = bridge(tokens)
         assert torch.allclose(full, bridge(tokens, past_kv_cache=object()), atol=1e-6)
+    assert _engine.cache_unsupported_reason(bridge) is None  # not known yet: the first prefix checks the cache
+    from tvlens.prompts import PromptBatch
+
+    batch = PromptBatch(tokens, torch.ones_like(tokens), torch.tensor([7]), torch.tensor([0]), ((0,),), "left")
+    with torch.no_grad():
+        pre = _engine.prefix(bridge, batch, positions=(-1,))
+        assert pre.fallback is not None and "Hugging Face KV cache" in pre.fallback and pre.c0 == 0
+        assert (pre.final() - _engine.final_residual(bridge, tokens)[:, -1]).abs().max() < 1e-6
+    assert _engine.cache_unsupported_reason(bridge) == pre.fallback  # recorded: later prefixes do not try again
 
 
 def test_load_model_backend_choices_are_typed_errors():

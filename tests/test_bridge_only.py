@@ -141,3 +141,60 @@ def test_a_vector_trained_on_the_hooked_toy_steers_the_bridge(toy_bridge, one_th
     assert len(test) == v.meta["n_test"]
     assert tv.evaluate(toy_bridge, test, intervention=tv.steering(toy_bridge, v)).accuracy == v.meta["test_accuracy_k0"]
     assert_no_hooks_left(toy_bridge)
+
+
+def test_the_same_ltv_trains_on_the_bridge_and_records_its_backend(toy_bridge, one_thread, tmp_path):
+    """Issue 19: the LTV of the hooked fixture's recipe (same seed, config and data), trained again on the bridge
+    (3.9 or 4.x), equals the hooked one within 1e-5; its file records the backend it was made on."""
+    ref = tv.TaskVector.load(TL39_VECTOR)
+    task = tv.tasks.get("toy/antonym")
+    res = tv.train_ltv(toy_bridge, task, layers=[2], positions=[-1], splits=tv.make_splits(task, seed=0),
+                       config=tv.LTVConfig(max_epochs=4), progress=False, cache=False)
+    v = res.vector
+    assert v.meta["best_epoch"] == ref.meta["best_epoch"] and v.meta["steps"] == ref.meta["steps"]
+    assert (v.values - ref.values).abs().max() < 1e-5 * ref.values.abs().max()  # relative to the vector's size
+    assert v.meta["backend"]["class"] == "TransformerBridge" and v.meta["backend"]["compatibility_mode"] is True
+    again = tv.TaskVector.load(v.save(tmp_path / "v.safetensors"))
+    assert again.meta["backend"] == v.meta["backend"] and again == v
+    assert_no_hooks_left(toy_bridge)
+
+
+@pytest.mark.parametrize("when", ["prefix", "suffix"])
+def test_an_ignored_cache_never_makes_a_suffix_run_wrong(toy_tokenizer, tmp_path, monkeypatch, caplog, when):
+    """Issue 19: a bridge whose attention silently ignores the Hugging Face cache it is handed (what TransformerLens
+    4.3 did with transformers 5's ``cache=``) cannot make a suffix run wrong: the engine checks the cache's length
+    after the prefix call and after every suffix run, records the model, and takes full forwards instead."""
+    import logging
+
+    from tests.conftest import make_hf_tiny_bridge
+    from tvlens import _engine as engine
+
+    model = make_hf_tiny_bridge(toy_tokenizer, tmp_path, seed=3, n_layers=2, n_heads=2)
+    assert _backend.is_bridge(model)
+    batch = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=2, n=4).tokenize(model)
+    edit = tv.TaskVector(3 * torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(0)), (tv.Site(1, -1),))
+    with torch.no_grad():
+        ref = engine.run(engine.full_width(model, batch, "the oracle"), [_add(edit)]).last()
+        ignore = lambda self, k, v, **kw: (k, v)  # noqa: E731  the silent failure: keys and values of this call only
+        attn_type = type(model.blocks[0].attn)
+        if when == "prefix":
+            monkeypatch.setattr(attn_type, "_update_kv_cache", ignore)
+        caplog.set_level(logging.WARNING, logger="tvlens._engine")
+        pre = engine.prefix(model, batch, layer=1)
+        if when == "suffix":
+            assert pre.fallback is None and pre.c0 > 0  # the prefix was cached; now the runs ignore it
+            monkeypatch.setattr(attn_type, "_update_kv_cache", ignore)
+        try:
+            out = engine.run(pre, [_add(edit)]).last()
+        except RuntimeError:  # a run whose attention never saw the prefix may not even fit the mask: also not wrong
+            pytest.fail("an ignored cache must fall back, not raise")
+    assert (out - ref).abs().max() < 1e-5
+    assert engine.cache_unsupported_reason(model) is not None and "cannot serve" in engine.cache_unsupported_reason(model)
+    assert any("full forwards" in r.getMessage() for r in caplog.records)
+    assert_no_hooks_left(model)
+
+
+def _add(vector):
+    from tvlens._hooks import AddAt
+
+    return AddAt(vector.sites, vector.values)

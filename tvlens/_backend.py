@@ -58,6 +58,25 @@ def is_hooked(model: object) -> bool:
     return HAS_HOOKED and isinstance(model, HookedTransformer)
 
 
+def describe(model) -> dict:
+    """What a vector made on ``model`` records of its backend (``TaskVector.meta["backend"]``): the model class, the
+    TransformerLens version, and on a bridge whether its compatibility mode (folded, centred weights) was on."""
+    from importlib.metadata import version
+
+    out = {"class": type(model).__name__, "transformer_lens": version("transformer_lens")}
+    if is_bridge(model):
+        out["compatibility_mode"] = bool(getattr(model, "compatibility_mode", False))
+    return out
+
+
+def lean_blocks_unsupported_reason(model) -> str | None:
+    """Why the engine's lean blocks (``tvlens._engine_lean``, built from HookedTransformer's components) cannot
+    stand in for this model's blocks (None when they can)."""
+    if not is_hooked(model):
+        return "the lean blocks are built from HookedTransformer's components (a TransformerBridge runs its own)"
+    return None
+
+
 def default_backend() -> str:
     """What ``backend="auto"`` means here: ``"hooked"`` where HookedTransformer exists, else ``"bridge"``."""
     return "hooked" if HAS_HOOKED else "bridge"

@@ -27,6 +27,8 @@ from jaxtyping import Bool, Float
 
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from tvlens import _backend
+
 
 _NORMS = {"LayerNorm": "LN", "LayerNormPre": "LNPre", "RMSNorm": "RMS", "RMSNormPre": "RMSPre", "Identity": None}
 _OFF_FLAGS = ("use_attn_in", "use_split_qkv_input", "use_qk_norm", "use_logn_attn", "use_attention_sinks",
@@ -35,6 +37,8 @@ _OFF_FLAGS = ("use_attn_in", "use_split_qkv_input", "use_qk_norm", "use_logn_att
 
 def lean_unsupported_reason(model, layers: range) -> str | None:
     """Why the lean path cannot run ``layers`` of ``model`` (None when it can)."""
+    if reason := _backend.lean_blocks_unsupported_reason(model):
+        return reason
     from transformer_lens.components import Attention, GroupedQueryAttention, TransformerBlock
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from tvlens import _backend
 from tvlens import _engine as engine
 from tvlens._engine import final_logits, head_chunks, p_gold
 from tvlens._hooks import SetHeadPerRow
@@ -255,5 +256,5 @@ def function_vector(model, task: Task | str, *, layer: int | Iterable[int] | Non
                         template=task.template_record(), model_fingerprint=fingerprint(model), d_model=model.cfg.d_model, n_layers=model.cfg.n_layers,
                         operation="add", method="fv", out_of_range=out_of_range,
                         meta={"shots": 0, "source_shots": aie.shots, "top_heads": [list(t) for t in top], "n_clean": aie.n_clean,
-                              "n_corrupt": aie.n_corrupt, "seed": seed})
+                              "n_corrupt": aie.n_corrupt, "seed": seed, "backend": _backend.describe(model)})
     return (vector, aie) if return_aie else vector

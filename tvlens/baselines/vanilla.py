@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
+from tvlens import _backend
 from tvlens import _engine as engine
 from tvlens._memo import memo_key, tensor_digest
 from tvlens._validate import no_type_check
@@ -165,7 +166,7 @@ def vanilla_tv(
         method="vanilla_tv",
         out_of_range=out_of_range,
         meta={"shots": 0, "source_shots": shots, "n_prompts": len(icl_ps), "seed": seed, "split_seed": splits.seed,
-              "operation": operation},
+              "operation": operation, "backend": _backend.describe(model)},
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from tvlens import _backend
 from tvlens._result import Result
 from tvlens._validate import no_type_check
 from tvlens.errors import CheckpointError, ConfigError, NonFiniteError
@@ -328,7 +329,7 @@ def train_ltv(
               "best_epoch": best[2], "steps": step, "transformer_lens": version("transformer_lens"),
               "torch": torch.__version__, "dtype": str(model.cfg.dtype).removeprefix("torch."),
               "split_seed": splits.seed, "site_rms": [round(float(x), 6) for x in scale.flatten()],
-              "lr_effective": [cfg.lr * float(x) for x in scale.flatten()]},
+              "lr_effective": [cfg.lr * float(x) for x in scale.flatten()], "backend": _backend.describe(model)},
     )
     result = LTVResult(vector, tuple(history), best[0], best[2], step, seconds, splits, shots)
     if store is not None:
