@@ -198,3 +198,26 @@ def _add(vector):
     from tvlens._hooks import AddAt
 
     return AddAt(vector.sites, vector.values)
+
+
+@pytest.mark.parametrize("shape", [
+    dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, act_fn="gelu_new", normalization_type="LN"),
+    dict(n_layers=2, d_model=32, n_heads=4, n_key_value_heads=2, d_head=8, d_mlp=64, n_ctx=64, act_fn="silu", gated_mlp=True,
+         normalization_type="RMS", positional_embedding_type="rotary"),
+], ids=["gpt2", "llama"])
+def test_random_hf_bridges_keep_the_prefix_cache(toy_tokenizer, shape):
+    """tvlens bench's random models on the bridge: Hugging Face models of the asked shape whose prefix is cached."""
+    from tvlens import _engine as engine
+    from tvlens._bridge import random_hf_bridge
+
+    model = random_hf_bridge(shape, toy_tokenizer, seed=1)
+    assert _backend.is_bridge(model) and model.cfg.n_layers == 2 and model.cfg.d_model == 32
+    assert (model.cfg.n_key_value_heads or model.cfg.n_heads) == (shape.get("n_key_value_heads") or shape["n_heads"])
+    batch = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=2, n=3).tokenize(model)
+    with torch.no_grad():
+        pre = engine.prefix(model, batch)
+        assert pre.fallback is None and pre.c0 > 0
+        full = engine.final_residual(model, batch.tokens, batch.attention_mask)[torch.arange(3), batch.last_index]
+        assert (pre.final() - full).abs().max() < 1e-5
+    with pytest.raises(ModelLoadError, match="no random"):
+        random_hf_bridge({**shape, "normalization_type": "LNPre"}, toy_tokenizer)

@@ -36,6 +36,23 @@ class BenchResult:
         return {"name": self.name, "baseline_s": self.baseline_s, "fast_s": self.fast_s, "ratio": self.ratio, **self.details}
 
 
+def _random_model(tokenizer, *, seed: int = 0, **shape):
+    """A random model of ``shape`` (HookedTransformerConfig fields) on the backend ``load_model`` picks by default:
+    a HookedTransformer, or a bridge over a random Hugging Face model of that shape (:func:`tvlens._bridge.random_hf_bridge`)."""
+    from tvlens import _backend
+
+    if _backend.default_backend() == "hooked":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(seed=seed, **shape), tokenizer=tokenizer)
+    else:
+        from tvlens._bridge import random_hf_bridge
+
+        model = random_hf_bridge(shape, tokenizer, seed=seed)
+    model.eval()
+    return model
+
+
 def _time_per_call(fn: Callable[[], None], *, min_calls: int, min_seconds: float) -> float:
     fn()  # warm-up (allocations, lazy inits)
     calls, t0 = 0, time.perf_counter()
@@ -377,16 +394,12 @@ def _engine_entries(tag: str, model, vector, splits, *, quick: bool, only: tuple
 
 def _smollm2_shape_with_tokenizer(tokenizer, *, n_layers: int = 30, seed: int = 0):
     """A random model of SmolLM2-135M's layout (d_model 576, 9 query / 3 key-value heads, rotary, RMS, gated SiLU)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     from tvlens.vector import TaskVector
 
-    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=576, n_heads=9, n_key_value_heads=3, d_head=64, d_mlp=1536,
-                                  n_ctx=256, d_vocab=len(tokenizer.get_vocab()), act_fn="silu", gated_mlp=True,
-                                  normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=64,
-                                  final_rms=True, seed=seed)
-    model = HookedTransformer(cfg, tokenizer=tokenizer)
-    model.eval()
+    model = _random_model(tokenizer, seed=seed, n_layers=n_layers, d_model=576, n_heads=9, n_key_value_heads=3, d_head=64,
+                          d_mlp=1536, n_ctx=256, d_vocab=len(tokenizer.get_vocab()), act_fn="silu", gated_mlp=True,
+                          normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=64, final_rms=True)
+    cfg = model.cfg
     theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(seed))
     layer = n_layers // 2
     return model, TaskVector(values=theta, sites=(Site(layer, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=n_layers,
@@ -408,12 +421,17 @@ def engine_benchmarks(*, quick: bool = False) -> list[BenchResult]:
 
 
 def _gpt2_shape_batch(batch: int, n_tokens: int, seed: int = 0):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from tvlens import _backend
 
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
-                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN", seed=seed)
-    model = HookedTransformer(cfg)
-    model.eval()
+    shape = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257, act_fn="gelu_new",
+                 normalization_type="LN")
+    if _backend.default_backend() == "hooked":
+        model = _random_model(None, seed=seed, **shape)
+    else:  # the bridge needs a tokenizer to load; the toy's (only its special tokens matter here)
+        import tvlens as tv
+
+        model = _random_model(tv.load_model("toy").tokenizer, seed=seed, **shape)
+    cfg = model.cfg
     # frozen weights, as a user training θ on a fixed model sets them: with trainable weights autograd would keep
     # every layer's inputs for their (never computed) gradients, tripling the naive step's memory
     model.requires_grad_(False)
@@ -500,14 +518,11 @@ def run_benchmarks(*, quick: bool = False) -> list[BenchResult]:
 
 
 def _gpt2_shape_with_tokenizer(tokenizer, seed: int = 0):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     from tvlens.vector import TaskVector
 
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=128,
-                                  d_vocab=len(tokenizer.get_vocab()), act_fn="gelu_new", normalization_type="LN", seed=seed)
-    model = HookedTransformer(cfg, tokenizer=tokenizer)
-    model.eval()
+    model = _random_model(tokenizer, seed=seed, n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=128,
+                          d_vocab=len(tokenizer.get_vocab()), act_fn="gelu_new", normalization_type="LN")
+    cfg = model.cfg
     theta = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(seed))
     return model, TaskVector(values=theta, sites=(Site(6, -1),), task="toy/antonym", d_model=cfg.d_model, n_layers=cfg.n_layers,
                              model_fingerprint=fingerprint(model))
