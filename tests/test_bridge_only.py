@@ -221,3 +221,31 @@ def test_random_hf_bridges_keep_the_prefix_cache(toy_tokenizer, shape):
         assert (pre.final() - full).abs().max() < 1e-5
     with pytest.raises(ModelLoadError, match="no random"):
         random_hf_bridge({**shape, "normalization_type": "LNPre"}, toy_tokenizer)
+
+
+def test_the_bridges_kept_prefix_is_bit_identical_and_skips_the_prefix_call(toy_tokenizer, tmp_path, monkeypatch):
+    """The engine's memo on a bridge: a second evaluation of the same prompts computes no prefix (no empty Hugging
+    Face cache is filled) and gives bit-identical results to the memo turned off."""
+    from tests.conftest import make_hf_tiny_bridge
+    from tvlens import _engine as engine
+
+    model = make_hf_tiny_bridge(toy_tokenizer, tmp_path, seed=4, n_layers=3, n_heads=4, n_key_value_heads=2,
+                                positional_embedding_type="rotary", normalization_type="RMS")
+    prompts = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=3, n=8)
+    v = tv.TaskVector(torch.randn(1, model.cfg.d_model, generator=torch.Generator().manual_seed(1)), (tv.Site(1, -1),),
+                      model_fingerprint=tv.fingerprint(model), task="toy/antonym")
+    filled = []
+    real = _backend.new_hf_cache
+    monkeypatch.setattr(_backend, "new_hf_cache", lambda *a, **k: filled.append(not a) or real(*a, **k))
+    monkeypatch.setattr(engine, "KV_MEMO_BYTES", 0)
+    off = [tv.evaluate(model, prompts, intervention=iv, batch_size=4) for iv in (None, tv.steering(model, v))]
+    assert model not in engine._KV_MEMO and sum(filled) == 4  # two sub-batches, twice
+    monkeypatch.setattr(engine, "KV_MEMO_BYTES", 2**30)
+    engine.clear_memo(model)
+    tv.evaluate(model, prompts, batch_size=4)  # computes and keeps both sub-batches
+    filled.clear()
+    on = [tv.evaluate(model, prompts, intervention=iv, batch_size=4) for iv in (None, tv.steering(model, v))]
+    assert sum(filled) == 0 and len(engine._KV_MEMO[model]) == 2
+    for a, b in zip(off, on):
+        assert torch.equal(a.gold_logprob, b.gold_logprob) and torch.equal(a.predicted, b.predicted)
+    engine.clear_memo(model)

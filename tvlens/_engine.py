@@ -347,27 +347,47 @@ def _prepare(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
 def _prepare_bridge(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit, ...]):
     """:func:`_prepare` on a bridge: the keys/values of columns < c0 at every layer (Hugging Face's cache, layout
     ``[batch, kv_head, c0, d_head]``) and the suffix residuals from one suffix run; (None, ...) when the cache
-    failed its check (then recorded, see :mod:`tvlens._backend`). Not kept across calls (no memo on a bridge yet)."""
+    failed its check (then recorded, see :mod:`tvlens._backend`). The unedited part is kept as on a HookedTransformer
+    (the memo below): a hit serves the keys and values, and without base edits the suffix residuals too."""
     cfg = model.cfg
     toks, mask = to_model(model, sub.tokens), to_model(model, sub.attention_mask)
     span = Span(sub.first_index, sub.last_index)
-    keys = values = ()
-    if c0 > 0:
-        cache = _backend.new_hf_cache()
-        with _backend.hf_cache_calls(model):
-            final_residual(model, toks[:, :c0], mask[:, :c0], past_key_values=cache)
-        kv = _backend.hf_cache_tensors(cache, cfg.n_layers)
-        if kv is None or _backend.hf_cache_length(cache) != c0:
-            _backend.mark_hf_cache_broken(model, f"a prefix of {c0} columns left {'no cache' if kv is None else f'{_backend.hf_cache_length(cache)} columns'} in it")
-            log.warning("%s; suffix runs on this model take full forwards", _backend.suffix_cache_unsupported_reason(model))
-            return None, None, None, None
-        keys, values = kv
-    names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(l0, cfg.n_layers))
+    state = memo_key(model) if KV_MEMO_BYTES > 0 else None
+    key = None if state is None else ("hf", state, c0, tensor_digest(toks, mask))
+    memo = _KV_MEMO.get(model)
+    if key is not None and memo is not None and key in memo:
+        memo.move_to_end(key)
+        (keys, values), clean = memo[key].cache, memo[key].resid
+        if not base:
+            return keys, values, {lay: clean[lay] for lay in range(l0, cfg.n_layers + 1)}, None
+    else:
+        keys = values = ()
+        if c0 > 0:
+            cache = _backend.new_hf_cache()
+            with _backend.hf_cache_calls(model):
+                final_residual(model, toks[:, :c0], mask[:, :c0], past_key_values=cache)
+            kv = _backend.hf_cache_tensors(cache, cfg.n_layers)
+            if kv is None or _backend.hf_cache_length(cache) != c0:
+                _backend.mark_hf_cache_broken(model, f"a prefix of {c0} columns left {'no cache' if kv is None else f'{_backend.hf_cache_length(cache)} columns'} in it")
+                log.warning("%s; suffix runs on this model take full forwards", _backend.suffix_cache_unsupported_reason(model))
+                return None, None, None, None
+            keys, values = kv
+    keep = key is not None and not base and (memo is None or key not in memo)  # a clean run of every layer, kept
+    first = 0 if keep else l0
+    names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(first, cfg.n_layers))
     store = Cache(names)
     final = _bridge_suffix(model, toks, mask, c0, keys, values, None, [store, *base], span)
     if final is None:
         return None, None, None, None
-    resid = {**{lay: store.store[n] for lay, n in zip(range(l0, cfg.n_layers), names)}, cfg.n_layers: final}
+    resid = {**{lay: store.store[n] for lay, n in zip(range(first, cfg.n_layers), names)}, cfg.n_layers: final}
+    if keep:
+        size = sum(t.nbytes for t in (*keys, *values, *resid.values()))
+        if size <= KV_MEMO_BYTES:
+            memo = _KV_MEMO.setdefault(model, OrderedDict())
+            memo[key] = _Clean((keys, values), resid, size)
+            while sum(c.nbytes for c in memo.values()) > KV_MEMO_BYTES:
+                memo.popitem(last=False)
+        resid = {lay: resid[lay] for lay in range(l0, cfg.n_layers + 1)}
     return keys, values, resid, None
 
 
@@ -400,7 +420,7 @@ def _bridge_suffix(model, toks, mask, c0: int, keys, values, rows, edits: Sequen
 class _Clean:
     """The unedited part of one sub-batch's prefix."""
 
-    cache: object  # TransformerLens's KV cache after the columns before c0, frozen
+    cache: object  # TransformerLens's KV cache after the columns before c0, frozen (a bridge: its (keys, values) tensors)
     resid: dict[int, torch.Tensor]  # layer -> [batch, suffix, d_model] suffix residual before that block (n_layers: after the last)
     nbytes: int
 
