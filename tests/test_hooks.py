@@ -293,11 +293,13 @@ def test_a_forward_split_at_a_layer_is_steered_like_a_whole_one(tiny_model):
     b = batch(tiny_model, "right")
     v = values(tiny_model, 2)
     sites = [tv.Site(0, -1), tv.Site(1, -2)]
+    from tvlens._engine import final_residual  # stop/start_at_layer with the same meaning on either backend
+
     with torch.no_grad(), iv.add(tiny_model, sites, v):
-        whole = tiny_model(b.tokens, attention_mask=b.attention_mask)
-        mid = tiny_model(b.tokens, attention_mask=b.attention_mask, stop_at_layer=1)
-        split = tiny_model(mid, start_at_layer=1, attention_mask=b.attention_mask)
-        other = tiny_model(mid[:2], start_at_layer=1, attention_mask=b.attention_mask[:2])  # another call, other rows
+        whole = final_residual(tiny_model, b.tokens, b.attention_mask)
+        mid = final_residual(tiny_model, b.tokens, b.attention_mask, stop_at_layer=1)
+        split = final_residual(tiny_model, mid, b.attention_mask, start_at_layer=1)
+        other = final_residual(tiny_model, mid[:2], b.attention_mask[:2], start_at_layer=1)  # another call, other rows
     torch.testing.assert_close(split, whole)
     torch.testing.assert_close(other, whole[:2])
 

@@ -42,8 +42,11 @@ def test_greedy_answer(smollm2):
 
 
 def test_gqa_heads_share_their_group_values(smollm2):
-    """GQA: 9 query heads read 3 key-value heads; TransformerLens expands W_V per query head."""
-    w_v = smollm2.W_V  # [layer, head, d_model, d_head], expanded from the 3 KV heads
+    """GQA: 9 query heads read 3 key-value heads; per query head (HookedTransformer's W_V, the bridge's repeated by
+    tvlens._backend.per_query_head) consecutive heads share their group's values."""
+    from tvlens import _backend
+
+    w_v = _backend.per_query_head(smollm2, "W_V")  # [layer, head, d_model, d_head], expanded from the 3 KV heads
     assert w_v.shape == (30, 9, 576, 64)
     group = smollm2.cfg.n_heads // smollm2.cfg.n_key_value_heads
     assert torch.equal(w_v[:, 0], w_v[:, group - 1]) and not torch.equal(w_v[:, 0], w_v[:, group])

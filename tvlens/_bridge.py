@@ -70,6 +70,8 @@ def bridge_from_hf_dir(
             bridge = _backend.TransformerBridge.boot_transformers(
                 str(path), hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=dtype
             )
+            if getattr(bridge.cfg, "original_architecture", None) is None:  # 4.x leaves it unset; the hooked config
+                bridge.cfg.original_architecture = arch  # names it (the post-norm check below and fingerprints read it)
             bridge.enable_compatibility_mode(disable_warnings=True, **_supported(bridge, opts))
     except (NotImplementedError, ValueError, KeyError, AttributeError, RuntimeError, OSError) as exc:
         raise ModelLoadError(
