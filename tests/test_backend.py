@@ -24,7 +24,7 @@ def test_hooked_model_keeps_kv_cache():
 
 
 @pytest.mark.skipif(not _backend.HAS_BRIDGE, reason="no TransformerBridge in this TransformerLens")
-def test_bridge_refuses_kv_cache_and_suffix_runs_fall_back():
+def test_bridge_refuses_kv_cache_and_suffix_runs_fall_back(monkeypatch):
     """TransformerLens's own cache keyword is silently ignored by the bridge (the hazard), so tvlens never hands it one;
     a bridge over the native model keeps no Hugging Face cache either: its prefix falls back to full forwards, saying so."""
     from transformer_lens.config import TransformerBridgeConfig
@@ -40,15 +40,21 @@ def test_bridge_refuses_kv_cache_and_suffix_runs_fall_back():
     with torch.no_grad():
         full = bridge(tokens)
         assert torch.allclose(full, bridge(tokens, past_kv_cache=object()), atol=1e-6)
-    assert _engine.cache_unsupported_reason(bridge) is None  # not known yet: the first prefix checks the cache
+    assert "native model" in _engine.cache_unsupported_reason(bridge)  # known without trying
     from tvlens.prompts import PromptBatch
 
     batch = PromptBatch(tokens, torch.ones_like(tokens), torch.tensor([7]), torch.tensor([0]), ((0,),), "left")
     with torch.no_grad():
         pre = _engine.prefix(bridge, batch, positions=(-1,))
-        assert pre.fallback is not None and "Hugging Face KV cache" in pre.fallback and pre.c0 == 0
+        assert pre.fallback is not None and "keeps no KV cache" in pre.fallback and pre.c0 == 0
         assert (pre.final() - _engine.final_residual(bridge, tokens)[:, -1]).abs().max() < 1e-6
-    assert _engine.cache_unsupported_reason(bridge) == pre.fallback  # recorded: later prefixes do not try again
+    # were it not known, the first prefix would find out: an empty cache after the prefix call is recorded
+    monkeypatch.setattr(_backend, "is_native_bridge", lambda model: False)
+    _backend._HF_CACHE_BROKEN.pop(bridge, None)
+    assert _engine.cache_unsupported_reason(bridge) is None
+    with torch.no_grad():
+        pre = _engine.prefix(bridge, batch, positions=(-1,))
+    assert pre.fallback is not None and "no cache" in pre.fallback and _engine.cache_unsupported_reason(bridge) == pre.fallback
 
 
 def test_load_model_backend_choices_are_typed_errors():

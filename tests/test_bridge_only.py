@@ -179,7 +179,7 @@ def test_an_ignored_cache_never_makes_a_suffix_run_wrong(toy_tokenizer, tmp_path
         attn_type = type(model.blocks[0].attn)
         if when == "prefix":
             monkeypatch.setattr(attn_type, "_update_kv_cache", ignore)
-        caplog.set_level(logging.WARNING, logger="tvlens._engine")
+        caplog.set_level(logging.INFO, logger="tvlens._engine")
         pre = engine.prefix(model, batch, layer=1)
         if when == "suffix":
             assert pre.fallback is None and pre.c0 > 0  # the prefix was cached; now the runs ignore it

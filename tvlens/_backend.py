@@ -114,8 +114,16 @@ def suffix_cache_unsupported_reason(model: object) -> str | None:
     until a use of it failed the engine's checks on this model (:func:`mark_hf_cache_broken`).
     """
     if is_bridge(model):
+        if is_native_bridge(model):
+            return "a bridge over TransformerLens's native model (boot_native) keeps no KV cache"
         return _HF_CACHE_BROKEN.get(model)
     return None
+
+
+def is_native_bridge(model) -> bool:
+    """Whether ``model`` is a bridge over TransformerLens's own ``NativeModel`` (``boot_native``: the toy on 4.x,
+    tiny test models), which takes no cache of any kind."""
+    return type(getattr(model, "original_model", None)).__name__ == "NativeModel"
 
 
 def mark_hf_cache_broken(model, reason: str) -> None:

@@ -54,7 +54,7 @@ class SuffixStates:
         from tvlens import _engine as engine
 
         reason = engine.cache_unsupported_reason(model)
-        if reason and reason != _backend.kv_cache_unsupported_reason(model):
+        if reason and reason != _backend.suffix_cache_unsupported_reason(model):
             raise ConfigError(f"linear propagation needs the prefix-cached path, which cannot run here ({reason}); "
                               "load the model without ungroup_grouped_query_attention")
         if reason:  # the backend has no prefix cache: every copy is a full forward (right, slower)
