@@ -71,11 +71,11 @@ def test_generation_task_has_no_label_accuracy(tiny_model):
 ENGINE_ARCHS = ["ln", "lnpre", "gqa_rms", "shortformer"]
 
 
-def _arch_model(toy_tokenizer, arch):
-    from tests.conftest import TINY_ARCHS, make_tiny_model
+def _arch_model(toy_tokenizer, arch, tmp_path):
+    from tests.conftest import TINY_ARCHS, make_cached_tiny_model
 
     kw = TINY_ARCHS.get(arch) or dict(n_layers=3, n_heads=2, positional_embedding_type="shortformer")
-    return make_tiny_model(toy_tokenizer, seed=11, **kw)
+    return make_cached_tiny_model(toy_tokenizer, tmp_path, seed=11, **kw)  # on 4.x a Hugging Face bridge: a real prefix
 
 
 def _full_forward_logits(model, batch, edits):
@@ -88,14 +88,14 @@ def _full_forward_logits(model, batch, edits):
 
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("arch", ENGINE_ARCHS)
-def test_steered_evaluation_on_the_engine_equals_the_full_forward(toy_tokenizer, arch, padding, caplog):
+def test_steered_evaluation_on_the_engine_equals_the_full_forward(toy_tokenizer, tmp_path, arch, padding, caplog):
     import logging
 
     from tests.conftest import assert_no_hooks_left
     from tvlens._hooks import AblateHeads, AddAt, AddPerRow
     from tvlens.evaluate import last_token_logits
 
-    model = _arch_model(toy_tokenizer, arch)
+    model = _arch_model(toy_tokenizer, arch, tmp_path)
     ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "test", k=2, n=9)  # mixed lengths
     batch = ps.tokenize(model, padding_side=padding)
     d = model.cfg.d_model

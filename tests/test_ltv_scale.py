@@ -44,7 +44,7 @@ def test_scaled_training_is_plain_training_with_a_scaled_lr_and_init(tiny_model)
     cfg = dataclasses.replace(QUICK, weight_decay=0.0, lr=0.05, init_range=0.02)
     scaled = tv.train_ltv(tiny_model, "toy/antonym", layers=1, config=cfg, progress=False)
     (s,) = scaled.vector.meta["site_rms"]
-    assert s > 0.5  # the tiny model's residual is not at unit scale, so the check has teeth
+    assert abs(s - 1) > 0.2  # the tiny model's residual is not at unit scale, so the check has teeth (0.75 on 3.9, 0.50 on 4.3)
     plain_cfg = dataclasses.replace(cfg, scale_to_residual=False, lr=cfg.lr * s, init_range=cfg.init_range * s)
     plain = tv.train_ltv(tiny_model, "toy/antonym", layers=1, config=plain_cfg, progress=False)
     torch.testing.assert_close(scaled.vector.values, plain.vector.values, rtol=2e-3, atol=2e-3 * s)

@@ -187,7 +187,14 @@ def train_toy_model(cfg: ToyTrainConfig = ToyTrainConfig(), *, progress: bool = 
     """Train the embedded model from scratch (deterministic for a given config on CPU).
 
     ``cfg.threads`` sets torch's thread count for the run only; the caller's count is restored after.
+    Trains a HookedTransformer, so it needs TransformerLens 3.x (the trained checkpoint loads on either backend).
     """
+    from tvlens import _backend
+
+    if not _backend.HAS_HOOKED:
+        raise ConfigError("training the embedded model builds a HookedTransformer, which TransformerLens 4 removed; "
+                          "train it in an environment with pip install 'transformer_lens<4' (the checkpoint it writes "
+                          "loads on TransformerLens 4's bridge too)")
     threads = torch.get_num_threads()
     try:
         if cfg.threads is not None:
