@@ -2,15 +2,25 @@
 
 import json
 
+import pytest
+
 import tvlens as tv
 from tvlens.bench import bench_ltv_step
 from tvlens.ltv import build_targets
 
 
-def test_bench_entry_shape(tiny_model):
+@pytest.fixture(scope="module")
+def cached_model(toy_tokenizer, tmp_path_factory):
+    """The LTV step entries time the fast path, which needs a prefix cache: on 4.x a Hugging Face-backed bridge."""
+    from tests.conftest import make_cached_tiny_model
+
+    return make_cached_tiny_model(toy_tokenizer, tmp_path_factory.mktemp("bench"))
+
+
+def test_bench_entry_shape(cached_model):
     ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=2, n=8)
-    tb = build_targets(tiny_model, ps)
-    r = bench_ltv_step("tiny", tiny_model, tb, (tv.Site(1, -1),), batch=4, min_seconds=0.0)
+    tb = build_targets(cached_model, ps)
+    r = bench_ltv_step("tiny", cached_model, tb, (tv.Site(1, -1),), batch=4, min_seconds=0.0)
     d = r.as_dict()
     assert {"name", "baseline_s", "fast_s", "ratio", "batch"} <= set(d)
     assert d["baseline_s"] > 0 and d["fast_s"] > 0 and d["ratio"] == d["baseline_s"] / d["fast_s"]
@@ -133,8 +143,8 @@ def test_chunked_naive_step_is_the_whole_minibatch_gradient(tiny_model):
     assert not torch.allclose(_chunked_step_fn(naive, theta, idx[:3], 1)(), whole)  # a different minibatch differs
 
 
-def test_bench_ltv_step_records_its_chunking(tiny_model):
+def test_bench_ltv_step_records_its_chunking(cached_model):
     ps = tv.make_prompts(tv.make_splits(tv.tasks.get("toy/antonym")), "train", k=2, n=8)
-    d = bench_ltv_step("tiny", tiny_model, build_targets(tiny_model, ps), (tv.Site(1, -1),), batch=4, min_seconds=0.0,
+    d = bench_ltv_step("tiny", cached_model, build_targets(cached_model, ps), (tv.Site(1, -1),), batch=4, min_seconds=0.0,
                        naive_rows=3, prepare_rows=2).as_dict()
     assert d["naive_rows_per_forward"] == 3 and d["prepare_rows"] == 2
