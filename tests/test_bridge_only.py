@@ -159,6 +159,27 @@ def test_the_same_ltv_trains_on_the_bridge_and_records_its_backend(toy_bridge, o
     assert_no_hooks_left(toy_bridge)
 
 
+def test_linear_propagation_on_a_bridge_without_a_usable_cache(one_thread):
+    """Issue 19: once the engine knew a bridge's cache unusable (the toy's bridge keeps none: a native bridge on 4.x,
+    or a Hugging Face cache an earlier engine run found empty), linear propagation raised a ConfigError naming
+    ungroup_grouped_query_attention (fixed in 899fb25); it takes full forwards, call after call, and gives the hooked
+    model's fit where TransformerLens has one."""
+    from tvlens.analysis import linear_propagation
+
+    bridge = tv.load_model("toy", backend="bridge")  # a fresh one: no engine run has looked at its cache yet
+    v = tv.TaskVector.load(TL39_VECTOR)
+    kw = dict(n_copies=24, n_heldout=8, n_queries=4, n=8, cache=False)
+    first = linear_propagation(bridge, v, "toy/antonym", **kw)
+    assert _backend.suffix_cache_unsupported_reason(bridge)  # known now (on 3.9: found by the first call's prefix)
+    again = linear_propagation(bridge, v, "toy/antonym", **kw)
+    assert torch.equal(first.W, again.W) and first.fit_r2 == again.fit_r2 and first.injected_acc == again.injected_acc
+    if _backend.HAS_HOOKED:
+        ref = linear_propagation(tv.load_model("toy", backend="hooked"), v, "toy/antonym", **kw)
+        assert (again.W - ref.W).abs().max() < 1e-4 and abs(again.fit_r2 - ref.fit_r2) < 1e-5
+        assert again.injected_acc == ref.injected_acc and again.reconstructed_acc == ref.reconstructed_acc
+    assert_no_hooks_left(bridge)
+
+
 @pytest.mark.parametrize("when", ["prefix", "suffix"])
 def test_an_ignored_cache_never_makes_a_suffix_run_wrong(toy_tokenizer, tmp_path, monkeypatch, caplog, when):
     """Issue 19: a bridge whose attention silently ignores the Hugging Face cache it is handed (what TransformerLens
