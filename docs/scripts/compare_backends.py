@@ -38,7 +38,7 @@ SETUPS = {
     "smollm2": dict(task="capitalize", layer=15, config=dict(max_epochs=2, n_train=64, n_val=16, epoch_size=32, batch_size=16),
                     n=16, shots=5, exact=True, ablation_kinds=("zero", "mean"), n_random=3,
                     linear=dict(n_copies=64, n_heldout=32, n_queries=4, n=16), aie=dict(shots=5, n_clean=8, n_corrupt=4),
-                    fv_top_k=10),
+                    aie_max_train=32, fv_top_k=10),
 }
 PROMPTS = {"toy": "kevi -> ", "smollm2": "The capital of France is"}
 TOP_K = 10  # heads listed in the top-head rows
@@ -218,7 +218,9 @@ def run(args) -> None:
 
     # function-vector AIE (independent of the LTV) and the FV built from it
     G = "aie"
-    aie = timed("head_aie", lambda: tv.head_aie(model, task, splits=splits, seed=0, cache=False, **s["aie"]))
+    # the AIE's clean prompts are drawn from every train query (one forward each): SmolLM2 caps that split
+    aie_splits = tv.make_splits(task, seed=0, config=tv.SplitConfig(max_train=s["aie_max_train"])) if "aie_max_train" in s else splits
+    aie = timed("head_aie", lambda: tv.head_aie(model, task, splits=aie_splits, seed=0, cache=False, **s["aie"]))
     top = aie.top(TOP_K)
     out.ranking(G, f"AIE: top {TOP_K} heads", [f"L{a}H{b}" for a, b, _ in top])
     out.vector(G, f"AIE: top {TOP_K} values", [x for _, _, x in top])
@@ -227,7 +229,7 @@ def run(args) -> None:
     out.scalar(G, "AIE: clean accuracy", aie.clean_accuracy)
     out.scalar(G, "AIE: clean prompts used", aie.n_clean)
     fv = timed("function_vector", lambda: tv.function_vector(model, task, layer=s["layer"], aie=aie, top_k=s["fv_top_k"],
-                                                             splits=splits, seed=0))
+                                                             splits=aie_splits, seed=0))
     out.vector(G, "function vector: values", fv.values)
     acc_fv = timed("evaluate_fv", lambda: tv.evaluate(model, test, intervention=tv.steering(model, fv)).accuracy)
     out.scalar(G, "function vector: test accuracy", acc_fv)
@@ -258,7 +260,7 @@ def _short(kind, value) -> str:
     if kind == "ranking":
         body = ", ".join(str(x) for x in value[:5])
         return body + (f", … ({len(value)})" if len(value) > 5 else "")
-    if len(value) <= 4:
+    if len(value) <= 6:
         return "[" + ", ".join(f"{x:.4g}" for x in value) + "]"
     finite = [x for x in value if not math.isnan(x)]
     return f"{len(value)} values, max {max(finite, default=float('nan')):.4g}"
@@ -295,9 +297,10 @@ def compare(args) -> None:
     la, lb = A["ltv"], B["ltv"]
     d = max(abs(x - y) for x, y in zip(la["values"], lb["values"]))
     scale = max(abs(x) for x in la["values"])
+    rel = math.sqrt(sum((x - y) ** 2 for x, y in zip(la["values"], lb["values"]))) / la["norm"]
     lines += ["| LTV trained on each backend (same seed) | " + head_a + " | " + head_b + " | max abs difference |", "|---|---|---|---|",
               (f"| θ values ({len(la['values'])}) | norm {la['norm']:.6g} | norm {lb['norm']:.6g} | {d:.2g} "
-               f"(relative to max abs θ {scale:.3g}: {d / scale:.2g}) |"),
+               f"(relative to max abs θ {scale:.3g}: {d / scale:.2g}; ‖Δθ‖/‖θ‖ {rel:.2g}) |"),
               (f"| best epoch, steps | {la['best_epoch']}, {la['steps']} | {lb['best_epoch']}, {lb['steps']} | "
                f"{'same' if (la['best_epoch'], la['steps']) == (lb['best_epoch'], lb['steps']) else 'DIFFER'} |"),
               (f"| test accuracy of the trained θ (n={la['n_test']}) | {la['test_accuracy']:.6g} | {lb['test_accuracy']:.6g} | "
