@@ -36,9 +36,9 @@ SETUPS = {
                 ablation_kinds=("zero", "mean", "path"), n_random=5,
                 linear=dict(n_queries=16, n=64), aie=dict(shots=5, n_clean=32, n_corrupt=16), fv_top_k=5),
     "smollm2": dict(task="capitalize", layer=15, config=dict(max_epochs=2, n_train=64, n_val=16, epoch_size=32, batch_size=16),
-                    n=16, shots=5, exact=True, ablation_kinds=("zero", "mean"), n_random=3,
-                    linear=dict(n_copies=64, n_heldout=32, n_queries=4, n=16), aie=dict(shots=5, n_clean=8, n_corrupt=4),
-                    aie_max_train=32, fv_top_k=10),
+                    n=32, shots=5, exact=True, ablation_kinds=("zero", "mean", "path"), n_random=5,
+                    linear=dict(n_queries=8, n=32), aie=dict(shots=5, n_clean=16, n_corrupt=8),
+                    aie_max_train=48, fv_top_k=10),
 }
 PROMPTS = {"toy": "kevi -> ", "smollm2": "The capital of France is"}
 TOP_K = 10  # heads listed in the top-head rows
@@ -266,6 +266,22 @@ def _short(kind, value) -> str:
     return f"{len(value)} values, max {max(finite, default=float('nan')):.4g}"
 
 
+def _scale(kind, value) -> float:
+    """The row's largest magnitude, at least 1: the tolerance is absolute up to 1 and relative above."""
+    if kind == "ranking" or value is None:
+        return 1.0
+    vals = [value] if kind == "scalar" else value
+    return max([1.0] + [abs(x) for x in vals if not math.isnan(x)])
+
+
+def _ranking_diff(a, b) -> str:
+    """Where two rankings differ: 1-based positions with both entries."""
+    if len(a) != len(b):
+        return f"lengths {len(a)} vs {len(b)}"
+    pos = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    return "; ".join(f"#{i + 1}: {a[i]} vs {b[i]}" for i in pos[:6]) + (f"; … ({len(pos)} positions)" if len(pos) > 6 else "")
+
+
 def _diff(kind, a, b):
     """(max |a - b| or None, identical: bool)."""
     if kind == "ranking":
@@ -307,7 +323,7 @@ def compare(args) -> None:
                f"{abs(la['test_accuracy'] - lb['test_accuracy']):.2g} |"), ""]
     lines += [(f"Analyses on one fixed vector file (trained on {head_a}; fingerprint matches the bridge's own: "
                f"{'yes' if ib.get('vector_fingerprint_matches') else 'no, loaded with allow_other_fingerprint'})."), "",
-              f"| quantity | {head_a} | {head_b} | max abs difference | identical / within {tol:g} |", "|---|---|---|---|---|"]
+              f"| quantity | {head_a} | {head_b} | max abs difference | identical / within {tol:g} (relative where values exceed 1) |", "|---|---|---|---|---|"]
     worst, bad = 0.0, []
     for name, ra in A["rows"].items():
         rb = B["rows"].get(name)
@@ -317,11 +333,12 @@ def compare(args) -> None:
             continue
         dd, same = _diff(ra["kind"], ra["value"], rb["value"])
         if ra["kind"] == "ranking":
-            ok = "yes" if same else "**no**"
+            ok = "yes" if same else f"**no** ({_ranking_diff(ra['value'], rb['value'])})"
             ds = ""
         else:
-            ok = "yes" if dd is not None and dd <= tol or same else "**no**"
-            ds = "" if dd is None else f"{dd:.2g}"
+            scale = _scale(ra["kind"], ra["value"])
+            ok = "yes" if dd is not None and dd <= tol * scale or same else "**no**"
+            ds = "" if dd is None else f"{dd:.2g}" + (f" (relative {dd / scale:.2g})" if scale > 1 and dd else "")
             if dd is not None and dd != float("inf"):
                 worst = max(worst, dd)
         if ok != "yes":
@@ -329,7 +346,7 @@ def compare(args) -> None:
         lines.append(f"| {name} | {_short(ra['kind'], ra['value'])} | {_short(rb['kind'], rb['value'])} | {ds} | {ok} |")
     sa, sb = A["seconds"], B["seconds"]
     lines += ["", f"Largest numeric difference over the analysis rows: {worst:.2g}. "
-              + (f"Rows over {tol:g} or not identical: {len(bad)} ({'; '.join(bad)})." if bad else f"Every row within {tol:g}, every ranking identical."),
+              + (f"Rows over the tolerance or not identical: {len(bad)} ({'; '.join(bad)})." if bad else f"Every row within {tol:g}, every ranking identical."),
               "", "| seconds | " + head_a + " | " + head_b + " |", "|---|---|---|"]
     lines += [f"| {k} | {sa[k]:.1f} | {sb.get(k, float('nan')):.1f} |" for k in sa]
     text = "\n".join(lines) + "\n"
