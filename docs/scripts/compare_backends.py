@@ -258,6 +258,8 @@ def _short(kind, value) -> str:
     if kind == "scalar":
         return f"{value:.6g}" if isinstance(value, float) and not math.isnan(value) else str(value)
     if kind == "ranking":
+        if value and all(isinstance(x, str) and " " in x for x in value):  # head sets
+            return f"{len(value)} sets of {len(value[0].split())} heads, first {value[0].split()[0]} …"
         body = ", ".join(str(x) for x in value[:5])
         return body + (f", … ({len(value)})" if len(value) > 5 else "")
     if len(value) <= 6:
