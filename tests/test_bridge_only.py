@@ -229,7 +229,7 @@ def _add(vector):
 def test_random_hf_bridges_keep_the_prefix_cache(toy_tokenizer, shape):
     """tvlens bench's random models on the bridge: Hugging Face models of the asked shape whose prefix is cached."""
     from tvlens import _engine as engine
-    from tvlens._bridge import random_hf_bridge
+    from tvlens.bench import random_hf_bridge
 
     model = random_hf_bridge(shape, toy_tokenizer, seed=1)
     assert _backend.is_bridge(model) and model.cfg.n_layers == 2 and model.cfg.d_model == 32

@@ -38,7 +38,7 @@ class BenchResult:
 
 def _random_model(tokenizer, *, seed: int = 0, **shape):
     """A random model of ``shape`` (HookedTransformerConfig fields) on the backend ``load_model`` picks by default:
-    a HookedTransformer, or a bridge over a random Hugging Face model of that shape (:func:`tvlens._bridge.random_hf_bridge`)."""
+    a HookedTransformer, or a bridge over a random Hugging Face model of that shape (:func:`random_hf_bridge`)."""
     from tvlens import _backend
 
     if _backend.default_backend() == "hooked":
@@ -46,11 +46,52 @@ def _random_model(tokenizer, *, seed: int = 0, **shape):
 
         model = HookedTransformer(HookedTransformerConfig(seed=seed, **shape), tokenizer=tokenizer)
     else:
-        from tvlens._bridge import random_hf_bridge
-
         model = random_hf_bridge(shape, tokenizer, seed=seed)
     model.eval()
     return model
+
+
+def random_hf_bridge(shape: dict, tokenizer, *, seed: int = 0):
+    """A TransformerBridge (in compatibility mode) over a randomly initialised Hugging Face model of ``shape``
+    (HookedTransformerConfig field names): GPT-2 for LayerNorm with learned positions, Llama for RMSNorm with
+    rotary positions, grouped-query attention and a gated SiLU MLP. Built in a temporary folder and loaded the way
+    ``load_model(folder, backend="bridge")`` loads any local model, so it keeps the Hugging Face KV cache the
+    engine's prefix uses (a bridge over TransformerLens's native model keeps none). ``tvlens bench`` times its
+    random GPT-2- and SmolLM2-shaped models on it when the bridge is the backend."""
+    import tempfile
+
+    import transformers
+
+    from tvlens._models import load_model
+    from tvlens.errors import ModelLoadError
+
+    s = dict(shape)
+    vocab = s.get("d_vocab") or len(tokenizer.get_vocab())
+    common = dict(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    if s.get("positional_embedding_type", "standard") == "standard" and s.get("normalization_type", "LN") == "LN":
+        act = {"gelu_new": "gelu_new", "gelu": "gelu"}.get(s.get("act_fn", "gelu_new"))
+        if act is None or s.get("gated_mlp"):
+            raise ModelLoadError(f"no random GPT-2 of shape {shape}: act_fn must be gelu or gelu_new, without a gated MLP")
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_positions=s.get("n_ctx", 1024), n_embd=s["d_model"], n_layer=s["n_layers"], n_head=s["n_heads"],
+            n_inner=s.get("d_mlp"), activation_function=act, **common))
+    elif s.get("positional_embedding_type") == "rotary" and s.get("normalization_type") == "RMS" and s.get("gated_mlp") \
+            and s.get("act_fn") == "silu":
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=s["d_model"], intermediate_size=s["d_mlp"], num_hidden_layers=s["n_layers"],
+            num_attention_heads=s["n_heads"], num_key_value_heads=s.get("n_key_value_heads") or s["n_heads"],
+            head_dim=s.get("d_head") or s["d_model"] // s["n_heads"], max_position_embeddings=s.get("n_ctx", 2048),
+            tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, **common))
+    else:
+        raise ModelLoadError(f"no random Hugging Face model of shape {shape}: GPT-2 (LN, learned positions) or Llama "
+                             "(RMS, rotary, gated SiLU) only")
+    with tempfile.TemporaryDirectory(prefix="tvlens-random-") as folder:
+        hf.eval().save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        bridge = load_model(folder, backend="bridge")
+    bridge.cfg.model_name = f"random-{type(hf).__name__}-L{s['n_layers']}-d{s['d_model']}"
+    return bridge
 
 
 def _time_per_call(fn: Callable[[], None], *, min_calls: int, min_seconds: float) -> float:
