@@ -15,6 +15,7 @@ The hook names tvlens uses exist on both (the bridge has more).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import weakref
@@ -24,6 +25,8 @@ from typing import Union
 import torch
 
 from tvlens import _fingerprint, _memo
+
+log = logging.getLogger(__name__)
 
 try:  # TransformerLens 3.x: the reference backend
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -127,8 +130,9 @@ def is_native_bridge(model) -> bool:
 
 
 def mark_hf_cache_broken(model, reason: str) -> None:
-    """Record that ``model``'s Hugging Face cache cannot serve suffix runs (they take full forwards from now on)."""
+    """Record that ``model``'s Hugging Face cache cannot serve suffix runs (they take full forwards from now on), and log it."""
     _HF_CACHE_BROKEN[model] = f"the bridge's Hugging Face KV cache cannot serve suffix runs: {reason}"
+    log.warning("%s; this run and later ones on this model take full forwards", _HF_CACHE_BROKEN[model])
 
 
 def new_hf_cache(keys=None, values=None, rows=None):

@@ -352,14 +352,11 @@ def _prepare_bridge(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit,
     cfg = model.cfg
     toks, mask = to_model(model, sub.tokens), to_model(model, sub.attention_mask)
     span = Span(sub.first_index, sub.last_index)
-    state = memo_key(model) if KV_MEMO_BYTES > 0 else None
-    key = None if state is None else ("hf", state, c0, tensor_digest(toks, mask))
-    memo = _KV_MEMO.get(model)
-    if key is not None and memo is not None and key in memo:
-        memo.move_to_end(key)
-        (keys, values), clean = memo[key].cache, memo[key].resid
+    key = _memo_key(model, c0, toks, mask, "hf")
+    if (hit := _kept(model, key)) is not None:
+        keys, values = hit.cache
         if not base:
-            return keys, values, {lay: clean[lay] for lay in range(l0, cfg.n_layers + 1)}, None
+            return keys, values, {lay: hit.resid[lay] for lay in range(l0, cfg.n_layers + 1)}, None
     else:
         keys = values = ()
         if c0 > 0:
@@ -369,10 +366,9 @@ def _prepare_bridge(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit,
             kv = _backend.hf_cache_tensors(cache, cfg.n_layers)
             if kv is None or _backend.hf_cache_length(cache) != c0:
                 _backend.mark_hf_cache_broken(model, f"a prefix of {c0} columns left {'no cache' if kv is None else f'{_backend.hf_cache_length(cache)} columns'} in it")
-                log.warning("%s; suffix runs on this model take full forwards", _backend.suffix_cache_unsupported_reason(model))
                 return None, None, None, None
             keys, values = kv
-    keep = key is not None and not base and (memo is None or key not in memo)  # a clean run of every layer, kept
+    keep = key is not None and not base and hit is None  # a clean run of every layer, kept
     first = 0 if keep else l0
     names = tuple(f"blocks.{lay}.hook_resid_pre" for lay in range(first, cfg.n_layers))
     store = Cache(names)
@@ -381,12 +377,7 @@ def _prepare_bridge(model, sub: PromptBatch, c0: int, l0: int, base: tuple[Edit,
         return None, None, None, None
     resid = {**{lay: store.store[n] for lay, n in zip(range(first, cfg.n_layers), names)}, cfg.n_layers: final}
     if keep:
-        size = sum(t.nbytes for t in (*keys, *values, *resid.values()))
-        if size <= KV_MEMO_BYTES:
-            memo = _KV_MEMO.setdefault(model, OrderedDict())
-            memo[key] = _Clean((keys, values), resid, size)
-            while sum(c.nbytes for c in memo.values()) > KV_MEMO_BYTES:
-                memo.popitem(last=False)
+        _keep(model, key, _Clean((keys, values), resid, sum(t.nbytes for t in (*keys, *values, *resid.values()))))
         resid = {lay: resid[lay] for lay in range(l0, cfg.n_layers + 1)}
     return keys, values, resid, None
 
@@ -400,7 +391,6 @@ def _bridge_suffix(model, toks, mask, c0: int, keys, values, rows, edits: Sequen
         out = final_residual(model, toks[:, c0:], mask, past_key_values=cache)
     if cache is not None and _backend.hf_cache_length(cache) != toks.shape[1]:
         _backend.mark_hf_cache_broken(model, f"a suffix run left {_backend.hf_cache_length(cache)} of {toks.shape[1]} columns in it")
-        log.warning("%s; this run and later ones take full forwards", _backend.suffix_cache_unsupported_reason(model))
         return None
     return out
 
@@ -429,18 +419,39 @@ _KV_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> Or
 KV_MEMO_BYTES = Budget().max_bytes  # per model; 0 turns the memo off
 
 
+def _memo_key(model, c0: int, toks: torch.Tensor, mask: torch.Tensor, *kind: str) -> tuple | None:
+    """The memo's key of a sub-batch's unedited prefix (None: the memo may neither serve nor keep it)."""
+    state = memo_key(model) if KV_MEMO_BYTES > 0 else None
+    return None if state is None else (*kind, state, c0, tensor_digest(toks, mask))
+
+
+def _kept(model, key: tuple | None) -> _Clean | None:
+    """The kept entry of ``key`` (marked most recently used), or None."""
+    memo = _KV_MEMO.get(model)
+    if key is None or memo is None or key not in memo:
+        return None
+    memo.move_to_end(key)
+    return memo[key]
+
+
+def _keep(model, key: tuple, entry: _Clean) -> None:
+    """Keep ``entry`` if it fits the byte cap, evicting the least recently used beyond it."""
+    if entry.nbytes <= KV_MEMO_BYTES:
+        memo = _KV_MEMO.setdefault(model, OrderedDict())
+        memo[key] = entry
+        while sum(c.nbytes for c in memo.values()) > KV_MEMO_BYTES:
+            memo.popitem(last=False)
+
+
 def _clean(model, toks: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, "batch pos"], c0: int, l0: int, span: Span):
     """The frozen KV cache of the unedited columns before ``c0`` and the unedited suffix residual before block ``l0``:
     from the memo, or computed (and kept where the memo may serve)."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     cfg = model.cfg
-    state = memo_key(model) if KV_MEMO_BYTES > 0 else None
-    key = None if state is None else (state, c0, tensor_digest(toks, mask))
-    memo = _KV_MEMO.get(model)
-    if key is not None and memo is not None and key in memo:
-        memo.move_to_end(key)
-        return memo[key].cache, memo[key].resid[l0]
+    key = _memo_key(model, c0, toks, mask)
+    if (hit := _kept(model, key)) is not None:
+        return hit.cache, hit.resid[l0]
     cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(toks))
     if c0 > 0:
         model(toks[:, :c0], past_kv_cache=cache, attention_mask=mask[:, :c0], return_type=None)
@@ -453,11 +464,7 @@ def _clean(model, toks: Int[torch.Tensor, "batch pos"], mask: Int[torch.Tensor, 
         final = model(toks[:, c0:], past_kv_cache=cache, attention_mask=mask[:, c0:], stop_at_layer=cfg.n_layers)
     resid = {**{lay: store.store[n] for lay, n in enumerate(names)}, cfg.n_layers: final}
     size = (sum(e.past_keys.nbytes + e.past_values.nbytes for e in cache.entries) + sum(x.nbytes for x in resid.values()))
-    if size <= KV_MEMO_BYTES:
-        memo = _KV_MEMO.setdefault(model, OrderedDict())
-        memo[key] = _Clean(cache, resid, size)
-        while sum(c.nbytes for c in memo.values()) > KV_MEMO_BYTES:
-            memo.popitem(last=False)
+    _keep(model, key, _Clean(cache, resid, size))
     return cache, resid[l0]
 
 
@@ -523,9 +530,8 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
         acts = {n: _suffix_cols(n, a, c0) for n, a in store.store.calls[-1].items()} if names else {}
         return SuffixRun(c0, out[:, c0:], acts, batch.last_index[reps] - c0, store.store if names else None)
     idx = reps.to(pre.mask.device)
-    x = pre.resid[start][idx]
     if start == cfg.n_layers:
-        out = x
+        out = pre.resid[start][idx]
     elif _backend.is_bridge(model):  # the bridge runs the suffix from block 0 (blocks below start: unedited, cheap)
         out = _bridge_suffix(model, to_model(model, batch.tokens[reps]), mask, pre.c0, pre.keys, pre.values, idx,
                              [*pre.base, *edits, store], span)
@@ -535,14 +541,14 @@ def run(pre: Prefix, edits: Sequence[Edit] = (), *, start: int | None = None, re
     elif (stack := pre.lean_stack(_hook_names(model, [*base, *edits, store]), start)) is not None:
         at = CallPositions(pre.c0, pre.width, span)
         with intervene(model, *base, *edits, store, span=span, at=at):
-            out = x
+            out = pre.resid[start][idx]
             for lay in range(start, cfg.n_layers):
-                out = stack.block(lay, out, rows.to(x.device), replicas)
+                out = stack.block(lay, out, rows.to(out.device), replicas)
     else:
         keys = [None if k is None else k[idx] for k in pre.keys]
         values = [None if v is None else v[idx] for v in pre.values]
         sp = None if pre.shortformer is None else pre.shortformer[idx]
-        out = _blocks(model, x, start, keys, values, mask, sp, [*base, *edits, store], span)
+        out = _blocks(model, pre.resid[start][idx], start, keys, values, mask, sp, [*base, *edits, store], span)
     acts = dict(store.store.calls[-1]) if names and store.store.calls else {}
     return SuffixRun(pre.c0, out, acts, batch.last_index[reps] - pre.c0, store.store if names else None)
 
@@ -686,10 +692,8 @@ def final_residual(model, tokens, attention_mask=None, past_key_values=None, *, 
     start = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
     if not _backend.is_bridge(model):
         return model(tokens, attention_mask=attention_mask, stop_at_layer=stop, **start)
-    if past_key_values is None:
-        with _backend.stopping_before(model, stop):
-            return model(tokens, attention_mask=attention_mask, **start)
+    cache = {} if past_key_values is None else {"past_key_values": past_key_values}
     with _backend.stopping_before(model, stop), warnings.catch_warnings():
         # transformers 5.25 renames past_key_values to cache= (a FutureWarning); the bridge takes the old name
         warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
-        return model(tokens, attention_mask=attention_mask, past_key_values=past_key_values, **start)
+        return model(tokens, attention_mask=attention_mask, **cache, **start)
