@@ -20,6 +20,7 @@ import math
 import sys
 import weakref
 
+from collections.abc import Callable
 from typing import Union
 
 import torch
@@ -369,11 +370,39 @@ def bridge_generate_step(model) -> int | None:
 _GENERATE_FRAME_DEPTH = 24  # the forward pre-hook sits about 8 frames below the generate loop
 
 
+def native_layout(n_layers: int, n_heads: int) -> list[tuple[str, str, Callable, Callable]]:
+    """``(HookedTransformer name, NativeModel name, to_native, to_hooked)`` of every parameter of the GPT-2-shaped
+    ``NativeModel`` that holds a TransformerLens checkpoint on the bridge: the one table both directions read
+    (``tvlens._bridge._native_state`` loads a checkpoint with ``to_native``; :func:`hooked_parameters` reads it
+    back with ``to_hooked``). nn.Linear weights are ``[out, in]``."""
+    same = (lambda w: w, lambda w: w)
+    transposed = (lambda w: w.T, lambda w: w.T)
+    heads = (lambda w: w.permute(0, 2, 1).reshape(-1, w.shape[1]),  # [head, d_model, d_head] <-> [head * d_head, d_model]
+             lambda w: w.reshape(n_heads, -1, w.shape[1]).permute(0, 2, 1))
+    head_bias = (lambda b: b.reshape(-1), lambda b: b.reshape(n_heads, -1))  # [head, d_head] <-> [head * d_head]
+    w_o = (lambda w: w.reshape(-1, w.shape[-1]).T,  # [head, d_head, d_model] <-> [d_model, head * d_head]
+           lambda w: w.T.reshape(n_heads, -1, w.shape[0]))
+    rows = [("embed.W_E", "tok_embed.weight", *same), ("pos_embed.W_pos", "pos.weight", *same),
+            ("ln_final.w", "ln_out.weight", *same), ("ln_final.b", "ln_out.bias", *same),
+            ("unembed.W_U", "head.weight", *transposed), ("unembed.b_U", "head.bias", *same)]
+    for i in range(n_layers):
+        p, q = f"blocks.{i}.", f"layers.{i}."
+        for ln in ("ln1", "ln2"):
+            rows += [(f"{p}{ln}.w", f"{q}{ln}.weight", *same), (f"{p}{ln}.b", f"{q}{ln}.bias", *same)]
+        for x in "QKV":
+            rows += [(f"{p}attn.W_{x}", f"{q}attn.{x.lower()}.weight", *heads),
+                     (f"{p}attn.b_{x}", f"{q}attn.{x.lower()}.bias", *head_bias)]
+        rows += [(f"{p}attn.W_O", f"{q}attn.o.weight", *w_o), (f"{p}attn.b_O", f"{q}attn.o.bias", *same)]
+        for w, fc in (("in", "fc_in"), ("out", "fc_out")):
+            rows += [(f"{p}mlp.W_{w}", f"{q}mlp.{fc}.weight", *transposed), (f"{p}mlp.b_{w}", f"{q}mlp.{fc}.bias", *same)]
+    return rows
+
+
 def hooked_parameters(model) -> dict[str, torch.Tensor] | None:
     """The parameters of a bridge over a GPT-2-shaped ``NativeModel`` (what ``tvlens._bridge.bridge_from_tl_state_dict``
-    builds from a TransformerLens checkpoint such as the toy) under HookedTransformer's names and layouts, the
-    inverse of ``tvlens._bridge._native_state``; None on a HookedTransformer and on any other bridge (a Hugging
-    Face model, another native layout).
+    builds from a TransformerLens checkpoint such as the toy) under HookedTransformer's names and layouts
+    (:func:`native_layout`); None on a HookedTransformer and on any other bridge (a Hugging Face model, another
+    native layout).
 
     Each tensor is a rearranged view of the live weight: its values are those of a HookedTransformer holding
     the same checkpoint, bit for bit.
@@ -387,40 +416,10 @@ def hooked_parameters(model) -> dict[str, torch.Tensor] | None:
         return None
     # the bridge wraps each of the native model's modules in place: "layers.0._original_component.ln1. ..."
     own = {name.replace("_original_component.", ""): w for name, w in native.named_parameters()}
-    n_layers, n_heads = native.cfg.n_layers, native.cfg.n_heads
-    if set(own) != set(_native_keys(n_layers)):
+    layout = native_layout(native.cfg.n_layers, native.cfg.n_heads)
+    if set(own) != {nat for _, nat, _, _ in layout}:
         return None
-
-    def heads_out(w):  # [head * d_head, d_model] -> [head, d_model, d_head]
-        return w.reshape(n_heads, -1, w.shape[1]).permute(0, 2, 1)
-
-    out = {"embed.W_E": own["tok_embed.weight"], "pos_embed.W_pos": own["pos.weight"],
-           "ln_final.w": own["ln_out.weight"], "ln_final.b": own["ln_out.bias"],
-           "unembed.W_U": own["head.weight"].T, "unembed.b_U": own["head.bias"]}
-    for i in range(n_layers):
-        p, q = f"blocks.{i}.", f"layers.{i}."
-        for ln in ("ln1", "ln2"):
-            out[f"{p}{ln}.w"], out[f"{p}{ln}.b"] = own[f"{q}{ln}.weight"], own[f"{q}{ln}.bias"]
-        for x in "QKV":
-            out[f"{p}attn.W_{x}"] = heads_out(own[f"{q}attn.{x.lower()}.weight"])
-            out[f"{p}attn.b_{x}"] = own[f"{q}attn.{x.lower()}.bias"].reshape(n_heads, -1)
-        w_o = own[f"{q}attn.o.weight"]  # [d_model, head * d_head]
-        out[f"{p}attn.W_O"] = w_o.T.reshape(n_heads, -1, w_o.shape[0])
-        out[f"{p}attn.b_O"] = own[f"{q}attn.o.bias"]
-        out[f"{p}mlp.W_in"], out[f"{p}mlp.b_in"] = own[f"{q}mlp.fc_in.weight"].T, own[f"{q}mlp.fc_in.bias"]
-        out[f"{p}mlp.W_out"], out[f"{p}mlp.b_out"] = own[f"{q}mlp.fc_out.weight"].T, own[f"{q}mlp.fc_out.bias"]
-    return out
-
-
-def _native_keys(n_layers: int) -> list[str]:
-    """The parameter names of the GPT-2-shaped NativeModel (those ``tvlens._bridge._native_state`` fills)."""
-    keys = ["tok_embed.weight", "pos.weight", "ln_out.weight", "ln_out.bias", "head.weight", "head.bias"]
-    for i in range(n_layers):
-        q = f"layers.{i}."
-        keys += [f"{q}{ln}.{w}" for ln in ("ln1", "ln2") for w in ("weight", "bias")]
-        keys += [f"{q}attn.{x}.{w}" for x in "qkvo" for w in ("weight", "bias")]
-        keys += [f"{q}mlp.{x}.{w}" for x in ("fc_in", "fc_out") for w in ("weight", "bias")]
-    return keys
+    return {hooked: to_hooked(own[nat]) for hooked, nat, _, to_hooked in layout}
 
 
 def _fingerprint_view(model) -> tuple[dict[str, torch.Tensor], dict] | None:

@@ -132,7 +132,7 @@ def bridge_from_tl_state_dict(state: dict, fields: dict, tokenizer, *, model_nam
         native = NativeModel(cfg)
         native.head = torch.nn.Linear(cfg.d_model, cfg.d_vocab, bias=True)  # HookedTransformer's unembedding has b_U
         try:
-            native.load_state_dict(_native_state(state, cfg.n_layers), strict=True)
+            native.load_state_dict(_native_state(state, cfg.n_layers, cfg.n_heads), strict=True)
         except (KeyError, RuntimeError) as exc:
             raise ModelLoadError(f"{source}: the checkpoint does not fit a GPT-2-shaped model ({exc}); "
                                  "re-create it with `tvlens toy-train` or use backend='hooked'") from exc
@@ -145,25 +145,6 @@ def bridge_from_tl_state_dict(state: dict, fields: dict, tokenizer, *, model_nam
     return bridge
 
 
-def _native_state(sd: dict, n_layers: int) -> dict:
-    """HookedTransformer parameter names and layouts -> NativeModel's (nn.Linear weights are [out, in])."""
-
-    def heads_in(w):  # [head, d_model, d_head] -> [head * d_head, d_model]
-        return w.permute(0, 2, 1).reshape(-1, w.shape[1])
-
-    out = {"tok_embed.weight": sd["embed.W_E"], "pos.weight": sd["pos_embed.W_pos"],
-           "ln_out.weight": sd["ln_final.w"], "ln_out.bias": sd["ln_final.b"],
-           "head.weight": sd["unembed.W_U"].T, "head.bias": sd["unembed.b_U"]}
-    for i in range(n_layers):
-        p, q = f"blocks.{i}.", f"layers.{i}."
-        for ln in ("ln1", "ln2"):
-            out[f"{q}{ln}.weight"], out[f"{q}{ln}.bias"] = sd[f"{p}{ln}.w"], sd[f"{p}{ln}.b"]
-        for x in "QKV":
-            out[f"{q}attn.{x.lower()}.weight"] = heads_in(sd[f"{p}attn.W_{x}"])
-            out[f"{q}attn.{x.lower()}.bias"] = sd[f"{p}attn.b_{x}"].reshape(-1)
-        w_o = sd[f"{p}attn.W_O"]  # [head, d_head, d_model]
-        out[f"{q}attn.o.weight"] = w_o.reshape(-1, w_o.shape[-1]).T
-        out[f"{q}attn.o.bias"] = sd[f"{p}attn.b_O"]
-        out[f"{q}mlp.fc_in.weight"], out[f"{q}mlp.fc_in.bias"] = sd[f"{p}mlp.W_in"].T, sd[f"{p}mlp.b_in"]
-        out[f"{q}mlp.fc_out.weight"], out[f"{q}mlp.fc_out.bias"] = sd[f"{p}mlp.W_out"].T, sd[f"{p}mlp.b_out"]
-    return {k: v.contiguous() for k, v in out.items()}
+def _native_state(sd: dict, n_layers: int, n_heads: int) -> dict:
+    """HookedTransformer parameter names and layouts -> NativeModel's (:func:`tvlens._backend.native_layout`)."""
+    return {nat: to_native(sd[hooked]).contiguous() for hooked, nat, to_native, _ in _backend.native_layout(n_layers, n_heads)}
